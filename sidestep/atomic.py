@@ -1,0 +1,41 @@
+"""Atomic file writes: a killed process never leaves a half-written file under the final name."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Call `write(temporary_path)` for a temporary file beside `path`, then move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (tensors are made contiguous and moved to the CPU)."""
+    cpu = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    write_atomic(path, lambda temporary: save_file(cpu, temporary, metadata=metadata))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    write_atomic(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+
+
+def torch_save_atomic(obj: object, path: Path) -> None:
+    """`torch.save` atomically (for training state made only of tensors and plain containers)."""
+    write_atomic(path, lambda temporary: torch.save(obj, temporary))

@@ -1,0 +1,200 @@
+"""Transformer building blocks shared by the DiT, the condition encoder and the audio tokenizer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import AceStepConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in fp32, scaled by a learned weight."""
+
+    def __init__(self, size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE cos/sin tables for positions 0..L-1, cached per length, device and dtype."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (length, device, dtype)
+        if key not in self._cache:
+            exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+            inv_freq = 1.0 / (self.theta**exponents)
+            positions = torch.arange(length, device=device, dtype=torch.float32)
+            freqs = positions[:, None] * inv_freq[None, :]
+            angles = torch.cat([freqs, freqs], dim=-1)
+            self._cache = {key: (angles.cos().to(dtype), angles.sin().to(dtype))}
+        return self._cache[key]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x` [B, heads, L, head_dim] by the position tables [L, head_dim]."""
+    return x * cos + _rotate_half(x) * sin
+
+
+def additive_mask(
+    length: int,
+    window: int | None,
+    key_padding: torch.Tensor | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Bidirectional mask: |i-j| <= window (if any) and valid keys; additive with the dtype's minimum."""
+    if window is None and key_padding is None:
+        return None
+    allowed = torch.ones(length, length, dtype=torch.bool, device=device)
+    if window is not None:
+        index = torch.arange(length, device=device)
+        allowed = (index[:, None] - index[None, :]).abs() <= window
+    allowed = allowed[None, None]
+    if key_padding is not None:
+        allowed = allowed & key_padding.to(device=device, dtype=torch.bool)[:, None, None, :]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with per-head RMS norms on q/k; RoPE for self-attention only."""
+
+    def __init__(self, config: AceStepConfig, cross: bool = False) -> None:
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.cross = cross
+        bias = config.attention_bias
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=bias)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def _heads(self, x: torch.Tensor, proj: nn.Linear, norm: RMSNorm | None) -> torch.Tensor:
+        x = proj(x).unflatten(-1, (-1, self.head_dim))
+        if norm is not None:
+            x = norm(x)
+        return x.transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        source = context if self.cross else x
+        q = self._heads(x, self.q_proj, self.q_norm)
+        k = self._heads(source, self.k_proj, self.k_norm)
+        v = self._heads(source, self.v_proj, None)
+        if rotary is not None and not self.cross:
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).flatten(2))
+
+
+class GatedMLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm bidirectional transformer layer (self-attention + MLP)."""
+
+    def __init__(self, config: AceStepConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), mask=mask, rotary=rotary)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class EncoderStack(nn.Module):
+    """Input projection, a stack of encoder layers with alternating sliding/full masks, and a final norm."""
+
+    def __init__(self, config: AceStepConfig, in_features: int, num_layers: int) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Linear(in_features, config.hidden_size)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(num_layers))
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+
+    def run_layers(self, x: torch.Tensor, key_padding: torch.Tensor | None, max_layers: int | None = None) -> torch.Tensor:
+        """Run (at most `max_layers` of) the layers over already-embedded `x` [N, L, H] and normalise."""
+        length = x.shape[1]
+        rotary = self.rotary(length, x.device, x.dtype)
+        masks: dict[bool, torch.Tensor | None] = {}
+        for index, layer in enumerate(self.layers[:max_layers]):
+            sliding = self.config.is_sliding(index)
+            if sliding not in masks:
+                window = self.config.sliding_window if sliding else None
+                masks[sliding] = additive_mask(length, window, key_padding, x.dtype, x.device)
+            x = layer(x, masks[sliding], rotary)
+        return self.norm(x)
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal embedding of t·1000 ([cos, sin], 256 channels) → MLP → (temb [B, H], 6-way projection [B, 6, H])."""
+
+    def __init__(self, hidden: int, channels: int = 256, scale: float = 1000.0) -> None:
+        super().__init__()
+        self.channels = channels
+        self.scale = scale
+        self.linear_1 = nn.Linear(channels, hidden)
+        self.linear_2 = nn.Linear(hidden, hidden)
+        self.time_proj = nn.Linear(hidden, hidden * 6)
+
+    def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
+        """The fp32 [cos, sin] features of `t` [B]."""
+        half = self.channels // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
+        args = (t * self.scale)[:, None].float() * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        temb = self.linear_2(F.silu(self.linear_1(self.sinusoid(t).to(t.dtype))))
+        return temb, self.time_proj(F.silu(temb)).unflatten(1, (6, -1))

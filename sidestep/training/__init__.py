@@ -1,0 +1,1 @@
+"""Training: objective, loop, optimisers, checkpoints and resume, logging and events."""

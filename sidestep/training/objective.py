@@ -1,0 +1,62 @@
+"""The flow-matching training objective of ACE-Step 1.5 and its timestep / CFG-dropout draws."""
+
+from __future__ import annotations
+
+import torch
+
+from ..model.config import TURBO_TIMESTEPS_SHIFT3
+
+
+def draw_cfg_keep_mask(batch: int, cfg_ratio: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """1.0 for rows that keep their condition, 0.0 for rows dropped to the null condition (probability `cfg_ratio`)."""
+    return (torch.rand(batch, device=device) >= cfg_ratio).float()
+
+
+def draw_continuous_timesteps(
+    batch: int, mu: float, sigma: float, two_draws: bool = True, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Logit-normal t; with `two_draws` (the official pretraining form) the larger of two independent draws."""
+    t = torch.sigmoid(torch.randn(batch, device=device) * sigma + mu)
+    if two_draws:
+        t = torch.maximum(t, torch.sigmoid(torch.randn(batch, device=device) * sigma + mu))
+    return t
+
+
+def draw_discrete_timesteps(
+    batch: int, table: tuple[float, ...] = TURBO_TIMESTEPS_SHIFT3, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """t drawn uniformly from the turbo model's discrete timesteps."""
+    values = torch.tensor(table, dtype=torch.float32, device=device)
+    return values[torch.randint(len(table), (batch,), device=device)]
+
+
+def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = t·noise + (1 − t)·x0."""
+    t = t.to(x0.dtype)[:, None, None]
+    return t * noise + (1 - t) * x0
+
+
+def drop_condition(
+    encoder_hidden_states: torch.Tensor, keep: torch.Tensor, null_condition_emb: torch.Tensor
+) -> torch.Tensor:
+    """Replace the whole condition row of every dropped sample (keep = 0) by the null embedding."""
+    null = null_condition_emb.to(encoder_hidden_states.dtype).expand_as(encoder_hidden_states)
+    return torch.where(keep[:, None, None] > 0, encoder_hidden_states, null)
+
+
+def masked_mse(
+    prediction: torch.Tensor, target: torch.Tensor, frame_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared error in fp32 over valid frames: (batch mean, per-sample means). Padded frames count for nothing."""
+    error = (prediction.float() - target.float()).pow(2)
+    if frame_mask is None:
+        return error.mean(), error.mean(dim=(1, 2))
+    weights = frame_mask.float()[:, :, None].expand_as(error)
+    per_sample = (error * weights).sum(dim=(1, 2)) / weights.sum(dim=(1, 2)).clamp_min(1)
+    return (error * weights).sum() / weights.sum().clamp_min(1), per_sample
+
+
+def min_snr_weights(t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights for a velocity (noise − x0) target: min(SNR, γ) / (SNR + 1), SNR = ((1 − t) / t)²."""
+    snr = ((1 - t) / t.clamp_min(1e-6)).pow(2)
+    return snr.clamp(max=gamma) / (snr + 1)
