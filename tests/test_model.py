@@ -213,3 +213,14 @@ def test_save_pretrained_round_trips(tmp_path, model):
     assert again.config.to_dict() == model.config.to_dict()
     for name, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[name]), name
+
+
+def test_bf16_stored_weights_compute_in_fp32_inputs_dtype(variant):
+    data = with_prefix(vectors(variant, "decoder"), "c0/in/")
+    reference, _ = AceStepConditionGenerationModel.from_pretrained(FIXTURES / variant, parts=TRAINING_PARTS).decoder(**data)
+    stored16 = AceStepConditionGenerationModel.from_pretrained(FIXTURES / variant, dtype=torch.bfloat16, parts=TRAINING_PARTS)
+    assert stored16.decoder.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    upcast, _ = stored16.decoder(**data)
+    assert upcast.dtype == torch.float32
+    relative = (upcast - reference).norm() / reference.norm()
+    assert relative < 0.02, f"fp32 compute over bf16-stored weights drifts {relative:.4f} from fp32"

@@ -8,7 +8,17 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import AceStepConfig
-from .layers import Attention, GatedMLP, RMSNorm, RotaryEmbedding, TimestepEmbedding, additive_mask
+from .layers import (
+    Attention,
+    Conv1d,
+    ConvTranspose1d,
+    GatedMLP,
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    TimestepEmbedding,
+    additive_mask,
+)
 
 
 class DiTLayer(nn.Module):
@@ -62,15 +72,15 @@ class AceStepDiTModel(nn.Module):
         self.patch_size = config.patch_size
         self.layers = nn.ModuleList(DiTLayer(config) for _ in range(config.num_hidden_layers))
         self.proj_in = nn.Sequential(
-            _Transpose(), nn.Conv1d(config.in_channels, hidden, config.patch_size, stride=config.patch_size), _Transpose()
+            _Transpose(), Conv1d(config.in_channels, hidden, config.patch_size, stride=config.patch_size), _Transpose()
         )
         self.time_embed = TimestepEmbedding(hidden)
         self.time_embed_r = TimestepEmbedding(hidden)
-        self.condition_embedder = nn.Linear(config.encoder_hidden_size or hidden, hidden)
+        self.condition_embedder = Linear(config.encoder_hidden_size or hidden, hidden)
         self.norm_out = RMSNorm(hidden, config.rms_norm_eps)
         self.proj_out = nn.Sequential(
             _Transpose(),
-            nn.ConvTranspose1d(hidden, config.audio_acoustic_hidden_dim, config.patch_size, stride=config.patch_size),
+            ConvTranspose1d(hidden, config.audio_acoustic_hidden_dim, config.patch_size, stride=config.patch_size),
             _Transpose(),
         )
         self.scale_shift_table = nn.Parameter(torch.zeros(1, 2, hidden))

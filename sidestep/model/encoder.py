@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .config import AceStepConfig
-from .layers import EncoderStack
+from .layers import EncoderStack, Linear
 
 
 def pack_sequences(
@@ -70,7 +70,7 @@ class ConditionEncoder(nn.Module):
 
     def __init__(self, config: AceStepConfig, prepend_timbre_token: bool = False) -> None:
         super().__init__()
-        self.text_projector = nn.Linear(config.text_hidden_dim, config.hidden_size, bias=False)
+        self.text_projector = Linear(config.text_hidden_dim, config.hidden_size, bias=False)
         self.lyric_encoder = LyricEncoder(config)
         self.timbre_encoder = TimbreEncoder(config, prepend_timbre_token)
 

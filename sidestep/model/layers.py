@@ -11,6 +11,30 @@ from torch import nn
 from .config import AceStepConfig
 
 
+class Linear(nn.Linear):
+    """nn.Linear that computes in its input's dtype, so frozen bf16 weights can run in fp32 (upcast as it runs)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+class Conv1d(nn.Conv1d):
+    """nn.Conv1d that computes in its input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return self._conv_forward(x, self.weight.to(x.dtype), bias)
+
+
+class ConvTranspose1d(nn.ConvTranspose1d):
+    """nn.ConvTranspose1d (stride = kernel, no padding) that computes in its input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.conv_transpose1d(x, self.weight.to(x.dtype), bias, self.stride)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm computed in fp32, scaled by a learned weight."""
 
@@ -23,7 +47,7 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return self.weight.to(dtype) * x32.to(dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -89,10 +113,10 @@ class Attention(nn.Module):
         self.cross = cross
         bias = config.attention_bias
         hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=bias)
+        self.q_proj = Linear(hidden, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = Linear(self.num_heads * self.head_dim, hidden, bias=bias)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
@@ -129,9 +153,9 @@ class GatedMLP(nn.Module):
 
     def __init__(self, hidden: int, intermediate: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_proj = Linear(hidden, intermediate, bias=False)
+        self.up_proj = Linear(hidden, intermediate, bias=False)
+        self.down_proj = Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -158,7 +182,7 @@ class EncoderStack(nn.Module):
     def __init__(self, config: AceStepConfig, in_features: int, num_layers: int) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Linear(in_features, config.hidden_size)
+        self.embed_tokens = Linear(in_features, config.hidden_size)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(num_layers))
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
@@ -184,9 +208,9 @@ class TimestepEmbedding(nn.Module):
         super().__init__()
         self.channels = channels
         self.scale = scale
-        self.linear_1 = nn.Linear(channels, hidden)
-        self.linear_2 = nn.Linear(hidden, hidden)
-        self.time_proj = nn.Linear(hidden, hidden * 6)
+        self.linear_1 = Linear(channels, hidden)
+        self.linear_2 = Linear(hidden, hidden)
+        self.time_proj = Linear(hidden, hidden * 6)
 
     def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
         """The fp32 [cos, sin] features of `t` [B]."""

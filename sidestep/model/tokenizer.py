@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .config import AceStepConfig
-from .layers import EncoderStack
+from .layers import EncoderStack, Linear
 
 
 class ResidualFSQ(nn.Module):
@@ -17,8 +17,8 @@ class ResidualFSQ(nn.Module):
 
     def __init__(self, dim: int, levels: list[int], num_quantizers: int = 1) -> None:
         super().__init__()
-        self.project_in = nn.Linear(dim, len(levels))
-        self.project_out = nn.Linear(len(levels), dim)
+        self.project_in = Linear(dim, len(levels))
+        self.project_out = Linear(len(levels), dim)
         self.levels = list(levels)
         self.num_quantizers = num_quantizers
 
@@ -65,7 +65,7 @@ class AudioTokenizer(nn.Module):
     def __init__(self, config: AceStepConfig) -> None:
         super().__init__()
         self.pool_window_size = config.pool_window_size
-        self.audio_acoustic_proj = nn.Linear(config.audio_acoustic_hidden_dim, config.hidden_size)
+        self.audio_acoustic_proj = Linear(config.audio_acoustic_hidden_dim, config.hidden_size)
         self.attention_pooler = AttentionPooler(config)
         self.quantizer = ResidualFSQ(config.fsq_dim, list(config.fsq_input_levels), config.fsq_input_num_quantizers)
 
@@ -82,7 +82,7 @@ class AudioDetokenizer(EncoderStack):
         super().__init__(config, config.hidden_size, config.num_attention_pooler_hidden_layers)
         self.pool_window_size = config.pool_window_size
         self.special_tokens = nn.Parameter(torch.zeros(1, config.pool_window_size, config.hidden_size))
-        self.proj_out = nn.Linear(config.hidden_size, config.audio_acoustic_hidden_dim)
+        self.proj_out = Linear(config.hidden_size, config.audio_acoustic_hidden_dim)
 
     def forward(self, quantized: torch.Tensor) -> torch.Tensor:
         batch, windows, _ = quantized.shape

@@ -7,27 +7,27 @@ import torch
 from ..model.config import TURBO_TIMESTEPS_SHIFT3
 
 
-def draw_cfg_keep_mask(batch: int, cfg_ratio: float, device: torch.device | str = "cpu") -> torch.Tensor:
+def draw_cfg_keep_mask(batch: int, cfg_ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """1.0 for rows that keep their condition, 0.0 for rows dropped to the null condition (probability `cfg_ratio`)."""
-    return (torch.rand(batch, device=device) >= cfg_ratio).float()
+    return (torch.rand(batch, generator=generator) >= cfg_ratio).float()
 
 
 def draw_continuous_timesteps(
-    batch: int, mu: float, sigma: float, two_draws: bool = True, device: torch.device | str = "cpu"
+    batch: int, mu: float, sigma: float, two_draws: bool = True, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Logit-normal t; with `two_draws` (the official pretraining form) the larger of two independent draws."""
-    t = torch.sigmoid(torch.randn(batch, device=device) * sigma + mu)
+    t = torch.sigmoid(torch.randn(batch, generator=generator) * sigma + mu)
     if two_draws:
-        t = torch.maximum(t, torch.sigmoid(torch.randn(batch, device=device) * sigma + mu))
+        t = torch.maximum(t, torch.sigmoid(torch.randn(batch, generator=generator) * sigma + mu))
     return t
 
 
 def draw_discrete_timesteps(
-    batch: int, table: tuple[float, ...] = TURBO_TIMESTEPS_SHIFT3, device: torch.device | str = "cpu"
+    batch: int, table: tuple[float, ...] = TURBO_TIMESTEPS_SHIFT3, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """t drawn uniformly from the turbo model's discrete timesteps."""
-    values = torch.tensor(table, dtype=torch.float32, device=device)
-    return values[torch.randint(len(table), (batch,), device=device)]
+    values = torch.tensor(table, dtype=torch.float32)
+    return values[torch.randint(len(table), (batch,), generator=generator)]
 
 
 def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,7 @@
+"""`python -m sidestep`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

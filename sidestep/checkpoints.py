@@ -1,0 +1,306 @@
+"""Find ACE-Step 1.5 model folders under a checkpoint root and tell official variants from custom fine-tunes."""
+
+from __future__ import annotations
+
+import difflib
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .errors import CheckpointError, ConfigError, UnknownBaseModelError
+from .model.config import AceStepConfig
+
+OFFICIAL_VARIANTS = ("turbo", "base", "sft", "xl-turbo", "xl-base", "xl-sft")
+BASE_MODELS = ("turbo", "base", "sft")
+VAE_FOLDER = "vae"
+TEXT_ENCODER_PREFIX = "Qwen3-Embedding-"
+PREFERRED_TEXT_ENCODER = "Qwen3-Embedding-0.6B"
+SILENCE_LATENT_FILES = ("silence_latent.pt", "silence_latent.safetensors")
+LATENT_CHANNELS = 64
+
+# Official folder names: acestep-v15-[xl-]{turbo,base,sft} plus published suffixes (-rl, -shift3, -continuous).
+_OFFICIAL_NAME = re.compile(r"acestep-v15-(?P<xl>xl-)?(?P<family>turbo|base|sft)(?:-(?:rl|shift\d+|continuous))*", re.I)
+_NON_MODEL_NAME = re.compile(rf"{VAE_FOLDER}|{re.escape(TEXT_ENCODER_PREFIX)}.*|acestep-5hz-lm-.*", re.I)
+_ROOT_HINT = "Pass the folder that contains acestep-v15-turbo (or another model folder), vae and Qwen3-Embedding-0.6B."
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model folder: where it is, what it is, and the training facts read from its config.json."""
+
+    name: str
+    path: Path
+    official: bool
+    variant: str | None
+    base: str | None
+    is_xl: bool
+    is_turbo: bool | None
+    timestep_mu: float
+    timestep_sigma: float
+    config: AceStepConfig
+
+    @property
+    def kind(self) -> str:
+        """Short classification, e.g. 'official turbo', 'custom, base: sft' or 'custom, base unknown'."""
+        if self.official:
+            return f"official {self.variant}"
+        return f"custom, base: {self.base}" if self.base else "custom, base unknown"
+
+    @property
+    def label(self) -> str:
+        """Human label, e.g. 'acestep-v15-turbo  [official turbo]'."""
+        return f"{self.name}  [{self.kind}]"
+
+
+@dataclass(frozen=True)
+class SharedParts:
+    """The VAE, text encoder and silence latent a model folder needs, found next to it."""
+
+    vae_dir: Path
+    text_encoder_dir: Path
+    silence_latent_path: Path
+
+
+def _family(text: str | None) -> str | None:
+    """The base family ('turbo', 'base', 'sft') named by a model_version such as 'xl_turbo', or None."""
+    if not text:
+        return None
+    tokens = [t for t in re.split(r"[-_\s]+", text.lower()) if t]
+    if tokens and tokens[0] == "xl":
+        tokens = tokens[1:]
+    return tokens[0] if tokens and tokens[0] in BASE_MODELS else None
+
+
+def _base_from_config(config: AceStepConfig) -> str | None:
+    """The base family a config declares through is_turbo / model_version; None when absent or contradictory."""
+    version = _family(config.model_version)
+    if config.is_turbo is None:
+        return version
+    if version is not None and (version == "turbo") != config.is_turbo:
+        return None
+    return version or ("turbo" if config.is_turbo else "base")
+
+
+def load_entry(folder: str | Path) -> ModelEntry:
+    """Classify one model folder; raises ConfigError when its config.json is missing or not ACE-Step 1.5."""
+    folder = Path(folder)
+    config = AceStepConfig.from_json(folder / "config.json")
+    declared = _base_from_config(config)
+    match = _OFFICIAL_NAME.fullmatch(folder.name)
+    family = match["family"].lower() if match else None
+    # A folder named like an official variant whose config says the opposite about turbo is a renamed custom model.
+    official = family is not None and (declared is None or (declared == "turbo") == (family == "turbo"))
+    is_xl = bool(match and match["xl"]) or config.condition_config is not config
+    return ModelEntry(
+        name=folder.name,
+        path=folder,
+        official=official,
+        variant=(("xl-" if is_xl else "") + family) if official else None,
+        base=family if official else declared,
+        is_xl=is_xl,
+        is_turbo=config.is_turbo,
+        timestep_mu=config.timestep_mu,
+        timestep_sigma=config.timestep_sigma,
+        config=config,
+    )
+
+
+def _sort_key(entry: ModelEntry) -> tuple[int, str, str]:
+    """Official variants first in OFFICIAL_VARIANTS order, then custom models alphabetically."""
+    rank = OFFICIAL_VARIANTS.index(entry.variant) if entry.official else len(OFFICIAL_VARIANTS)
+    return rank, entry.name.lower(), entry.name
+
+
+def _check_root(root: str | Path) -> Path:
+    """The checkpoint root as a Path, or a CheckpointError when it is not an existing folder."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise CheckpointError(f"Checkpoint folder {root} {what}. {_ROOT_HINT}")
+    return root
+
+
+def scan_models(root: str | Path) -> list[ModelEntry]:
+    """All ACE-Step 1.5 model folders directly under `root`, official first; CheckpointError when there are none."""
+    root = _check_root(root)
+    entries = []
+    for folder in root.iterdir():
+        if not folder.is_dir() or _NON_MODEL_NAME.fullmatch(folder.name) or not (folder / "config.json").is_file():
+            continue
+        try:
+            entries.append(load_entry(folder))
+        except ConfigError:
+            continue
+    if not entries:
+        raise CheckpointError(_no_models_message(root))
+    return sorted(entries, key=_sort_key)
+
+
+def _no_models_message(root: Path) -> str:
+    """Explain why `root` holds no model folder, including the common mistake of passing a model folder itself."""
+    if (root / "config.json").is_file():
+        return (
+            f"{root} looks like a single model folder, not a checkpoint root. "
+            f"Pass its parent folder {root.parent} instead."
+        )
+    subfolders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    found = ", ".join(subfolders) if subfolders else "no sub-folders"
+    return (
+        f"No ACE-Step 1.5 model folder in {root} (a model folder holds an ACE-Step config.json and "
+        f"model.safetensors, e.g. acestep-v15-turbo); found: {found}. {_ROOT_HINT}"
+    )
+
+
+def _closest(query: str, names: list[str]) -> list[str]:
+    """Names that look like `query`, closest first (case-insensitive)."""
+    lowered = {name.lower(): name for name in names}
+    return [lowered[n] for n in difflib.get_close_matches(query.lower(), list(lowered), n=3, cutoff=0.5)]
+
+
+def filter_models(entries: list[ModelEntry], query: str) -> list[ModelEntry]:
+    """Entries whose name contains `query` (case-insensitive); if none, the closest-looking names."""
+    needle = query.strip().lower()
+    if not needle:
+        return list(entries)
+    hits = [e for e in entries if needle in e.name.lower()]
+    if hits:
+        return hits
+    by_name = {e.name: e for e in entries}
+    return [by_name[name] for name in _closest(needle, list(by_name))]
+
+
+def find_model(root: str | Path, name: str) -> ModelEntry:
+    """The model folder `name` under `root`: exact name, else a unique case-insensitive substring match."""
+    root = _check_root(root)
+    folder = root / name
+    if name and folder.name == name and folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(
+                f"{folder} has no config.json, so it is not a model folder. "
+                "A model folder holds config.json and model.safetensors (e.g. acestep-v15-turbo)."
+            )
+        return load_entry(folder)
+    entries = scan_models(root)
+    needle = name.strip().lower()
+    same = [e for e in entries if e.name.lower() == needle]
+    # A full official folder name means that exact variant: never swap in a look-alike such as '-shift3'.
+    loose = needle and not _OFFICIAL_NAME.fullmatch(needle)
+    hits = same or [e for e in entries if loose and needle in e.name.lower()]
+    if len(hits) == 1:
+        return hits[0]
+    existing = ", ".join(e.name for e in entries)
+    if hits:
+        raise CheckpointError(
+            f"Model name {name!r} matches several folders in {root}: {', '.join(e.name for e in hits)}. "
+            "Give the full folder name."
+        )
+    closest = _closest(needle, [e.name for e in entries])
+    hint = f" Did you mean {closest[0]!r}?" if closest else ""
+    raise CheckpointError(
+        f"No model folder named {name!r} in {root}.{hint} Model folders there: {existing}. "
+        "Folder names must stay as downloaded (do not rename acestep-v15-* folders)."
+    )
+
+
+def resolve_base(entry: ModelEntry, base: str | None = None) -> str:
+    """The base family (turbo/base/sft) whose training schedule applies: the named one, else the detected one."""
+    if base is not None:
+        chosen = base.strip().lower()
+        if chosen not in BASE_MODELS:
+            raise UnknownBaseModelError(
+                f"{base!r} is not a base model for {entry.name}. Choose one of: {', '.join(BASE_MODELS)} "
+                "(--base-model turbo|base|sft)."
+            )
+        return chosen
+    if entry.base is None:
+        raise UnknownBaseModelError(
+            f"Cannot tell which base model the custom model {entry.name} ({entry.path}) was fine-tuned from: "
+            f"its config.json has is_turbo={entry.is_turbo!r}, model_version={entry.config.model_version!r}. "
+            "Name the base it was trained from with --base-model turbo|base|sft (the Base model input in ComfyUI)."
+        )
+    return entry.base
+
+
+def _find_text_encoder(root: Path) -> Path | None:
+    """The Qwen3-Embedding-* folder with a config.json under `root`, preferring the 0.6B one."""
+    candidates = sorted(
+        p for p in root.glob(f"{TEXT_ENCODER_PREFIX}*") if p.is_dir() and (p / "config.json").is_file()
+    )
+    preferred = [p for p in candidates if p.name == PREFERRED_TEXT_ENCODER]
+    return (preferred or candidates or [None])[0]
+
+
+def find_shared_parts(root: str | Path, entry: ModelEntry) -> SharedParts:
+    """Locate the VAE, text encoder (under `root`) and silence latent (model folder first, then `root`)."""
+    root = _check_root(root)
+    vae_dir = root / VAE_FOLDER
+    if not (vae_dir / "config.json").is_file():
+        raise CheckpointError(
+            f"No VAE found: expected a folder '{VAE_FOLDER}' with config.json at {vae_dir}. "
+            "It ships with the official ACE-Step 1.5 checkpoints; put it next to the model folders."
+        )
+    text_encoder_dir = _find_text_encoder(root)
+    if text_encoder_dir is None:
+        raise CheckpointError(
+            f"No text encoder found in {root}: expected a folder '{PREFERRED_TEXT_ENCODER}' "
+            f"(any '{TEXT_ENCODER_PREFIX}*' folder with a config.json). "
+            "It ships with the official ACE-Step 1.5 checkpoints; put it next to the model folders."
+        )
+    places = [entry.path / file for file in SILENCE_LATENT_FILES] + [root / file for file in SILENCE_LATENT_FILES]
+    silence = next((p for p in places if p.is_file()), None)
+    if silence is None:
+        raise CheckpointError(
+            f"No silence latent found: looked for {' or '.join(SILENCE_LATENT_FILES)} in {entry.path} and {root}. "
+            "Copy silence_latent.pt from an official model folder (e.g. acestep-v15-turbo) into the model folder."
+        )
+    return SharedParts(vae_dir=vae_dir, text_encoder_dir=text_encoder_dir, silence_latent_path=silence)
+
+
+def _read_silence_file(path: Path) -> object:
+    """The raw object stored in a silence-latent file; pickled code is refused by weights_only loading."""
+    try:
+        if path.suffix != ".safetensors":
+            return torch.load(path, map_location="cpu", weights_only=True)
+        tensors = load_file(str(path), device="cpu")
+    except (OSError, EOFError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(
+            f"Cannot read the silence latent {path}: {exc}. Replace it with the file from the official model "
+            "(only plain tensors are loaded; pickled code is refused)."
+        ) from exc
+    if "silence_latent" not in tensors:
+        raise CheckpointError(
+            f"{path} has no 'silence_latent' tensor (found: {', '.join(sorted(tensors)) or 'nothing'}). "
+            "Use the silence latent that ships with the official model."
+        )
+    return tensors["silence_latent"]
+
+
+def load_silence_latent(path: str | Path) -> torch.Tensor:
+    """Read a silence latent stored as [1, 64, T] (.pt or .safetensors) and return it as [1, T, 64]."""
+    path = Path(path)
+    latent = _read_silence_file(path)
+    fix = "Replace it with the silence_latent.pt that ships with the official model."
+    if not isinstance(latent, torch.Tensor):
+        raise CheckpointError(f"{path} holds a {type(latent).__name__}, not a tensor. {fix}")
+    if latent.dim() != 3 or latent.shape[0] != 1 or latent.shape[1] != LATENT_CHANNELS or latent.shape[2] < 1:
+        raise CheckpointError(
+            f"{path} holds a tensor of shape {list(latent.shape)}; "
+            f"a silence latent is [1, {LATENT_CHANNELS}, T]. {fix}"
+        )
+    if not latent.is_floating_point():
+        raise CheckpointError(f"{path} holds {latent.dtype} values; a silence latent holds floats. {fix}")
+    return latent.transpose(1, 2).contiguous()
+
+
+def describe_models(entries: list[ModelEntry]) -> str:
+    """A plain-text table of model folders (name, classification, path), one per line."""
+    if not entries:
+        return "No ACE-Step 1.5 models."
+    rows = [("model", "type", "path")] + [(e.name, f"[{e.kind}]", str(e.path)) for e in entries]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows)
