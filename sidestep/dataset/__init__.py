@@ -1,0 +1,1 @@
+"""Dataset building: per-song metadata, clip encoding, tensor files and the training Dataset."""

@@ -1,0 +1,85 @@
+"""Streaming access to an encoded dataset: random crops, padded batches and a reproducible data order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DatasetError
+from .tensors import CLIP_KEYS, Manifest, load_clip, read_manifest
+
+
+class ClipDataset(Dataset):
+    """The clips of a dataset folder (our manifest, or Side-Step `.pt` files), cropped to `max_frames` latent frames.
+
+    Crops are drawn from a generator seeded by (seed, epoch, index), so a resumed run sees the same crops.
+    """
+
+    def __init__(self, folder: str | Path, max_frames: int | None = None, seed: int = 0) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DatasetError(f"Dataset folder {self.folder} does not exist. Encode a dataset first (Encode Dataset / `sidestep encode`).")
+        self.manifest: Manifest | None = read_manifest(self.folder)
+        if self.manifest is not None:
+            self.files = [self.folder / clip.file for clip in self.manifest.clips]
+        else:
+            self.files = sorted(self.folder.glob("*.pt")) + sorted(self.folder.glob("*.safetensors"))
+        if not self.files:
+            raise DatasetError(f"{self.folder} holds no encoded clips (no manifest.json, .safetensors or .pt files).")
+        missing = [str(path) for path in self.files if not path.is_file()]
+        if missing:
+            raise DatasetError(f"The manifest in {self.folder} lists clips that are missing: {', '.join(missing[:3])}. Encode again.")
+        self.max_frames = max_frames
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose crops `__getitem__` returns."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        clip = load_clip(self.files[index])
+        frames = clip["target_latents"].shape[0]
+        if self.max_frames and frames > self.max_frames:
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + index)
+            start = int(torch.randint(frames - self.max_frames + 1, (1,), generator=generator))
+            for key in ("target_latents", "attention_mask", "context_latents"):
+                clip[key] = clip[key][start : start + self.max_frames]
+        return clip
+
+
+def collate_clips(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack clips into a batch, zero-padding latent frames and condition tokens (their masks mark the padding)."""
+    batch: dict[str, torch.Tensor] = {}
+    for key in CLIP_KEYS:
+        tensors = [item[key] for item in items]
+        length = max(tensor.shape[0] for tensor in tensors)
+        padded = tensors[0].new_zeros((len(tensors), length, *tensors[0].shape[1:]))
+        for row, tensor in enumerate(tensors):
+            padded[row, : tensor.shape[0]] = tensor
+        batch[key] = padded
+    return batch
+
+
+def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled clip order of one epoch, a pure function of (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator).tolist()
+
+
+def make_loader(dataset: ClipDataset, order: list[int], batch_size: int, num_workers: int = 0) -> DataLoader:
+    """A loader that yields batches in exactly `order` (workers prefetch ahead of the training step)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=order,
+        collate_fn=collate_clips,
+        num_workers=num_workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
