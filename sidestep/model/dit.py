@@ -104,7 +104,10 @@ class AceStepDiTModel(nn.Module):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         context_latents: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
+        """Predict the velocity. `key_padding_mask` [B, T] (ours, not official) hides padded frames from self-attention;
+        training passes it for padded batches so padding cannot change what valid frames see."""
         temb, modulation = self.time_embed(timestep)
         temb_r, modulation_r = self.time_embed_r(timestep - timestep_r)
         temb, modulation = temb + temb_r, modulation + modulation_r
@@ -118,10 +121,15 @@ class AceStepDiTModel(nn.Module):
 
         patches = x.shape[1]
         rotary = self.rotary(patches, x.device, x.dtype)
-        sliding = self.sliding_mask(patches, x.dtype, x.device)
+        masks = {True: self.sliding_mask(patches, x.dtype, x.device), False: None}
+        if key_padding_mask is not None:
+            valid = F.pad(key_padding_mask.float(), (0, patches * self.patch_size - length))
+            valid = valid.unflatten(1, (patches, self.patch_size)).amax(-1) > 0
+            window = self.config.sliding_window
+            masks = {sliding: additive_mask(patches, window if sliding else None, valid, x.dtype, x.device) for sliding in masks}
         checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
         for index, layer in enumerate(self.layers):
-            mask = sliding if self.config.is_sliding(index) else None
+            mask = masks[self.config.is_sliding(index)]
             if checkpointing:
                 x = checkpoint(layer, x, modulation, mask, rotary, context, use_reentrant=False)
             else:

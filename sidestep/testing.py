@@ -1,0 +1,231 @@
+"""Tiny but complete ACE-Step 1.5 checkpoint trees with random weights, for tests, smoke runs and demos.
+
+Everything is built by the same code paths that read the real files: the DiT through our model package's
+`save_pretrained`, the VAE as a diffusers `AutoencoderOobleck` (real 48 kHz / 1920-sample geometry, 64 latent
+channels, narrow layers), and the text encoder as a one-layer Qwen3 with a real byte-level BPE tokenizer trained
+here on a small built-in corpus (Qwen's pre-tokenizer, special tokens and trailing `<|endoftext|>`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderOobleck
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers.models import BPE
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+from .atomic import torch_save_atomic
+from .errors import CheckpointError
+from .model import AceStepConditionGenerationModel, AceStepConfig
+from .text import CAPTION_TEMPLATE, DEFAULT_INSTRUCTION, LYRICS_TEMPLATE
+from .vae import LATENT_CHANNELS, SAMPLE_RATE
+
+TURBO_FOLDER = "acestep-v15-turbo"
+BASE_FOLDER = "acestep-v15-base"
+CUSTOM_FOLDER = "my-custom-finetune"
+VAE_FOLDER = "vae"
+TEXT_ENCODER_FOLDER = "Qwen3-Embedding-0.6B"
+SILENCE_FILE = "silence_latent.pt"
+
+TINY_TEXT_HIDDEN = 32
+TINY_SILENCE_FRAMES = 1000
+TINY_VOCAB_SIZE = 1024
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+_VARIANTS = {"turbo": (True, "turbo"), "base": (False, "base"), "sft": (False, "sft")}
+
+_CAPTIONS = (
+    "upbeat synthwave with airy female vocals, driving bassline",
+    "calm ambient piano, soft pads, slow tempo",
+    "a jazzy lo-fi beat with vinyl crackle and mellow keys",
+    "lo-fi hip hop, jazzy, chill",
+    "energetic rock anthem with distorted guitars and powerful male vocals",
+    "mandopop ballad, warm male vocal, strings and piano",
+    "dark techno, pounding kick drum, hypnotic synth arpeggio",
+    "acoustic folk song with fingerpicked guitar and harmonica",
+    "orchestral cinematic score, epic brass, choir",
+    "funky disco groove, slap bass, bright horns",
+)
+_LYRICS = (
+    "[Verse]\nNeon lights on the avenue\nWe keep on moving through\n[Chorus]\nWe run all night\nUntil morning",
+    "[Verse 1]\nWalking down the empty street\nEchoes of my heartbeat\n[Bridge]\nHold on, hold on\n[Outro]",
+    "[Intro]\n[Instrumental]\n[Chorus]\nSing it loud, sing it proud\nLa la la, oh oh oh",
+    "[Verse]\n月光洒在窗前\n思念飘向远方\n[Chorus]\n我们一起唱",
+)
+_METAS = (
+    "- bpm: 120\n- timesignature: 4\n- keyscale: C Major\n- duration: 30 seconds\n",
+    "- bpm: N/A\n- timesignature: N/A\n- keyscale: N/A\n- duration: 187 seconds\n",
+)
+_WORDS = (
+    "F# minor, A minor, E flat major, 3/4, 6/8, 92 bpm, 85 bpm, 140 bpm",
+    "en zh ja ko fr de es it pt ru unknown",
+)
+
+
+def tiny_model_config(variant: str) -> AceStepConfig:
+    """A 2-layer, 64-wide ACE-Step 1.5 config ('turbo', 'base' or 'sft') whose text width matches the tiny Qwen3."""
+    if variant not in _VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; choose one of {sorted(_VARIANTS)}.")
+    is_turbo, model_version = _VARIANTS[variant]
+    return AceStepConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=8,
+        fsq_dim=64,
+        text_hidden_dim=TINY_TEXT_HIDDEN,
+        timbre_hidden_dim=64,
+        audio_acoustic_hidden_dim=64,
+        num_lyric_encoder_hidden_layers=2,
+        num_timbre_encoder_hidden_layers=2,
+        num_attention_pooler_hidden_layers=2,
+        timestep_mu=-0.4,
+        timestep_sigma=1.0,
+        is_turbo=is_turbo,
+        model_version=model_version,
+    )
+
+
+def _build_folder(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Run `fill(temporary_folder)` beside `target`, then move the finished folder into place."""
+    if target.exists():
+        raise CheckpointError(f"{target} already exists; build tiny checkpoints into an empty folder.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        fill(temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return target
+
+
+def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """Build a module whose default initialisation draws from `seed`, leaving the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def tiny_silence_latent(seed: int = 0) -> torch.Tensor:
+    """A seeded random [1, 64, 1000] tensor in the official on-disk silence-latent layout (one for every folder)."""
+    generator = torch.Generator().manual_seed(seed)
+    return 0.5 * torch.randn(1, LATENT_CHANNELS, TINY_SILENCE_FRAMES, generator=generator)
+
+
+def write_tiny_dit(folder: Path, config: AceStepConfig, seed: int = 0) -> Path:
+    """Write config.json, model.safetensors and silence_latent.pt of a randomly initialised DiT model folder."""
+
+    def fill(temporary: Path) -> None:
+        model = AceStepConditionGenerationModel(config).init_random_weights(seed)
+        model.save_pretrained(temporary)
+        torch_save_atomic(tiny_silence_latent(), temporary / SILENCE_FILE)
+
+    return _build_folder(Path(folder), fill)
+
+
+def write_tiny_vae(folder: Path, seed: int = 0) -> Path:
+    """Write a narrow AutoencoderOobleck with ACE-Step's 48 kHz, 1920-hop, 64-channel geometry."""
+
+    def build() -> AutoencoderOobleck:
+        return AutoencoderOobleck(
+            encoder_hidden_size=2 * LATENT_CHANNELS,
+            downsampling_ratios=[2, 4, 4, 6, 10],
+            channel_multiples=[1, 1, 1, 1, 1],
+            decoder_channels=8,
+            decoder_input_channels=LATENT_CHANNELS,
+            audio_channels=2,
+            sampling_rate=SAMPLE_RATE,
+        )
+
+    return _build_folder(Path(folder), lambda temporary: _seeded(seed, build).save_pretrained(temporary))
+
+
+def _corpus() -> list[str]:
+    """Training text for the tiny tokenizer: captions, lyrics and both prompt templates filled in."""
+    captions = [
+        CAPTION_TEMPLATE.format(instruction=DEFAULT_INSTRUCTION, caption=caption, metas=metas)
+        for caption in _CAPTIONS
+        for metas in _METAS
+    ]
+    lyrics = [LYRICS_TEMPLATE.format(language="en", lyrics=text) for text in _LYRICS]
+    return captions + lyrics + list(_CAPTIONS + _LYRICS + _WORDS)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer in Qwen's layout (pad `<|endoftext|>`, appended after every text), trained here."""
+    backend = Tokenizer(BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_corpus(), trainer)
+    end = backend.token_to_id("<|endoftext|>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", pair="$A <|endoftext|> $B:1 <|endoftext|>:1", special_tokens=[("<|endoftext|>", end)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def write_tiny_text_encoder(folder: Path, seed: int = 0) -> Path:
+    """Write a one-layer, 32-wide Qwen3 model with a real tokenizer, loadable by AutoModel/AutoTokenizer."""
+
+    def fill(temporary: Path) -> None:
+        tokenizer = tiny_tokenizer()
+        config = Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=TINY_TEXT_HIDDEN,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=4096,
+            rope_theta=1_000_000.0,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.pad_token_id,
+        )
+        _seeded(seed, lambda: Qwen3Model(config)).save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+
+    return _build_folder(Path(folder), fill)
+
+
+def make_tiny_checkpoints(root: Path, seed: int = 0) -> Path:
+    """Write a complete tiny checkpoint root (turbo, base, a custom turbo fine-tune, vae, text encoder, silence)."""
+    root = Path(root)
+    names = (TURBO_FOLDER, BASE_FOLDER, CUSTOM_FOLDER, VAE_FOLDER, TEXT_ENCODER_FOLDER, SILENCE_FILE)
+    taken = [name for name in names if (root / name).exists()]
+    if taken:
+        raise CheckpointError(f"{root} already holds {', '.join(taken)}; build tiny checkpoints into an empty folder.")
+    custom = dataclasses.replace(tiny_model_config("turbo"), model_version=None)
+    write_tiny_dit(root / TURBO_FOLDER, tiny_model_config("turbo"), seed)
+    write_tiny_dit(root / BASE_FOLDER, tiny_model_config("base"), seed + 1)
+    write_tiny_dit(root / CUSTOM_FOLDER, custom, seed + 2)
+    write_tiny_vae(root / VAE_FOLDER, seed)
+    write_tiny_text_encoder(root / TEXT_ENCODER_FOLDER, seed)
+    torch_save_atomic(tiny_silence_latent(), root / SILENCE_FILE)
+    return root
