@@ -29,6 +29,170 @@ def cmd_make_tiny_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _bundle(args: argparse.Namespace):
+    """Open the model the common --checkpoint-dir/--model-variant/--base-model flags name."""
+    import torch
+
+    from .bundle import open_checkpoint
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype != "auto" else (torch.bfloat16 if device == "cuda" else torch.float32)
+    return open_checkpoint(args.checkpoint_dir, args.model_variant, args.base_model, dtype=dtype, device=device)
+
+
+def _model_name(variant: str) -> str:
+    """turbo/base/sft/xl-* → the official folder name; anything else is a folder name already."""
+    official = {"turbo", "base", "sft", "xl-turbo", "xl-base", "xl-sft"}
+    return f"acestep-v15-{variant}" if variant in official else variant
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """Encode a folder of songs into a training-ready tensor dataset."""
+    from .dataset.encode import EncodeConfig, encode_dataset
+
+    config = EncodeConfig(
+        audio_dir=args.dataset_dir,
+        output_dir=args.output_dir,
+        max_duration=args.max_duration,
+        normalize=args.normalize,
+        skip_existing=not args.force,
+        min_seconds=args.min_seconds,
+        custom_tag=args.trigger,
+        tag_position=args.tag_position,
+    )
+
+    def report(event) -> None:
+        detail = f" ({event.reason})" if event.reason else f" {event.seconds:.1f} s"
+        print(f"[{event.index}/{event.total}] {event.status:8s} {event.file}{detail}", flush=True)
+
+    result = encode_dataset(_bundle(args), config, callback=report)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(
+        f"Encoded {result.encoded}, kept {result.skipped} unchanged, rejected {len(result.rejected)}; "
+        f"{len(result.manifest.clips)} clips in {result.output_dir}"
+    )
+    return 0
+
+
+def _adapter_config(args: argparse.Namespace):
+    from .adapters.config import AdapterConfig
+
+    custom = tuple(args.target_modules or ())
+    return AdapterConfig(
+        kind=args.adapter,
+        rank=args.rank,
+        alpha=args.alpha,
+        dropout=args.dropout,
+        use_dora=args.dora,
+        linear_dim=args.lokr_linear_dim,
+        linear_alpha=args.lokr_linear_alpha,
+        factor=args.lokr_factor,
+        decompose_both=args.lokr_decompose_both,
+        use_tucker=args.lokr_use_tucker,
+        weight_decompose=args.lokr_weight_decompose,
+        target="custom" if custom else args.target,
+        custom_modules=custom,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a LoRA/LoKR adapter on an encoded dataset, printing a progress bar."""
+    from .model import TRAINING_PARTS
+    from .progress import ProgressPrinter
+    from .training.config import TrainConfig
+    from .training.loop import RunIdentity, Trainer
+
+    adapter = _adapter_config(args)
+    config = TrainConfig(
+        output_dir=args.output_dir,
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        optimizer=args.optimizer,
+        scheduler=args.scheduler,
+        warmup_steps=args.warmup_steps,
+        batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation,
+        max_grad_norm=args.max_grad_norm,
+        precision=args.precision,
+        gradient_checkpointing=not args.no_gradient_checkpointing,
+        seed=args.seed,
+        save_every=args.save_every,
+        timestep_mode=args.timestep_mode,
+        continuous_draws=args.continuous_draws,
+        cfg_ratio=args.cfg_ratio,
+        min_snr_gamma=args.min_snr_gamma,
+        max_latent_frames=args.max_latent_frames or None,
+        num_workers=args.num_workers,
+        shift=args.shift,
+        num_inference_steps=args.num_inference_steps,
+        resume_from=args.resume_from,
+        log_dir=args.log_dir,
+    )
+    bundle = _bundle(args)
+    identity = RunIdentity(variant=bundle.variant, base=bundle.base, model_name=bundle.entry.name)
+    trainer = Trainer(bundle.dit(parts=TRAINING_PARTS), args.dataset_dir, adapter, config, identity, callback=ProgressPrinter())
+    result = trainer.run()
+    print(f"{result.status}: adapter in {result.adapter_dir}; TensorBoard logs in {config.log_dir or Path(config.output_dir) / 'runs'}")
+    return 0
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint-dir", required=True, help="folder holding acestep-v15-*/, vae/, Qwen3-Embedding-0.6B/")
+    parser.add_argument("--model-variant", default="turbo", type=_model_name,
+                        help="turbo, base, sft, xl-turbo, xl-base, xl-sft or a custom model folder name")
+    parser.add_argument("--base-model", choices=["turbo", "base", "sft"], default=None,
+                        help="the base of a custom fine-tune when its config does not say")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="weight dtype (auto: bf16 on CUDA, fp32 on CPU)")
+
+
+def _add_train_parser(commands, name: str, help_text: str) -> None:
+    train = commands.add_parser(name, help=help_text)
+    _add_model_flags(train)
+    train.add_argument("--dataset-dir", required=True, help="encoded dataset (ours, or Side-Step .pt files)")
+    train.add_argument("--output-dir", required=True, help="run folder: final/, checkpoints/epoch_N/, runs/")
+    train.add_argument("--adapter", "--adapter-type", default="lora", choices=["lora", "lokr"])
+    train.add_argument("--rank", type=int, default=64)
+    train.add_argument("--alpha", type=float, default=128)
+    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--dora", action="store_true", help="weight-decomposed LoRA")
+    train.add_argument("--lokr-linear-dim", type=int, default=64)
+    train.add_argument("--lokr-linear-alpha", type=float, default=128)
+    train.add_argument("--lokr-factor", type=int, default=-1)
+    train.add_argument("--lokr-decompose-both", action="store_true")
+    train.add_argument("--lokr-use-tucker", action="store_true")
+    train.add_argument("--lokr-weight-decompose", action="store_true")
+    train.add_argument("--target", default="attention", choices=["attention", "attention_mlp", "self_attention", "cross_attention"])
+    train.add_argument("--target-modules", nargs="+", help="custom module list (overrides --target)")
+    train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--lr", "--learning-rate", type=float, default=1e-4)
+    train.add_argument("--optimizer", "--optimizer-type", default="adamw", choices=["adamw", "adamw8bit", "prodigy", "adafactor"])
+    train.add_argument("--scheduler", "--scheduler-type", default="cosine", choices=["constant", "linear", "cosine", "cosine_restarts"])
+    train.add_argument("--warmup-steps", type=int, default=0)
+    train.add_argument("--batch-size", type=int, default=1)
+    train.add_argument("--gradient-accumulation", type=int, default=1)
+    train.add_argument("--max-grad-norm", type=float, default=1.0)
+    train.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    train.add_argument("--no-gradient-checkpointing", action="store_true")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--save-every", type=int, default=10, help="write checkpoints/epoch_N every N epochs")
+    train.add_argument("--timestep-mode", default="auto", choices=["auto", "discrete", "continuous"])
+    train.add_argument("--continuous-draws", default="max_of_two", choices=["max_of_two", "single"])
+    train.add_argument("--cfg-ratio", type=float, default=None, help="condition dropout (default 0.15 for base/sft, 0 for turbo)")
+    train.add_argument("--min-snr-gamma", type=float, default=None)
+    train.add_argument("--max-latent-frames", type=int, default=1500, help="random crop length in 25 Hz frames (0 = whole clips)")
+    train.add_argument("--num-workers", type=int, default=0)
+    train.add_argument("--shift", type=float, default=None, help="recorded for inference (turbo 3.0, base/sft 1.0)")
+    train.add_argument("--num-inference-steps", type=int, default=None, help="recorded for inference (turbo 8, base/sft 50)")
+    train.add_argument("--resume-from", default=None, help="checkpoints/epoch_N folder or the training_state.pt inside it")
+    train.add_argument("--log-dir", default=None, help="TensorBoard folder (default OUT/runs)")
+    train.set_defaults(run=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5.")
@@ -43,6 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=cmd_make_tiny_checkpoints)
+
+    encode = commands.add_parser("encode", help="encode a folder of songs into a training dataset")
+    _add_model_flags(encode)
+    encode.add_argument("--dataset-dir", required=True, help="folder of songs (searched recursively) with optional sidecars")
+    encode.add_argument("--output-dir", required=True, help="where the clip tensors and manifest.json go")
+    encode.add_argument("--max-duration", type=float, default=0.0, help="split songs into clips of at most this many seconds (0 = keep whole)")
+    encode.add_argument("--normalize", default="none", choices=["none", "peak", "loudness"])
+    encode.add_argument("--min-seconds", type=float, default=1.0, help="reject clips shorter than this")
+    encode.add_argument("--trigger", default="", help="trigger word / custom tag added to every caption")
+    encode.add_argument("--tag-position", default=None, choices=["prepend", "append", "replace"])
+    encode.add_argument("--force", action="store_true", help="re-encode clips even when unchanged")
+    encode.set_defaults(run=cmd_encode)
+
+    _add_train_parser(commands, "train", "train a LoRA or LoKR adapter")
+    _add_train_parser(commands, "fixed", "alias of train (Side-Step's name)")
     return parser
 
 

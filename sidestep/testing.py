@@ -150,7 +150,23 @@ def write_tiny_vae(folder: Path, seed: int = 0) -> Path:
             sampling_rate=SAMPLE_RATE,
         )
 
-    return _build_folder(Path(folder), lambda temporary: _seeded(seed, build).save_pretrained(temporary))
+    def fill(temporary: Path) -> None:
+        vae = _seeded(seed, build)
+        _calibrate_latent_scale(vae, seed)
+        vae.save_pretrained(temporary)
+
+    return _build_folder(Path(folder), fill)
+
+
+def _calibrate_latent_scale(vae: AutoencoderOobleck, seed: int) -> None:
+    """Scale the encoder's output so latents of music-level audio have unit spread, as the real VAE's roughly do."""
+    generator = torch.Generator().manual_seed(seed)
+    probe = 0.3 * torch.randn(1, 2, SAMPLE_RATE // 2, generator=generator)
+    with torch.no_grad():
+        spread = float(vae.encode(probe).latent_dist.mean.std())
+        conv = vae.encoder.conv2
+        conv.weight_g[:LATENT_CHANNELS] /= spread
+        conv.bias[:LATENT_CHANNELS] /= spread
 
 
 def _corpus() -> list[str]:

@@ -60,3 +60,44 @@ def min_snr_weights(t: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-γ loss weights for a velocity (noise − x0) target: min(SNR, γ) / (SNR + 1), SNR = ((1 − t) / t)²."""
     snr = ((1 - t) / t.clamp_min(1e-6)).pow(2)
     return snr.clamp(max=gamma) / (snr + 1)
+
+
+def flow_matching_loss(
+    decoder: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    keep: torch.Tensor | None = None,
+    null_condition_emb: torch.Tensor | None = None,
+    min_snr_gamma: float | None = None,
+) -> torch.Tensor:
+    """The ACE-Step 1.5 training loss of one batch for given draws (noise, t, CFG keep mask).
+
+    Padded frames (attention_mask 0) are zeroed in the decoder's inputs, hidden from its self-attention and left out of
+    the loss, so padding cannot change the loss of the valid frames.
+    """
+    x0 = batch["target_latents"]
+    frame_mask = batch["attention_mask"]
+    context = batch["context_latents"]
+    states = batch["encoder_hidden_states"]
+    if keep is not None and null_condition_emb is not None:
+        states = drop_condition(states, keep, null_condition_emb)
+    x_t = noisy_latents(x0, noise, t)
+    padded = bool((frame_mask < 1).any())
+    if padded:
+        valid = frame_mask[:, :, None].to(x_t.dtype)
+        x_t, context = x_t * valid, context * valid.to(context.dtype)
+    velocity, _ = decoder(
+        hidden_states=x_t,
+        timestep=t,
+        timestep_r=t,
+        attention_mask=frame_mask,
+        encoder_hidden_states=states,
+        encoder_attention_mask=batch["encoder_attention_mask"],
+        context_latents=context,
+        key_padding_mask=frame_mask if padded else None,
+    )
+    loss, per_sample = masked_mse(velocity, noise - x0, frame_mask)
+    if min_snr_gamma:
+        loss = (per_sample * min_snr_weights(t, min_snr_gamma)).mean()
+    return loss

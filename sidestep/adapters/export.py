@@ -1,0 +1,53 @@
+"""Export any adapter as one .safetensors file that ComfyUI's own LoraLoaderModelOnly applies to ACE-Step 1.5.
+
+LoRA → `base_model.model.<module>.lora_A.weight` / `.lora_B.weight` + `.alpha` = scale·rank, so ComfyUI's
+alpha / rank reproduces the trained scale at strength 1.0. LoKR → `lycoris_<module_with_underscores>.lokr_*` + the
+stored `.alpha`: ComfyUI and LyCORIS share the scale rule (alpha / dim only when a side is decomposed), so the factors
+go out unchanged. DoRA / weight decomposition is refused: ComfyUI normalises by the base weight's norm instead of the
+adapted weight's, so it would not reproduce the trained result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..atomic import save_safetensors_atomic
+from ..errors import AdapterError
+from .files import load_adapter
+from .keys import lycoris_name, peft_name
+from .weights import LoraWeights, ModuleWeights
+
+
+def _comfy_tensors(modules: dict[str, ModuleWeights]) -> dict[str, torch.Tensor]:
+    """ComfyUI key → tensor for every module of a loaded adapter (no DoRA)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for module, weights in modules.items():
+        if isinstance(weights, LoraWeights):
+            prefix = peft_name(module)
+            tensors[f"{prefix}.lora_A.weight"] = weights.down
+            tensors[f"{prefix}.lora_B.weight"] = weights.up
+            tensors[f"{prefix}.alpha"] = torch.tensor(weights.scale * weights.rank, dtype=torch.float32)
+        else:
+            prefix = lycoris_name(module)
+            tensors.update({f"{prefix}.{name}": tensor for name, tensor in weights.factors.items()})
+            if weights.alpha is not None:
+                tensors[f"{prefix}.alpha"] = torch.tensor(weights.alpha, dtype=torch.float32)
+    return tensors
+
+
+def export_comfy(adapter_path: str | Path, out_file: str | Path) -> Path:
+    """Write the adapter at `adapter_path` (any form `load_adapter` accepts) as a ComfyUI single file; returns its path."""
+    out_file = Path(out_file).expanduser()
+    if out_file.suffix.lower() != ".safetensors":
+        raise AdapterError(f"Export target {out_file} must end in .safetensors (ComfyUI lists only those as LoRAs).")
+    adapter = load_adapter(adapter_path)
+    if adapter.is_decomposed:
+        raise AdapterError(
+            f"Adapter {adapter.source} uses DoRA / weight decomposition, which ComfyUI's LoRA loader cannot reproduce "
+            "(it normalises by the base weight instead of the adapted one). Load it with Side-Step's Load Adapter "
+            "node instead, or retrain without DoRA to export."
+        )
+    save_safetensors_atomic(_comfy_tensors(adapter.modules), out_file, {**adapter.metadata, "format": "pt"})
+    return out_file

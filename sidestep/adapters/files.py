@@ -1,0 +1,220 @@
+"""Read any adapter form from disk into a LoadedAdapter (safetensors only; nothing is unpickled).
+
+Accepted: a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors, written by PEFT, Side-Step or the
+ACE-Step trainer), a LoKR `lokr_weights.safetensors` or a folder holding it, a run folder holding `final/`, a
+`checkpoints/epoch_N/` folder or the `training_state.pt` inside one (its folder is used), and single ComfyUI-style
+`.safetensors` files (`base_model.model.<module>.lora_A/.lora_B` or `.lora_down/.lora_up`, optional `.alpha`;
+`lycoris_<module>.lokr_*` + `.alpha`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..errors import AdapterError
+from .keys import (
+    ALPHA_PART,
+    FINAL_FOLDER,
+    LOKR_CONFIG_KEY,
+    LOKR_PARTS,
+    LOKR_WEIGHTS_FILE,
+    PEFT_CONFIG_FILE,
+    PEFT_WEIGHTS_FILE,
+    TRAINING_STATE_FILE,
+    first_few,
+    split_key,
+)
+from .weights import LoadedAdapter, LokrWeights, LoraWeights, ModuleWeights
+
+_EXPECTED = (
+    f"a LoRA folder ({PEFT_CONFIG_FILE} + {PEFT_WEIGHTS_FILE}), a LoKR {LOKR_WEIGHTS_FILE} (or its folder), "
+    "a checkpoints/epoch_N folder, or a single ComfyUI-style .safetensors file"
+)
+
+
+def resolve_adapter_path(path: str | Path) -> Path:
+    """The weights file behind any accepted path form; AdapterError when there is none."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise AdapterError(f"Adapter {path} does not exist. Pass {_EXPECTED}.")
+    if path.is_file() and path.name == TRAINING_STATE_FILE:
+        path = path.parent
+    if path.is_dir():
+        for name in (PEFT_WEIGHTS_FILE, LOKR_WEIGHTS_FILE):
+            if (path / name).is_file():
+                return path / name
+        if (path / FINAL_FOLDER).is_dir():
+            return resolve_adapter_path(path / FINAL_FOLDER)
+        found = sorted(p.name for p in path.iterdir())
+        raise AdapterError(
+            f"Adapter folder {path} holds no adapter weights (found: {first_few(found) or 'nothing'}). Pass {_EXPECTED}."
+        )
+    if path.suffix.lower() != ".safetensors":
+        raise AdapterError(f"Adapter file {path} is not a .safetensors file. Pass {_EXPECTED}.")
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on the CPU) and the header metadata of a safetensors file."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterError(f"Adapter file {path} cannot be read as safetensors ({error}). Re-save or re-export it.") from error
+
+
+def _peft_config(folder: Path) -> dict[str, Any] | None:
+    """The PEFT adapter_config.json beside the weights, or None when there is none."""
+    config_path = folder / PEFT_CONFIG_FILE
+    if not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise AdapterError(f"{config_path} is not valid JSON ({error}). Restore it from the training output.") from error
+    if not isinstance(config, dict):
+        raise AdapterError(f"{config_path} is not a PEFT adapter config. Restore it from the training output.")
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise AdapterError(f"{config_path} describes a {peft_type} adapter; only PEFT LoRA folders are supported.")
+    return config
+
+
+def _group(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Tensors grouped by module → part; AdapterError listing keys that are not adapter tensors."""
+    groups: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    unknown = []
+    for key, tensor in tensors.items():
+        split = split_key(key)
+        if split is None:
+            unknown.append(key)
+        else:
+            groups[split[0]][split[1]] = tensor
+    if unknown:
+        raise AdapterError(
+            f"Adapter {path} has keys that are not LoRA/LoKR tensors: {first_few(unknown)}. "
+            "Only PEFT, kohya/ComfyUI and LyCORIS key names are understood."
+        )
+    return groups
+
+
+def _lora_scale(module: str, rank: int, parts: dict[str, torch.Tensor], config: dict[str, Any] | None) -> float:
+    """Scale of one LoRA module: its `.alpha` / rank, else PEFT's lora_alpha / r (or / √r with rsLoRA), else 1."""
+    if ALPHA_PART in parts:
+        return float(parts[ALPHA_PART]) / rank
+    if config is None:
+        return 1.0
+    # PEFT's alpha_pattern: a key matches a module whose path ends with it (keys may be regular expressions).
+    patterns = config.get("alpha_pattern") or {}
+    matched = [key for key in patterns if re.match(rf"(.*\.)?({key})$", module)]
+    alpha = float(patterns[matched[0]] if matched else config.get("lora_alpha", 8))
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def _lora(module: str, parts: dict[str, torch.Tensor], config: dict[str, Any] | None, path: Path) -> LoraWeights:
+    """One module's LoRA factors, checked for completeness and matching ranks."""
+    if "down" not in parts or "up" not in parts:
+        raise AdapterError(f"Adapter {path}: module {module} has only one of its two LoRA matrices (A/down, B/up).")
+    down, up = parts["down"], parts["up"]
+    if down.dim() != 2 or up.dim() != 2:
+        raise AdapterError(f"Adapter {path}: module {module} is not a Linear-layer LoRA (factor shapes {tuple(down.shape)}, {tuple(up.shape)}).")
+    if down.shape[0] != up.shape[1]:
+        raise AdapterError(
+            f"Adapter {path}: LoRA rank mismatch in {module}: A/down has rank {down.shape[0]} but B/up has rank {up.shape[1]}."
+        )
+    magnitude = parts.get("magnitude")
+    return LoraWeights(down, up, _lora_scale(module, down.shape[0], parts, config), None if magnitude is None else magnitude.flatten())
+
+
+def _pair_rank(module: str, a: torch.Tensor, b: torch.Tensor, names: str, path: Path) -> None:
+    """Raise AdapterError unless a low-rank pair is 2-D and shares its inner dimension."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise AdapterError(
+            f"Adapter {path}: LoKR rank mismatch in {module}: {names} have shapes {tuple(a.shape)} and {tuple(b.shape)}."
+        )
+
+
+def _lokr(module: str, parts: dict[str, torch.Tensor], path: Path) -> LokrWeights:
+    """One module's LoKR factors, checked for completeness and matching ranks."""
+    factors = {name: parts[name] for name in LOKR_PARTS if name in parts and name != "dora_scale"}
+    if "lokr_w1" not in factors and not {"lokr_w1_a", "lokr_w1_b"} <= factors.keys():
+        raise AdapterError(f"Adapter {path}: LoKR module {module} lacks lokr_w1 (or the lokr_w1_a/lokr_w1_b pair).")
+    if "lokr_w2" not in factors and not {"lokr_w2_a", "lokr_w2_b"} <= factors.keys():
+        raise AdapterError(f"Adapter {path}: LoKR module {module} lacks lokr_w2 (or the lokr_w2_a/lokr_w2_b pair).")
+    if "lokr_w1" not in factors:
+        _pair_rank(module, factors["lokr_w1_a"], factors["lokr_w1_b"], "lokr_w1_a/lokr_w1_b", path)
+    if "lokr_w2" not in factors and "lokr_t2" not in factors:
+        _pair_rank(module, factors["lokr_w2_a"], factors["lokr_w2_b"], "lokr_w2_a/lokr_w2_b", path)
+    magnitude = parts.get("dora_scale")
+    if magnitude is not None and magnitude.dim() == 2 and magnitude.shape[1] != 1:
+        raise AdapterError(
+            f"Adapter {path}: {module} uses weight decomposition on the input axis, which is not supported; "
+            "retrain with LyCORIS' default (output axis)."
+        )
+    alpha = float(parts[ALPHA_PART]) if ALPHA_PART in parts else None
+    return LokrWeights(factors, alpha, None if magnitude is None else magnitude.flatten())
+
+
+def _modules(groups: dict[str, dict[str, torch.Tensor]], config: dict[str, Any] | None, path: Path) -> dict[str, ModuleWeights]:
+    """Per-module weights of one kind; AdapterError for modules that are neither, both, or files that mix kinds."""
+    modules: dict[str, ModuleWeights] = {}
+    for module, parts in groups.items():
+        lokr = any(name in parts for name in LOKR_PARTS if name != "dora_scale")
+        lora = any(name in parts for name in ("down", "up", "magnitude"))
+        if lokr and not lora:
+            modules[module] = _lokr(module, parts, path)
+        elif lora and not lokr and "dora_scale" not in parts:
+            modules[module] = _lora(module, parts, config, path)
+        elif lora and not lokr:
+            raise AdapterError(
+                f"Adapter {path}: {module} is a LoRA with a ComfyUI-style dora_scale, which is not supported. "
+                "Use the PEFT DoRA folder the trainer wrote."
+            )
+        else:
+            found = ", ".join(sorted(parts))
+            raise AdapterError(f"Adapter {path}: {module} has no complete LoRA or LoKR weights (found {found}).")
+    if len({type(weights) for weights in modules.values()}) > 1:
+        raise AdapterError(f"Adapter {path} mixes LoRA and LoKR modules; load them as two adapters.")
+    return modules
+
+
+def _lokr_config(metadata: dict[str, str]) -> dict[str, Any]:
+    """The LoKR hyper-parameters a trainer stored as JSON in the file's metadata ({} when absent or unreadable)."""
+    try:
+        config = json.loads(metadata.get(LOKR_CONFIG_KEY) or "{}")
+    except ValueError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _declared(modules: dict[str, ModuleWeights], config: dict[str, Any] | None, metadata: dict[str, str]) -> tuple[int | None, float | None]:
+    """The (rank, alpha) an adapter declares: its PEFT config or LoKR metadata, else read off its first module."""
+    first = next(iter(modules.values()))
+    if isinstance(first, LoraWeights):
+        if config is not None:
+            return int(config.get("r", first.rank)), float(config.get("lora_alpha", 8))
+        return first.rank, first.scale * first.rank
+    lokr = _lokr_config(metadata)
+    rank, alpha = lokr.get("linear_dim", first.rank), lokr.get("linear_alpha", first.alpha)
+    return (None if rank is None else int(rank)), (None if alpha is None else float(alpha))
+
+
+def load_adapter(path: str | Path) -> LoadedAdapter:
+    """Read any accepted adapter form (see the module docstring); AdapterError says what is wrong and where."""
+    weights_path = resolve_adapter_path(path)
+    config = _peft_config(weights_path.parent) if weights_path.name == PEFT_WEIGHTS_FILE else None
+    tensors, metadata = _read(weights_path)
+    if not tensors:
+        raise AdapterError(f"Adapter file {weights_path} holds no tensors. Re-save or re-export the adapter.")
+    modules = _modules(_group(tensors, weights_path), config, weights_path)
+    kind = "lokr" if isinstance(next(iter(modules.values())), LokrWeights) else "lora"
+    rank, alpha = _declared(modules, config, metadata)
+    return LoadedAdapter(source=weights_path, kind=kind, modules=modules, rank=rank, alpha=alpha, metadata=metadata)

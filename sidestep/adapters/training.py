@@ -1,0 +1,203 @@
+"""Attach a trainable LoRA (PEFT) or LoKR (LyCORIS) adapter to the DiT decoder, save it, and take it off again.
+
+Base weights are frozen and never written to. LoRA is PEFT applied to the decoder itself, so its keys read
+`base_model.model.layers.0.self_attn.q_proj.lora_A.weight` (what ACE-Step's trainer writes and ComfyUI maps);
+LoKR is a LyCORIS network restricted to exactly the target Linear layers, keys `lycoris_layers_0_self_attn_q_proj.*`.
+Both keep working under the decoder's own gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from lycoris import LycorisNetwork, create_lycoris
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+from ..atomic import save_safetensors_atomic, write_text_atomic
+from ..errors import AdapterError
+from .config import AdapterConfig
+from .keys import LOKR_CONFIG_KEY, LOKR_WEIGHTS_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, first_few, lycoris_name
+from .targets import target_modules
+
+
+class TrainableAdapter(ABC):
+    """An adapter attached to a decoder for training: its parameters, weights for resume, save and remove."""
+
+    def __init__(self, decoder: nn.Module, config: AdapterConfig, modules: list[str]) -> None:
+        self.decoder = decoder
+        self.config = config
+        self.modules = modules
+        self._requires_grad = {name: p.requires_grad for name, p in decoder.named_parameters()}
+        decoder.requires_grad_(False)
+
+    @abstractmethod
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable adapter parameters (nothing of the base model)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter weights under the names they are saved with (detached, sharing storage)."""
+
+    @abstractmethod
+    def _load(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy already-checked weights into the adapter."""
+
+    @abstractmethod
+    def save(self, folder: str | Path, metadata: Mapping[str, str]) -> Path:
+        """Write the adapter files into `folder` (atomically, metadata in the safetensors header); returns the folder."""
+
+    @abstractmethod
+    def _detach(self) -> None:
+        """Take the adapter layers out of the decoder."""
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore weights from `state_dict()` output (for resume); AdapterError naming missing/extra/misshaped keys."""
+        own = self.state_dict()
+        problems = [f"missing {key}" for key in own if key not in state]
+        problems += [f"unexpected {key}" for key in state if key not in own]
+        problems += [
+            f"{key} {tuple(state[key].shape)} instead of {tuple(own[key].shape)}"
+            for key in own
+            if key in state and tuple(state[key].shape) != tuple(own[key].shape)
+        ]
+        if problems:
+            raise AdapterError(
+                f"Saved adapter weights do not fit this {self.config.describe()}: {first_few(problems)}."
+            )
+        self._load(state)
+
+    def remove(self) -> None:
+        """Detach the adapter and restore the plain decoder (modules and requires_grad flags)."""
+        self._detach()
+        for name, param in self.decoder.named_parameters():
+            param.requires_grad_(self._requires_grad.get(name, False))
+
+
+class LoraAdapter(TrainableAdapter):
+    """LoRA / DoRA through PEFT's `get_peft_model` on the decoder."""
+
+    def __init__(self, decoder: nn.Module, config: AdapterConfig, modules: list[str]) -> None:
+        super().__init__(decoder, config, modules)
+        self.peft_config = LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            use_dora=config.use_dora,
+            target_modules=list(modules),
+            bias="none",
+        )
+        self.peft_model = get_peft_model(decoder, self.peft_config)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.peft_model.parameters() if p.requires_grad]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {key: value.detach() for key, value in get_peft_model_state_dict(self.peft_model).items()}
+
+    def _load(self, state: Mapping[str, torch.Tensor]) -> None:
+        set_peft_model_state_dict(self.peft_model, dict(state))
+
+    def save(self, folder: str | Path, metadata: Mapping[str, str]) -> Path:
+        folder = Path(folder)
+        save_safetensors_atomic(self.state_dict(), folder / PEFT_WEIGHTS_FILE, {**metadata, "format": "pt"})
+        config = self.peft_config.to_dict()
+        config = {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
+        config["inference_mode"] = True
+        write_text_atomic(folder / PEFT_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return folder
+
+    def _detach(self) -> None:
+        self.peft_model.unload()
+
+
+class LokrAdapter(TrainableAdapter):
+    """LoKR through a LyCORIS network whose preset names exactly the target layers."""
+
+    def __init__(self, decoder: nn.Module, config: AdapterConfig, modules: list[str]) -> None:
+        super().__init__(decoder, config, modules)
+        # LyCORIS keeps its target selection on the class; set all of it right before building the network.
+        LycorisNetwork.apply_preset(
+            {
+                "enable_conv": False,
+                "target_module": [],
+                "target_name": list(modules),
+                "module_algo_map": {},
+                "name_algo_map": {},
+                "use_fnmatch": True,
+                "exclude_name": [],
+                "lora_prefix": "lycoris",
+            }
+        )
+        self._own_forward = {name for name in modules if "forward" in vars(decoder.get_submodule(name))}
+        # Bypass mode adds ΔW·x in the input's dtype (exact with bf16 base weights); weight decomposition needs the
+        # merged weight, which only LyCORIS' rebuild mode computes.
+        self.network = create_lycoris(
+            decoder,
+            1.0,
+            linear_dim=config.linear_dim,
+            linear_alpha=config.linear_alpha,
+            algo="lokr",
+            factor=config.factor,
+            decompose_both=config.decompose_both,
+            use_tucker=config.use_tucker,
+            dora_wd=config.weight_decompose,
+            bypass_mode=not config.weight_decompose,
+        )
+        created = [module.lora_name for module in self.network.loras]
+        if created != [lycoris_name(name) for name in modules]:
+            raise AdapterError(f"LyCORIS adapted {first_few(created)} instead of the requested {first_few(modules)}.")
+        self.network.apply_to()
+        device = next(decoder.parameters()).device
+        self.network.to(device)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.network.parameters() if p.requires_grad]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {key: value.detach() for key, value in self.network.state_dict().items()}
+
+    def _load(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.network.load_state_dict(dict(state), strict=True)
+
+    def lokr_config(self) -> dict:
+        """The LoKR hyper-parameters and target modules stored in the weights file's metadata."""
+        config = self.config
+        return {
+            "algo": "lokr",
+            "linear_dim": config.linear_dim,
+            "linear_alpha": config.linear_alpha,
+            "factor": config.factor,
+            "decompose_both": config.decompose_both,
+            "use_tucker": config.use_tucker,
+            "use_scalar": False,
+            "weight_decompose": config.weight_decompose,
+            "full_matrix": False,
+            "bypass_mode": not config.weight_decompose,
+            "rs_lora": False,
+            "unbalanced_factorization": False,
+            "target_modules": list(self.modules),
+        }
+
+    def save(self, folder: str | Path, metadata: Mapping[str, str]) -> Path:
+        folder = Path(folder)
+        header = {**metadata, "format": "pt", LOKR_CONFIG_KEY: json.dumps(self.lokr_config())}
+        save_safetensors_atomic(self.state_dict(), folder / LOKR_WEIGHTS_FILE, header)
+        return folder
+
+    def _detach(self) -> None:
+        self.network.restore()
+        # LyCORIS leaves the original forward as an instance attribute; drop it so the layer is a plain Linear again.
+        for name in self.modules:
+            if name not in self._own_forward:
+                vars(self.decoder.get_submodule(name)).pop("forward", None)
+
+
+def attach_trainable_adapter(decoder: nn.Module, config: AdapterConfig) -> TrainableAdapter:
+    """Freeze `decoder` and attach a fresh adapter of `config.kind` to its target layers (base weights untouched)."""
+    modules = target_modules(decoder, config)
+    return LoraAdapter(decoder, config, modules) if config.kind == "lora" else LokrAdapter(decoder, config, modules)

@@ -1,0 +1,374 @@
+"""The training loop: variant-correct flow matching on an encoded dataset, checkpoints, stop and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..adapters.config import AdapterConfig
+from ..adapters.training import TrainableAdapter, attach_trainable_adapter
+from ..dataset.loader import ClipDataset, epoch_order, make_loader
+from ..errors import TrainingError
+from ..model import AceStepConditionGenerationModel
+from . import distributed
+from .config import TrainConfig
+from .events import EventCallback, StopSignal, TrainingEvent
+from .logging import RunLogger
+from .objective import draw_cfg_keep_mask, draw_continuous_timesteps, draw_discrete_timesteps, flow_matching_loss
+from .optim import build_optimizer, build_scheduler
+from .state import (
+    Progress,
+    capture_rng,
+    load_training_state,
+    resolve_resume_path,
+    restore_rng,
+    save_training_state,
+    write_checkpoint_dir,
+)
+
+SMOOTHING = 0.9
+
+
+@dataclass
+class TrainResult:
+    """How a run ended and where its adapter is."""
+
+    status: str
+    adapter_dir: Path
+    last_checkpoint: Path | None
+    global_step: int
+    epochs_completed: int
+    final_loss: float | None
+
+
+@dataclass
+class RunIdentity:
+    """What the adapter is for: the model it was trained on and the dataset."""
+
+    variant: str
+    base: str
+    model_name: str = ""
+
+
+PreviewFn = Callable[[int, AceStepConditionGenerationModel], str]
+
+
+class Trainer:
+    """Trains one adapter on `model.decoder`; reports through `callback`, honours `stop`, resumes from checkpoints."""
+
+    def __init__(
+        self,
+        model: AceStepConditionGenerationModel,
+        dataset_dir: str | Path,
+        adapter_config: AdapterConfig,
+        config: TrainConfig,
+        identity: RunIdentity,
+        callback: EventCallback | None = None,
+        stop: StopSignal | None = None,
+        preview: PreviewFn | None = None,
+    ) -> None:
+        if identity.base not in ("turbo", "base", "sft"):
+            raise TrainingError(f"Unknown base model {identity.base!r}; name it as turbo, base or sft.")
+        self.model = model
+        self.decoder = model.decoder
+        self.adapter_config = adapter_config
+        self.config = config
+        self.identity = identity
+        self.callback = callback or (lambda event: None)
+        self.stop = stop or StopSignal()
+        self.preview = preview
+        self.output_dir = Path(config.output_dir)
+        self.device = next(self.decoder.parameters()).device
+        self.rank, self.world = distributed.rank_and_world()
+        self.dataset = ClipDataset(dataset_dir, config.max_latent_frames, config.seed)
+        self._check_dataset_variant()
+        self.timestep_mode = config.resolved_timestep_mode(identity.base)
+        self.cfg_ratio = config.resolved_cfg_ratio(identity.base)
+        self.generator = torch.Generator().manual_seed(config.seed + 7919 * self.rank)
+        self.progress = Progress()
+        self.adapter: TrainableAdapter | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _check_dataset_variant(self) -> None:
+        manifest = self.dataset.manifest
+        if manifest is not None and manifest.model_variant not in (self.identity.variant, ""):
+            raise TrainingError(
+                f"The dataset in {self.dataset.folder} was encoded with the '{manifest.model_variant}' model, but you are "
+                f"training '{self.identity.variant}'. Encode the dataset with the model you train (its condition encoder differs)."
+            )
+
+    def _compute_dtype(self) -> torch.dtype | None:
+        precision = self.config.precision
+        if precision == "auto":
+            return torch.bfloat16 if self.device.type == "cuda" else None
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+    def _batches_per_epoch(self) -> int:
+        per_rank = math.ceil(len(self.dataset) / self.world)
+        return math.ceil(per_rank / self.config.batch_size)
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch (the last accumulation group of an epoch may be short)."""
+        return math.ceil(self._batches_per_epoch() / self.config.gradient_accumulation)
+
+    def metadata(self) -> dict[str, str]:
+        """What travels inside the adapter files: model, schedule for inference, dataset and settings."""
+        shift, steps = self.config.inference_defaults(self.identity.base)
+        manifest = self.dataset.manifest
+        return {
+            "sidestep_version": __version__,
+            "variant": self.identity.variant,
+            "base": self.identity.base,
+            "model_name": self.identity.model_name,
+            "shift": str(shift),
+            "num_inference_steps": str(steps),
+            "dataset_hash": manifest.content_hash() if manifest else "",
+            "epochs": str(self.progress.epoch),
+            "global_step": str(self.progress.global_step),
+            "timestep_mode": self.timestep_mode,
+            "cfg_ratio": str(self.cfg_ratio),
+            "adapter_config": json.dumps(self.adapter_config.to_dict()),
+            "train_config": json.dumps(self.config.to_dict()),
+        }
+
+    # ------------------------------------------------------------------ one step
+
+    def _draw_timesteps(self, batch: int) -> torch.Tensor:
+        if self.timestep_mode == "discrete":
+            return draw_discrete_timesteps(batch, generator=self.generator)
+        config = self.model.config
+        return draw_continuous_timesteps(
+            batch, config.timestep_mu, config.timestep_sigma, self.config.continuous_draws == "max_of_two", self.generator
+        )
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        size = batch["target_latents"].shape[0]
+        keep = draw_cfg_keep_mask(size, self.cfg_ratio, self.generator)
+        noise = torch.randn(batch["target_latents"].shape, generator=self.generator)
+        t = self._draw_timesteps(size)
+        batch = {key: value.to(self.device) for key, value in batch.items()}
+        compute_dtype = self._compute_dtype()
+        autocast = torch.autocast(self.device.type, dtype=compute_dtype) if compute_dtype else nullcontext()
+        with autocast:
+            return flow_matching_loss(
+                self.decoder,
+                batch,
+                noise.to(self.device),
+                t.to(self.device),
+                keep.to(self.device) if self.cfg_ratio > 0 else None,
+                self.model.null_condition_emb,
+                self.config.min_snr_gamma,
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_adapter(self, folder: Path) -> None:
+        self.adapter.save(folder, self.metadata())
+
+    def save_checkpoint(self, optimizer, scheduler) -> Path:
+        """Write `checkpoints/epoch_N/` (adapter files + training_state.pt) atomically; rank 0 only."""
+        folder = self.output_dir / "checkpoints" / f"epoch_{self.progress.epoch}"
+        if self.rank == 0:
+            state = {
+                "progress": vars(self.progress).copy(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "adapter": {k: v.detach().cpu().clone() for k, v in self.adapter.state_dict().items()},
+                "adapter_config": self.adapter_config.to_dict(),
+                "train_config": self.config.to_dict(),
+                "identity": vars(self.identity).copy(),
+                "rng": capture_rng(self.generator),
+                "world_size": self.world,
+            }
+
+            def fill(staging: Path) -> None:
+                self._save_adapter(staging)
+                save_training_state(staging, state)
+
+            write_checkpoint_dir(folder, fill)
+        distributed.barrier()
+        return folder
+
+    def save_final(self) -> Path:
+        """Write the inference-ready adapter to `final/` atomically; rank 0 only."""
+        folder = self.output_dir / "final"
+        if self.rank == 0:
+            write_checkpoint_dir(folder, self._save_adapter)
+        distributed.barrier()
+        return folder
+
+    def _resume(self, optimizer, scheduler) -> Path:
+        folder = resolve_resume_path(self.config.resume_from)
+        state = load_training_state(folder)
+        saved = AdapterConfig.from_dict(state["adapter_config"])
+        if saved.shape_signature() != self.adapter_config.shape_signature():
+            raise TrainingError(
+                f"The checkpoint {folder} was trained as {saved.describe()}, but this run asks for "
+                f"{self.adapter_config.describe()}. Resume with the same adapter type and rank, or start a new run."
+            )
+        if state.get("world_size", 1) != self.world:
+            raise TrainingError(
+                f"The checkpoint {folder} was written by {state.get('world_size', 1)} processes; resume with the same number."
+            )
+        try:
+            self.adapter.load_state_dict(state["adapter"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            self.progress = Progress(**state["progress"])
+            restore_rng(state["rng"], self.generator)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise TrainingError(f"Cannot restore everything from {folder} ({exc}); refusing to restart silently.") from exc
+        return folder
+
+    # ------------------------------------------------------------------ the loop
+
+    def _emit(self, kind: str, started: float, samples: int, **fields) -> None:
+        elapsed = time.monotonic() - started
+        total = self.config.epochs * self.steps_per_epoch()
+        done_here = max(self.progress.global_step - self._start_step, 0)
+        eta = elapsed / done_here * (total - self.progress.global_step) if done_here else None
+        event = TrainingEvent(
+            kind=kind,
+            step=self.progress.global_step,
+            total_steps=total,
+            epoch=self.progress.epoch,
+            total_epochs=self.config.epochs,
+            smoothed_loss=self.progress.smoothed_loss,
+            samples_per_second=samples / elapsed if elapsed > 0 and samples else None,
+            elapsed_seconds=elapsed,
+            eta_seconds=eta,
+            **fields,
+        )
+        if self.rank == 0:
+            self.callback(event)
+
+    def run(self) -> TrainResult:
+        """Train to the configured number of epochs, or until stopped; always leaves a usable adapter behind."""
+        torch.manual_seed(self.config.seed)
+        random.seed(self.config.seed)
+        np.random.seed(self.config.seed % 2**32)
+        self.decoder.requires_grad_(False)
+        self.adapter = attach_trainable_adapter(self.decoder, self.adapter_config)
+        self.decoder.gradient_checkpointing = self.config.gradient_checkpointing
+        self.decoder.train()
+        optimizer, notes = build_optimizer(self.adapter.parameters(), self.config, self.device)
+        total_steps = self.config.epochs * self.steps_per_epoch()
+        scheduler = build_scheduler(optimizer, total_steps, self.config)
+        last_checkpoint = self._resume(optimizer, scheduler) if self.config.resume_from else None
+        self._start_step = self.progress.global_step
+        logger = RunLogger(Path(self.config.log_dir) if self.config.log_dir else self.output_dir / "runs", enabled=self.rank == 0)
+        started = time.monotonic()
+        samples = 0
+        for note in notes:
+            self._emit("note", started, 0, message=note)
+        try:
+            status = self._train_epochs(optimizer, scheduler, logger, started, samples)
+        except TrainingError as error:
+            self._emit("failed", started, 0, message=str(error))
+            raise
+        finally:
+            logger.close()
+            self.decoder.eval()
+        if status == "stopped":
+            last_checkpoint = self.save_checkpoint(optimizer, scheduler)
+            self._emit("checkpoint", started, 0, checkpoint_path=str(last_checkpoint))
+        adapter_dir = self.save_final()
+        self._emit(status, started, 0, adapter_path=str(adapter_dir), message=self.stop.reason if status == "stopped" else "")
+        return TrainResult(
+            status=status,
+            adapter_dir=adapter_dir,
+            last_checkpoint=last_checkpoint or self._last_checkpoint,
+            global_step=self.progress.global_step,
+            epochs_completed=self.progress.epoch,
+            final_loss=self.progress.smoothed_loss,
+        )
+
+    _last_checkpoint: Path | None = None
+
+    def _train_epochs(self, optimizer, scheduler, logger: RunLogger, started: float, samples: int) -> str:
+        accumulation = self.config.gradient_accumulation
+        while self.progress.epoch < self.config.epochs:
+            epoch = self.progress.epoch
+            order = distributed.shard(epoch_order(len(self.dataset), self.config.seed, epoch), self.rank, self.world)
+            self.dataset.set_epoch(epoch)
+            batches = [order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
+            skip = self.progress.batch_in_epoch
+            flat = [index for group in batches[skip:] for index in group]
+            loader = iter(make_loader(self.dataset, flat, self.config.batch_size, self.config.num_workers))
+            epoch_losses: list[float] = []
+            position = skip
+            while position < len(batches):
+                group_end = min(len(batches), (position // accumulation + 1) * accumulation)
+                group_size = group_end - position
+                losses = []
+                for _ in range(group_size):
+                    batch = next(loader)
+                    loss = self._loss(batch)
+                    (loss / group_size).backward()
+                    losses.append(loss.detach())
+                    samples += batch["target_latents"].shape[0]
+                position = group_end
+                step_loss = distributed.mean(torch.stack(losses).mean())
+                distributed.average_gradients(self.adapter.parameters())
+                self.progress.batch_in_epoch = position
+                if not torch.isfinite(step_loss):
+                    optimizer.zero_grad(set_to_none=True)
+                    self.progress.nan_streak += 1
+                    self._emit("note", started, samples, message=f"non-finite loss at step {self.progress.global_step}; step skipped")
+                    if self.progress.nan_streak >= self.config.nan_patience:
+                        self._last_checkpoint = self.save_checkpoint(optimizer, scheduler)
+                        raise TrainingError(
+                            f"The loss was not finite for {self.progress.nan_streak} steps in a row; training stopped and "
+                            f"saved {self._last_checkpoint}. Lower the learning rate or use fp32/bf16 precision, then resume."
+                        )
+                    continue
+                self.progress.nan_streak = 0
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), self.config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.progress.global_step += 1
+                value = float(step_loss)
+                epoch_losses.append(value)
+                previous = self.progress.smoothed_loss
+                self.progress.smoothed_loss = value if previous is None else SMOOTHING * previous + (1 - SMOOTHING) * value
+                lr = scheduler.get_last_lr()[0]
+                if self.progress.global_step % self.config.log_every == 0:
+                    logger.scalars(self.progress.global_step, loss=value, lr=lr, grad_norm=float(grad_norm))
+                self._emit("step", started, samples, loss=value, lr=lr, grad_norm=float(grad_norm))
+                if distributed.any_true(self.stop.requested):
+                    return "stopped"
+            self.progress.epoch += 1
+            self.progress.batch_in_epoch = 0
+            epoch_loss = sum(epoch_losses) / len(epoch_losses) if epoch_losses else None
+            if epoch_loss is not None:
+                logger.scalars(self.progress.global_step, epoch_loss=epoch_loss)
+            self._emit("epoch", started, samples, loss=epoch_loss)
+            if self.progress.epoch % self.config.save_every == 0 or self.progress.epoch == self.config.epochs:
+                self._last_checkpoint = self.save_checkpoint(optimizer, scheduler)
+                self._emit("checkpoint", started, samples, checkpoint_path=str(self._last_checkpoint))
+            if self.preview and self.config.preview_every and self.progress.epoch % self.config.preview_every == 0:
+                self._run_preview(started, samples, epoch_loss)
+        return "finished"
+
+    def _run_preview(self, started: float, samples: int, epoch_loss: float | None) -> None:
+        if self.rank != 0:
+            return
+        self.decoder.eval()
+        try:
+            with torch.no_grad():
+                path = self.preview(self.progress.epoch, self.model)
+        finally:
+            self.decoder.train()
+        self._emit("preview", started, samples, preview_path=str(path), loss=epoch_loss)
