@@ -132,12 +132,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume_from=args.resume_from,
         log_dir=args.log_dir,
     )
+    _init_distributed()
     bundle = _bundle(args)
     identity = RunIdentity(variant=bundle.variant, base=bundle.base, model_name=bundle.entry.name)
     trainer = Trainer(bundle.dit(parts=TRAINING_PARTS), args.dataset_dir, adapter, config, identity, callback=ProgressPrinter())
     result = trainer.run()
-    print(f"{result.status}: adapter in {result.adapter_dir}; TensorBoard logs in {config.log_dir or Path(config.output_dir) / 'runs'}")
+    if trainer.rank == 0:
+        print(f"TensorBoard logs in {config.log_dir or Path(config.output_dir) / 'runs'}")
     return 0
+
+
+def _init_distributed() -> None:
+    """Join the process group torchrun describes (one process per device; gloo on CPU, NCCL on CUDA)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +32,7 @@ from sidestep.training.config import TrainConfig
 from sidestep.training.events import StopSignal
 from sidestep.training.loop import RunIdentity, Trainer
 from sidestep.training.objective import flow_matching_loss
-from sidestep.training.state import STATE_FILE
+from sidestep.training.state import STATE_FILE, latest_checkpoint
 
 LORA = AdapterConfig(kind="lora", rank=4, alpha=8)
 LOKR = AdapterConfig(kind="lokr", linear_dim=4, linear_alpha=4, factor=4)
@@ -263,3 +269,54 @@ def test_non_finite_losses_stop_with_a_checkpoint(tiny_root, datasets, tmp_path)
 def test_dataset_from_another_variant_is_refused(tiny_root, datasets, tmp_path):
     with pytest.raises(TrainingError, match="encoded with the 'base' model"):
         make_trainer(tiny_root, datasets["acestep-v15-base"], tmp_path, "acestep-v15-turbo")
+
+
+def cli_train(tiny_root: Path, dataset: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "sidestep", "train", "--checkpoint-dir", str(tiny_root), "--model-variant", "turbo",
+        "--dataset-dir", str(dataset), "--output-dir", str(out), "--rank", "4", "--alpha", "8", "--epochs", "12",
+        "--save-every", "1", "--lr", "3e-3", "--scheduler", "cosine", "--seed", "11", "--max-latent-frames", "0", *extra,
+    ]
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tiny_root, datasets, tmp_path):
+    data = datasets["acestep-v15-turbo"]
+    subprocess.run(cli_train(tiny_root, data, tmp_path / "full"), check=True, capture_output=True, timeout=300)
+    victim = subprocess.Popen(cli_train(tiny_root, data, tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while latest_checkpoint(tmp_path / "killed") is None or latest_checkpoint(tmp_path / "killed").name == "epoch_1":
+        assert victim.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "final").exists()
+    checkpoint = latest_checkpoint(tmp_path / "killed")
+    assert checkpoint is not None and int(checkpoint.name.split("_")[1]) < 12
+    resumed = subprocess.run(
+        cli_train(tiny_root, data, tmp_path / "killed", "--resume-from", str(checkpoint)),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    expected = adapter_tensors(tmp_path / "full" / "final")
+    got = adapter_tensors(tmp_path / "killed" / "final")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_two_process_gloo_run_trains_in_sync_and_only_rank0_writes(tiny_root, datasets, tmp_path):
+    out = tmp_path / "run"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(port), "-m", "sidestep"]
+    command = launcher + cli_train(tiny_root, datasets["acestep-v15-turbo"], out, "--epochs", "2")[3:]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((out / "runs").glob("events.out.tfevents*"))) == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_1", "epoch_2"]
+    saved = load_adapter(out / "final")
+    assert saved.metadata["global_step"] == "2"  # 2 clips over 2 ranks: one optimiser step per epoch
+    assert done.stdout.count("finished: adapter in") == 1

@@ -60,3 +60,14 @@ def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if active():
         dist.barrier()
+
+
+def check_in_sync(parameters: Iterable[torch.nn.Parameter]) -> bool:
+    """Whether every rank holds the same trainable weights (compares a float64 checksum across ranks)."""
+    if not active():
+        return True
+    checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in parameters)], dtype=torch.float64)
+    low, high = checksum.clone(), checksum.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(low.item() == high.item())

@@ -179,6 +179,8 @@ class Trainer:
     def save_checkpoint(self, optimizer, scheduler) -> Path:
         """Write `checkpoints/epoch_N/` (adapter files + training_state.pt) atomically; rank 0 only."""
         folder = self.output_dir / "checkpoints" / f"epoch_{self.progress.epoch}"
+        if not distributed.check_in_sync(self.adapter.parameters()):
+            raise TrainingError("The training processes hold different adapter weights; data-parallel training went out of sync.")
         if self.rank == 0:
             state = {
                 "progress": vars(self.progress).copy(),
