@@ -209,6 +209,72 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     train.set_defaults(run=cmd_train)
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Generate music (optionally with adapters) and write FLAC/WAV files."""
+    from .audio import save_audio
+    from .generate import GenerationRequest, generate
+
+    bundle = _bundle(args)
+    adapters, metadata = [], None
+    if args.adapter:
+        from .adapters.files import load_adapter
+
+        strengths = args.strength or [1.0]
+        for index, path in enumerate(args.adapter):
+            loaded = load_adapter(path)
+            adapters.append((loaded, strengths[min(index, len(strengths) - 1)]))
+        metadata = adapters[0][0].metadata
+    request = GenerationRequest(
+        caption=args.caption,
+        lyrics=args.lyrics,
+        language=args.language,
+        duration=args.duration,
+        bpm=args.bpm,
+        keyscale=args.keyscale,
+        timesignature=args.timesignature,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        shift=args.shift,
+        guidance=args.guidance,
+        guidance_mode=args.guidance_mode,
+    )
+    result = generate(
+        bundle, request, adapters, metadata, progress=lambda done, total: print(f"step {done}/{total}", flush=True)
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    out = Path(args.out)
+    for index in range(result.waveform.shape[0]):
+        path = out if result.waveform.shape[0] == 1 else out.with_name(f"{out.stem}_{index + 1}{out.suffix}")
+        save_audio(path, result.waveform[index], result.sample_rate)
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_export_comfy(args: argparse.Namespace) -> int:
+    """Write one .safetensors that ComfyUI's LoraLoaderModelOnly applies to its ACE-Step 1.5 model."""
+    from .adapters.export import export_comfy
+
+    path = export_comfy(args.adapter, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the whole job (songs → dataset → LoRA → music) on a tiny model tree, or on real checkpoints."""
+    from .demo import run_demo
+
+    run_demo(
+        Path(args.workdir),
+        checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
+        model=_model_name(args.model_variant),
+        audio_dir=Path(args.audio_dir) if args.audio_dir else None,
+        epochs=args.epochs,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5.")
@@ -238,6 +304,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(commands, "train", "train a LoRA or LoKR adapter")
     _add_train_parser(commands, "fixed", "alias of train (Side-Step's name)")
+
+    sample = commands.add_parser("sample", help="generate music, optionally with trained adapters")
+    _add_model_flags(sample)
+    sample.add_argument("--adapter", action="append", help="adapter folder/file (repeat to stack two)")
+    sample.add_argument("--strength", type=float, action="append", help="strength per --adapter (default 1.0)")
+    sample.add_argument("--caption", required=True)
+    sample.add_argument("--lyrics", default="")
+    sample.add_argument("--language", default="unknown")
+    sample.add_argument("--duration", type=float, default=30.0, help="seconds")
+    sample.add_argument("--bpm", type=int, default=None)
+    sample.add_argument("--keyscale", default="")
+    sample.add_argument("--timesignature", default="")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--batch-size", type=int, default=1)
+    sample.add_argument("--steps", type=int, default=0, help="0 = from the adapter, else the variant (turbo 8, base/sft 50)")
+    sample.add_argument("--shift", type=float, default=0.0, help="0 = from the adapter, else the variant (turbo 3, base/sft 1)")
+    sample.add_argument("--guidance", type=float, default=None, help="default: none for turbo, 7.0 for base/sft")
+    sample.add_argument("--guidance-mode", default="apg", choices=["apg", "cfg"])
+    sample.add_argument("--out", default="song.flac", help=".flac or .wav")
+    sample.set_defaults(run=cmd_sample)
+
+    export = commands.add_parser("export-comfy", help="export an adapter as one ComfyUI-native .safetensors")
+    export.add_argument("adapter", help="adapter folder, LoKR file, checkpoint folder or training_state.pt")
+    export.add_argument("out", help="output .safetensors (e.g. ComfyUI/models/loras/my_lora.safetensors)")
+    export.set_defaults(run=cmd_export_comfy)
+
+    demo = commands.add_parser("demo", help="songs → dataset → LoRA → music on a tiny model tree (or real checkpoints)")
+    demo.add_argument("--workdir", default="sidestep-demo", help="where everything the demo makes goes")
+    demo.add_argument("--checkpoint-dir", default=None, help="use real checkpoints instead of a tiny random tree")
+    demo.add_argument("--model-variant", default="turbo")
+    demo.add_argument("--audio-dir", default=None, help="your songs (default: a few synthetic ones)")
+    demo.add_argument("--epochs", type=int, default=4)
+    demo.set_defaults(run=cmd_demo)
     return parser
 
 
