@@ -25,7 +25,6 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from .errors import CheckpointError
 
 PromptForm = Literal["training", "inference"]
-TagPosition = Literal["prepend", "append", "replace"]
 
 DEFAULT_INSTRUCTION = "Fill the audio semantic mask based on the given conditions:"
 CAPTION_TEMPLATE = "# Instruction\n{instruction}\n\n# Caption\n{caption}\n\n# Metas\n{metas}<|endoftext|>\n"
@@ -68,28 +67,6 @@ def _checked(form: str) -> TokenLimits:
     return TOKEN_LIMITS[form]
 
 
-def select_caption(
-    caption: str,
-    genre: str = "",
-    custom_tag: str = "",
-    tag_position: TagPosition = "prepend",
-    use_genre: bool = False,
-    prompt_override: Literal["caption", "genre"] | None = None,
-) -> str:
-    """The caption text a training sample uses: caption or genre, with its custom trigger tag applied."""
-    if prompt_override == "genre":
-        text = genre
-    elif prompt_override == "caption" or not use_genre:
-        text = caption
-    else:
-        text = genre or caption
-    if not custom_tag:
-        return text
-    if tag_position == "replace" or not text:
-        return custom_tag
-    return f"{custom_tag}, {text}" if tag_position == "prepend" else f"{text}, {custom_tag}"
-
-
 def _metas_block(bpm: object, timesignature: object, keyscale: object, duration: object) -> str:
     """The four "- key: value" lines of the metas block."""
     return f"- bpm: {bpm}\n- timesignature: {timesignature}\n- keyscale: {keyscale}\n- duration: {duration} seconds\n"
@@ -126,7 +103,7 @@ def format_instruction(instruction: str) -> str:
 def caption_prompt(
     caption: str, metas: SongMetas, form: PromptForm = "training", instruction: str = DEFAULT_INSTRUCTION
 ) -> str:
-    """The full text-encoder prompt for a caption (use `select_caption` first for tags/genre)."""
+    """The full text-encoder prompt for a caption (trigger tags already applied)."""
     _checked(form)
     metas_text = training_metas(metas) if form == "training" else inference_metas(metas)
     return CAPTION_TEMPLATE.format(instruction=format_instruction(instruction), caption=caption, metas=metas_text)

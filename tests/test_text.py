@@ -10,6 +10,7 @@ import torch
 
 from sidestep.errors import CheckpointError
 from sidestep.testing import TINY_TEXT_HIDDEN, write_tiny_text_encoder
+from sidestep.dataset.sidecars import apply_tag
 from sidestep.text import (
     CAPTION_TEMPLATE,
     DEFAULT_INSTRUCTION,
@@ -20,7 +21,6 @@ from sidestep.text import (
     format_instruction,
     inference_metas,
     lyrics_prompt,
-    select_caption,
     training_metas,
 )
 
@@ -46,13 +46,8 @@ def test_templates_match_the_official_constants() -> None:
 @pytest.mark.parametrize("example", TRAINING, ids=[e["label"] for e in TRAINING])
 def test_training_examples_are_reproduced_exactly(example: dict) -> None:
     fields = example["sample_fields"]
-    caption = select_caption(
-        fields["caption"],
-        genre=fields.get("genre", ""),
-        custom_tag=fields.get("custom_tag", ""),
-        tag_position=example["tag_position"],
-        use_genre=example["use_genre"],
-    )
+    text = fields["genre"] if example["use_genre"] else fields["caption"]
+    caption = apply_tag(text, fields.get("custom_tag") or "", example["tag_position"])
     metas = SongMetas(fields["bpm"], fields["timesignature"], fields["keyscale"], fields["duration"])
     assert caption_prompt(caption, metas, form="training") == example["caption_prompt"]
     assert lyrics_prompt(fields["lyrics"], form="training") == example["lyrics_string"]
@@ -77,16 +72,6 @@ def test_metas_differ_between_forms_for_unknown_and_fractional_durations() -> No
     assert inference_metas(SongMetas(bpm=0, timesignature="N/A", keyscale="  ")).startswith(
         "- bpm: N/A\n- timesignature: N/A\n- keyscale: N/A\n"
     )
-
-
-def test_caption_selection_tag_positions_and_overrides() -> None:
-    assert select_caption("warm pads", custom_tag="mytag", tag_position="append") == "warm pads, mytag"
-    assert select_caption("warm pads", custom_tag="mytag", tag_position="replace") == "mytag"
-    assert select_caption("", custom_tag="mytag") == "mytag"
-    assert select_caption("warm pads", genre="ambient", use_genre=True) == "ambient"
-    assert select_caption("warm pads", genre="", use_genre=True) == "warm pads"
-    assert select_caption("warm pads", genre="ambient", prompt_override="genre") == "ambient"
-    assert select_caption("warm pads", genre="ambient", use_genre=True, prompt_override="caption") == "warm pads"
 
 
 def test_instruction_gets_a_colon_and_unknown_forms_are_refused() -> None:
