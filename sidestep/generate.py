@@ -119,7 +119,7 @@ def generate(
     if adapters:
         from .adapters.apply import apply_adapters
 
-        patch = apply_adapters(model, list(adapters))
+        patch = apply_adapters(model, list(adapters), variant=bundle.variant, base=bundle.base)
     else:
         patch = nullcontext()
     with patch:

@@ -102,16 +102,6 @@ class AdapterConfig:
                 "Choose target 'custom' or clear custom_modules."
             )
 
-    @property
-    def trained_rank(self) -> int:
-        """The rank of the chosen kind (LoRA rank or LoKR linear_dim)."""
-        return self.rank if self.kind == "lora" else self.linear_dim
-
-    @property
-    def trained_alpha(self) -> float:
-        """The alpha of the chosen kind (LoRA alpha or LoKR linear_alpha)."""
-        return self.alpha if self.kind == "lora" else self.linear_alpha
-
     def shape_signature(self) -> tuple:
         """Everything that decides the trainable tensors' names and shapes (two configs with equal signatures resume)."""
         if self.kind == "lora":

@@ -134,25 +134,26 @@ def _lora(module: str, parts: dict[str, torch.Tensor], config: dict[str, Any] | 
     return LoraWeights(down, up, _lora_scale(module, down.shape[0], parts, config), None if magnitude is None else magnitude.flatten())
 
 
-def _pair_rank(module: str, a: torch.Tensor, b: torch.Tensor, names: str, path: Path) -> None:
-    """Raise AdapterError unless a low-rank pair is 2-D and shares its inner dimension."""
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise AdapterError(
-            f"Adapter {path}: LoKR rank mismatch in {module}: {names} have shapes {tuple(a.shape)} and {tuple(b.shape)}."
-        )
-
-
 def _lokr(module: str, parts: dict[str, torch.Tensor], path: Path) -> LokrWeights:
-    """One module's LoKR factors, checked for completeness and matching ranks."""
+    """One module's LoKR factors, checked for completeness, 2-D shapes and matching ranks."""
     factors = {name: parts[name] for name in LOKR_PARTS if name in parts and name != "dora_scale"}
-    if "lokr_w1" not in factors and not {"lokr_w1_a", "lokr_w1_b"} <= factors.keys():
-        raise AdapterError(f"Adapter {path}: LoKR module {module} lacks lokr_w1 (or the lokr_w1_a/lokr_w1_b pair).")
-    if "lokr_w2" not in factors and not {"lokr_w2_a", "lokr_w2_b"} <= factors.keys():
-        raise AdapterError(f"Adapter {path}: LoKR module {module} lacks lokr_w2 (or the lokr_w2_a/lokr_w2_b pair).")
-    if "lokr_w1" not in factors:
-        _pair_rank(module, factors["lokr_w1_a"], factors["lokr_w1_b"], "lokr_w1_a/lokr_w1_b", path)
-    if "lokr_w2" not in factors and "lokr_t2" not in factors:
-        _pair_rank(module, factors["lokr_w2_a"], factors["lokr_w2_b"], "lokr_w2_a/lokr_w2_b", path)
+    for side in ("lokr_w1", "lokr_w2"):
+        if side not in factors and not {f"{side}_a", f"{side}_b"} <= factors.keys():
+            raise AdapterError(f"Adapter {path}: LoKR module {module} lacks {side} (or the {side}_a/{side}_b pair).")
+    flat = [name for name, tensor in factors.items() if name != "lokr_t2" and tensor.dim() != 2]
+    if flat:
+        raise AdapterError(f"Adapter {path}: {module} is not a Linear-layer LoKR ({', '.join(flat)} not 2-D).")
+    mismatched = []
+    if "lokr_w1" not in factors and factors["lokr_w1_a"].shape[1] != factors["lokr_w1_b"].shape[0]:
+        mismatched.append("lokr_w1_a/lokr_w1_b")
+    if "lokr_w2" not in factors:
+        a, b, t2 = factors["lokr_w2_a"], factors["lokr_w2_b"], factors.get("lokr_t2")
+        # Plain pair: a [out2, r] @ b [r, in2]; Tucker: core t2 [r1, r2, ...] with a [r1, out2] and b [r2, in2].
+        if t2 is None and a.shape[1] != b.shape[0] or t2 is not None and (t2.dim() < 2 or (a.shape[0], b.shape[0]) != t2.shape[:2]):
+            mismatched.append("lokr_w2_a/lokr_w2_b" + ("/lokr_t2" if t2 is not None else ""))
+    if mismatched:
+        shapes = ", ".join(f"{name} {tuple(factors[name].shape)}" for group in mismatched for name in group.split("/"))
+        raise AdapterError(f"Adapter {path}: LoKR rank mismatch in {module}: {shapes}.")
     magnitude = parts.get("dora_scale")
     if magnitude is not None and magnitude.dim() == 2 and magnitude.shape[1] != 1:
         raise AdapterError(

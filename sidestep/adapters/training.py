@@ -164,7 +164,7 @@ class LokrAdapter(TrainableAdapter):
     def _load(self, state: Mapping[str, torch.Tensor]) -> None:
         self.network.load_state_dict(dict(state), strict=True)
 
-    def lokr_config(self) -> dict:
+    def _lokr_config(self) -> dict:
         """The LoKR hyper-parameters and target modules stored in the weights file's metadata."""
         config = self.config
         return {
@@ -185,7 +185,7 @@ class LokrAdapter(TrainableAdapter):
 
     def save(self, folder: str | Path, metadata: Mapping[str, str]) -> Path:
         folder = Path(folder)
-        header = {**metadata, "format": "pt", LOKR_CONFIG_KEY: json.dumps(self.lokr_config())}
+        header = {**metadata, "format": "pt", LOKR_CONFIG_KEY: json.dumps(self._lokr_config())}
         save_safetensors_atomic(self.state_dict(), folder / LOKR_WEIGHTS_FILE, header)
         return folder
 

@@ -47,7 +47,7 @@ class LokrWeights:
     def w1(self) -> torch.Tensor:
         """The left Kronecker factor [out1, in1] in fp32."""
         if "lokr_w1" in self.factors:
-            return self.factors["lokr_w1"].float()
+            return self.factors["lokr_w1"].float().contiguous()
         return self.factors["lokr_w1_a"].float() @ self.factors["lokr_w1_b"].float()
 
     def w2(self) -> torch.Tensor:
@@ -59,7 +59,7 @@ class LokrWeights:
             w2 = torch.einsum("ij...,jr,ip->pr...", f["lokr_t2"].float(), f["lokr_w2_b"].float(), f["lokr_w2_a"].float())
         else:
             w2 = f["lokr_w2_a"].float() @ f["lokr_w2_b"].float()
-        return w2.flatten(1)
+        return w2.flatten(1).contiguous()
 
     @property
     def rank(self) -> int | None:
