@@ -1,32 +1,43 @@
-"""Encode Dataset: a folder of songs → one safetensors file per clip plus `manifest.json`, resumable and loss-free."""
+"""Encode Dataset: a folder of songs → one safetensors file per clip plus `manifest.json`, resumable and loss-free.
+
+Each clip is conditioned the way ACE-Step 1.5's own dataset preprocessing does it: the caption in the training
+prompt form (metas with the clip's real duration in whole seconds), the raw lyrics, the condition encoder with an
+all-zero one-frame timbre reference, and a text-to-music context of silence frames with an all-ones chunk mask.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..audio import find_audio_files, load_audio, normalize
 from ..bundle import AceStepBundle
 from ..errors import AudioError, DatasetError
+from ..model import silence_context
 from ..text import SongMetas, caption_prompt, lyrics_prompt
-from ..vae import encode_waveform
-from .sidecars import SongMetadata, load_dataset_json, read_song_metadata
-from .tensors import ClipRecord, Manifest, Rejection, read_manifest, save_clip, write_manifest
+from ..vae import LATENT_CHANNELS, SAMPLE_RATE, encode_waveform
+from .sidecars import TAG_POSITIONS, SongMetadata, load_dataset_json, read_song_metadata
+from .tensors import MANIFEST_NAME, ClipRecord, Manifest, Rejection, read_manifest, save_clip, write_manifest
 
-SAMPLE_RATE = 48_000
 PROMPT_FORMAT = "ace15-training-v1"
 NORMALIZE_MODES = ("none", "peak", "loudness")
+_NAME_BYTES = 100
 
 
 @dataclass
 class EncodeConfig:
-    """What to encode and how: folders, chunking, normalisation, re-run behaviour and trigger tag."""
+    """What to encode and how: folders, chunking, normalisation, re-run behaviour and trigger tag.
+
+    `max_duration` 0 keeps songs whole (the trainer crops them); otherwise songs are cut into clips of at most that
+    many seconds. Files shorter than `min_seconds` are rejected, and a shorter last clip is dropped.
+    """
 
     audio_dir: str
     output_dir: str
@@ -42,13 +53,15 @@ class EncodeConfig:
     def __post_init__(self) -> None:
         if self.normalize not in NORMALIZE_MODES:
             raise DatasetError(f"normalize={self.normalize!r} is not one of {', '.join(NORMALIZE_MODES)}.")
+        if self.tag_position is not None and self.tag_position not in TAG_POSITIONS:
+            raise DatasetError(f"tag_position={self.tag_position!r} is not one of {', '.join(TAG_POSITIONS)}.")
         if self.max_duration and self.max_duration < self.min_seconds:
             raise DatasetError(f"max_duration ({self.max_duration} s) is shorter than min_seconds ({self.min_seconds} s).")
 
 
 @dataclass
 class EncodeEvent:
-    """Per-clip progress: `status` is encoded, skipped or rejected."""
+    """Per-clip progress: `status` is encoded, skipped or rejected; `seconds` is the audio encoded (or reused)."""
 
     index: int
     total: int
@@ -60,7 +73,7 @@ class EncodeEvent:
 
 @dataclass
 class EncodeResult:
-    """What a run produced: the manifest, counts, rejected files and sidecar warnings."""
+    """What a run produced: the manifest, counts, rejected files, sidecar warnings and whether it was stopped early."""
 
     output_dir: Path
     manifest: Manifest
@@ -68,6 +81,7 @@ class EncodeResult:
     skipped: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    stopped: bool = False
 
 
 def file_hash(path: Path) -> str:
@@ -94,72 +108,152 @@ def encoder_fingerprint(bundle: AceStepBundle, config: EncodeConfig) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def clip_name(relative: Path, chunk: int, chunks: int) -> str:
-    """A flat, unique tensor file name for one clip of a source file."""
-    stem = "__".join(relative.with_suffix("").parts)
-    return f"{stem}.safetensors" if chunks == 1 else f"{stem}__part{chunk:03d}.safetensors"
+def clip_name(source: str, chunk: int, chunks: int) -> str:
+    """A unique, readable tensor file name for one clip: the song's stem, a hash of its relative path, the part."""
+    stem = Path(source).stem.encode("utf-8")[:_NAME_BYTES].decode("utf-8", errors="ignore")
+    tag = hashlib.sha256(source.encode("utf-8")).hexdigest()[:8]
+    part = "" if chunks == 1 else f".part{chunk:03d}"
+    return f"{stem}.{tag}{part}.safetensors"
 
 
-def split_chunks(waveform: torch.Tensor, max_duration: float, min_seconds: float) -> list[tuple[float, torch.Tensor]]:
+def split_chunks(waveform: torch.Tensor, max_duration: float, min_seconds: float) -> list[torch.Tensor]:
     """Cut a [2, N] waveform into pieces of at most `max_duration` seconds (0 = keep whole); drop a too-short tail."""
     if not max_duration:
-        return [(0.0, waveform)]
+        return [waveform]
     size = int(max_duration * SAMPLE_RATE)
-    pieces = []
-    for start in range(0, waveform.shape[1], size):
-        piece = waveform[:, start : start + size]
-        if piece.shape[1] >= min_seconds * SAMPLE_RATE or start == 0:
-            pieces.append((start / SAMPLE_RATE, piece))
+    pieces = [waveform[:, start : start + size] for start in range(0, waveform.shape[1], size)]
+    if len(pieces) > 1 and pieces[-1].shape[1] < min_seconds * SAMPLE_RATE:
+        pieces.pop()
     return pieces
 
 
+def song_metadata(song: SongMetadata) -> dict[str, Any]:
+    """The per-clip `metadata` block of the manifest (plain JSON values)."""
+    return {
+        "bpm": song.bpm,
+        "keyscale": song.keyscale,
+        "timesignature": song.timesignature,
+        "language": song.language,
+        "genre": song.genre,
+        "custom_tag": song.custom_tag,
+        "is_instrumental": song.is_instrumental,
+        "sidecar": song.source,
+    }
+
+
 class DatasetEncoder:
-    """Encodes songs with one model bundle; the condition is built the way the official trainers build it."""
+    """Encodes clips with one model bundle: VAE latents, text and lyric embeddings, then the condition encoder."""
 
     def __init__(self, bundle: AceStepBundle) -> None:
-        self.bundle = bundle
-        self.model = bundle.dit(parts=("encoder", "tokenizer", "detokenizer", "null_condition_emb"))
+        self.model = bundle.dit(parts=("encoder",))
         self.vae = bundle.vae()
         self.text = bundle.text_encoder()
         self.silence = bundle.silence_latent()
 
-    def encode_clip(self, waveform: torch.Tensor, song: SongMetadata, seconds: float, config: EncodeConfig) -> dict[str, torch.Tensor]:
-        """One clip's training tensors (unbatched)."""
+    def encode_clip(self, waveform: torch.Tensor, song: SongMetadata, config: EncodeConfig) -> dict[str, torch.Tensor]:
+        """One clip's training tensors, unbatched: [T, 64], [T], [L, H], [L], [T, 128]."""
         latents = encode_waveform(self.vae, waveform, config.vae_chunk_seconds, config.vae_overlap_seconds)
         frames = latents.shape[0]
-        metas = SongMetas(bpm=song.bpm, timesignature=song.timesignature, keyscale=song.keyscale, duration=int(round(seconds)))
-        caption_states, caption_mask = self.text.encode_captions([caption_prompt(song.caption, metas, "training")], "training")
-        lyric_states, lyric_mask = self.text.encode_lyrics([lyrics_prompt(song.lyrics, form="training")], "training")
-        dtype = next(self.model.encoder.parameters()).dtype
-        silence = self.silence.to(dtype)
-        if silence.shape[1] < max(frames, self.model.config.timbre_fix_frame):
-            silence = silence.repeat(1, math.ceil(max(frames, self.model.config.timbre_fix_frame) / silence.shape[1]), 1)
-        src = silence[:, :frames]
-        states, state_mask, context = self.model.prepare_condition(
-            text_hidden_states=caption_states.to(dtype),
-            text_attention_mask=caption_mask,
-            lyric_hidden_states=lyric_states.to(dtype),
-            lyric_attention_mask=lyric_mask,
-            refer_audio_acoustic_hidden_states_packed=silence[:, : self.model.config.timbre_fix_frame],
-            refer_audio_order_mask=torch.zeros(1, dtype=torch.long),
-            hidden_states=src,
-            attention_mask=torch.ones(1, frames),
-            silence_latent=silence,
-            src_latents=src,
-            chunk_masks=torch.ones(1, frames, src.shape[-1], dtype=dtype),
-            is_covers=torch.zeros(1, dtype=torch.long),
-        )
+        seconds = int(waveform.shape[1] / SAMPLE_RATE)
+        metas = SongMetas(bpm=song.bpm, timesignature=song.timesignature, keyscale=song.keyscale, duration=seconds)
+        captions, caption_mask = self.text.encode_captions([caption_prompt(song.caption, metas, "training")], "training")
+        lyrics, lyric_mask = self.text.encode_lyrics([lyrics_prompt(song.lyrics, form="training")], "training")
+        weight = next(self.model.encoder.parameters())
+        device, dtype = weight.device, weight.dtype
+        with torch.inference_mode():
+            states, state_mask = self.model.encoder(
+                captions.to(device, dtype),
+                caption_mask.to(device),
+                lyrics.to(device, dtype),
+                lyric_mask.to(device),
+                torch.zeros(1, 1, LATENT_CHANNELS, device=device, dtype=dtype),
+                torch.zeros(1, dtype=torch.long, device=device),
+            )
         return {
             "target_latents": latents.float(),
             "attention_mask": torch.ones(frames),
-            "encoder_hidden_states": states[0].float(),
-            "encoder_attention_mask": state_mask[0].float(),
-            "context_latents": context[0].float(),
+            "encoder_hidden_states": states[0].float().cpu(),
+            "encoder_attention_mask": state_mask[0].float().cpu(),
+            "context_latents": silence_context(self.silence, frames)[0].float(),
         }
 
+    def encode_song(
+        self, waveform: torch.Tensor, song: SongMetadata, source: str, digest: str, config: EncodeConfig
+    ) -> list[ClipRecord]:
+        """Encode every clip of one song into `config.output_dir` and describe them for the manifest."""
+        pieces = split_chunks(waveform, config.max_duration, config.min_seconds)
+        records = []
+        offset = 0
+        for chunk, piece in enumerate(pieces):
+            tensors = self.encode_clip(piece, song, config)
+            name = clip_name(source, chunk, len(pieces))
+            save_clip(Path(config.output_dir) / name, tensors, metadata={"source": source, "caption": song.caption})
+            records.append(
+                ClipRecord(
+                    file=name,
+                    source=source,
+                    source_hash=digest,
+                    duration=piece.shape[1] / SAMPLE_RATE,
+                    caption=song.caption,
+                    lyrics=song.lyrics,
+                    metadata=song_metadata(song),
+                    shapes={key: list(value.shape) for key, value in tensors.items()},
+                    chunk_index=chunk,
+                    chunk_count=len(pieces),
+                    offset_seconds=offset / SAMPLE_RATE,
+                )
+            )
+            offset += piece.shape[1]
+        return records
 
-def _reusable(records: list[ClipRecord], output: Path) -> bool:
-    return bool(records) and all((output / record.file).is_file() for record in records)
+
+def _find_sources(audio_dir: Path, output: Path) -> list[Path]:
+    """The songs under `audio_dir`, leaving out anything inside the output folder when it sits below `audio_dir`."""
+    inside = output.resolve() != audio_dir.resolve() and output.resolve().is_relative_to(audio_dir.resolve())
+    return [path for path in find_audio_files(audio_dir) if not (inside and path.resolve().is_relative_to(output.resolve()))]
+
+
+def _previous_manifest(output: Path, variant: str) -> Manifest | None:
+    """The manifest of an earlier run into `output`, refusing one made for another model or by another tool."""
+    previous = read_manifest(output)
+    if previous is None and (output / MANIFEST_NAME).is_file():
+        raise DatasetError(
+            f"{output / MANIFEST_NAME} belongs to another tool's tensor dataset. "
+            "Choose an empty output folder for Encode Dataset (that dataset can still be trained as it is)."
+        )
+    if previous is not None and previous.model_variant != variant:
+        raise DatasetError(
+            f"{output} already holds a dataset encoded for '{previous.model_variant}', not '{variant}'. "
+            "Choose another output folder (datasets are specific to the model they were encoded with)."
+        )
+    return previous
+
+
+def _unchanged(records: list[ClipRecord], digest: str, song: SongMetadata, output: Path) -> bool:
+    """Whether earlier clips of a song still match its audio and metadata and their files are all there."""
+    return bool(records) and all(
+        record.source_hash == digest
+        and record.caption == song.caption
+        and record.lyrics == song.lyrics
+        and record.metadata == song_metadata(song)
+        and (output / record.file).is_file()
+        for record in records
+    )
+
+
+def _carried(earlier: dict[str, list[ClipRecord]], output: Path) -> list[ClipRecord]:
+    """Earlier clips of songs this run has not reached yet whose files are still there (kept if the run stops)."""
+    return [record for records in earlier.values() for record in records if (output / record.file).is_file()]
+
+
+def _remove_stale_clips(output: Path, previous: Manifest | None, manifest: Manifest) -> None:
+    """Delete tensor files an earlier run wrote that the new manifest no longer lists."""
+    if previous is None:
+        return
+    kept = {record.file for record in manifest.clips}
+    for record in previous.clips:
+        if record.file not in kept:
+            (output / record.file).unlink(missing_ok=True)
 
 
 def encode_dataset(
@@ -168,88 +262,64 @@ def encode_dataset(
     callback: Callable[[EncodeEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EncodeResult:
-    """Encode every readable song under `config.audio_dir`; bad files are skipped and reported, never fatal alone."""
+    """Encode every readable song under `config.audio_dir`; bad files are skipped and reported, never fatal alone.
+
+    Songs whose audio, metadata and encoder fingerprint are unchanged since the last run are reused as they are.
+    The manifest is rewritten after every song, so a killed run keeps what it finished.
+    """
     audio_dir, output = Path(config.audio_dir), Path(config.output_dir)
-    sources = find_audio_files(audio_dir)
+    sources = _find_sources(audio_dir, output)
     if not sources:
-        raise DatasetError(f"No audio files in {audio_dir}. Put .wav/.flac/.mp3/.ogg/.opus/.m4a files there (sub-folders are searched).")
-    fingerprint = encoder_fingerprint(bundle, config)
-    previous = read_manifest(output)
-    if previous is not None and previous.model_variant != bundle.variant:
         raise DatasetError(
-            f"{output} already holds a dataset encoded for '{previous.model_variant}', not '{bundle.variant}'. "
-            "Choose another output folder (datasets are specific to the model they were encoded with)."
+            f"No audio files in {audio_dir}. Put .wav/.flac/.mp3/.ogg/.opus/.m4a/.aac files there (sub-folders are searched)."
         )
-    old_records: dict[str, list[ClipRecord]] = {}
+    previous = _previous_manifest(output, bundle.variant)
+    fingerprint = encoder_fingerprint(bundle, config)
+    names = [path.relative_to(audio_dir).as_posix() for path in sources]
+    present = set(names)
+    earlier: dict[str, list[ClipRecord]] = {}
     if previous is not None and previous.encoder_fingerprint == fingerprint:
         for record in previous.clips:
-            old_records.setdefault(record.source, []).append(record)
-    manifest = Manifest(model_variant=bundle.variant, encoder_fingerprint=fingerprint, model_name=bundle.entry.name)
+            if record.source in present:
+                earlier.setdefault(record.source, []).append(record)
+    manifest = Manifest(bundle.variant, fingerprint, model_name=bundle.entry.name, audio_dir=str(audio_dir))
     result = EncodeResult(output_dir=output, manifest=manifest)
     dataset_json = load_dataset_json(audio_dir)
     encoder: DatasetEncoder | None = None
     emit = callback or (lambda event: None)
-    for index, path in enumerate(sources):
+    for index, (path, source) in enumerate(zip(sources, names), 1):
         if should_stop and should_stop():
+            result.stopped = True
             break
-        relative = path.relative_to(audio_dir)
-        source = relative.as_posix()
+        old = earlier.pop(source, [])
+        song = read_song_metadata(path, dataset_json, config.tag_position, config.custom_tag or None)
+        result.warnings.extend(f"{source}: {warning}" for warning in song.warnings)
         digest = file_hash(path)
-        kept = [r for r in old_records.get(source, []) if r.source_hash == digest]
-        if config.skip_existing and _reusable(kept, output):
-            manifest.clips.extend(kept)
+        if config.skip_existing and _unchanged(old, digest, song, output):
+            manifest.clips.extend(old)
             result.skipped += 1
-            emit(EncodeEvent(index + 1, len(sources), source, "skipped", sum(r.duration for r in kept)))
+            emit(EncodeEvent(index, len(sources), source, "skipped", sum(record.duration for record in old)))
             continue
         try:
-            song = read_song_metadata(path, dataset_json, config.tag_position, config.custom_tag or None)
             waveform = normalize(load_audio(path, SAMPLE_RATE, config.min_seconds), SAMPLE_RATE, config.normalize)
-        except (AudioError, DatasetError) as error:
-            reason = getattr(error, "reason", None) or str(error)
-            result.rejected.append(Rejection(source, reason))
-            emit(EncodeEvent(index + 1, len(sources), source, "rejected", reason=reason))
+        except AudioError as error:
+            result.rejected.append(Rejection(source, error.reason))
+            emit(EncodeEvent(index, len(sources), source, "rejected", reason=error.reason))
             continue
-        result.warnings.extend(song.warnings)
         encoder = encoder or DatasetEncoder(bundle)
-        pieces = split_chunks(waveform, config.max_duration, config.min_seconds)
-        total_seconds = 0.0
-        for chunk, (offset, piece) in enumerate(pieces):
-            seconds = piece.shape[1] / SAMPLE_RATE
-            tensors = encoder.encode_clip(piece, song, seconds, config)
-            name = clip_name(relative, chunk, len(pieces))
-            save_clip(output / name, tensors, metadata={"source": source, "caption": song.caption})
-            manifest.clips.append(
-                ClipRecord(
-                    file=name,
-                    source=source,
-                    source_hash=digest,
-                    duration=seconds,
-                    caption=song.caption,
-                    lyrics=song.lyrics,
-                    metadata={
-                        "bpm": song.bpm,
-                        "keyscale": song.keyscale,
-                        "timesignature": song.timesignature,
-                        "language": song.language,
-                        "genre": song.genre,
-                        "custom_tag": song.custom_tag,
-                        "is_instrumental": song.is_instrumental,
-                        "sidecar": song.source,
-                    },
-                    shapes={key: list(value.shape) for key, value in tensors.items()},
-                    chunk_index=chunk,
-                    chunk_count=len(pieces),
-                    offset_seconds=offset,
-                )
-            )
-            total_seconds += seconds
-        manifest.rejected = list(result.rejected)
-        write_manifest(output, manifest)
+        records = encoder.encode_song(waveform, song, source, digest, config)
+        manifest.clips.extend(records)
+        snapshot = dataclasses.replace(manifest, clips=manifest.clips + _carried(earlier, output), rejected=list(result.rejected))
+        write_manifest(output, snapshot)
         result.encoded += 1
-        emit(EncodeEvent(index + 1, len(sources), source, "encoded", total_seconds))
+        emit(EncodeEvent(index, len(sources), source, "encoded", sum(record.duration for record in records)))
+    manifest.clips.extend(_carried(earlier, output))
     manifest.rejected = list(result.rejected)
     if not manifest.clips:
-        reasons = "; ".join(f"{item.source}: {item.reason}" for item in result.rejected) or "no files were processed"
-        raise DatasetError(f"No usable clip in {audio_dir}. Rejected: {reasons}.")
+        if result.stopped:
+            return result
+        reasons = "; ".join(f"{item.source}: {item.reason}" for item in result.rejected)
+        raise DatasetError(f"No usable clip in {audio_dir}. Rejected: {reasons}. Fix or replace these files and encode again.")
     write_manifest(output, manifest)
+    _remove_stale_clips(output, previous, manifest)
     return result

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DatasetError
-from .tensors import CLIP_KEYS, Manifest, load_clip, read_manifest
+from .tensors import CLIP_KEYS, Manifest, load_clip, read_manifest, read_sample_paths
+
+
+def _seeded(*values: int) -> torch.Generator:
+    """A generator seeded from a tuple of integers (any size, no collisions between nearby tuples)."""
+    digest = hashlib.sha256(repr(values).encode("ascii")).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def dataset_files(folder: Path) -> tuple[Manifest | None, list[Path]]:
+    """The clip files of a dataset folder: our manifest's clips, an ACE-Step manifest's samples, else every .pt/.safetensors."""
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        return manifest, [folder / clip.file for clip in manifest.clips]
+    samples = read_sample_paths(folder)
+    if samples is not None:
+        return None, samples
+    return None, sorted(folder.glob("*.pt")) + sorted(folder.glob("*.safetensors"))
 
 
 class ClipDataset(Dataset):
-    """The clips of a dataset folder (our manifest, or Side-Step `.pt` files), cropped to `max_frames` latent frames.
+    """The clips of a dataset folder (see `dataset_files`), cropped to `max_frames` latent frames.
 
     Crops are drawn from a generator seeded by (seed, epoch, index), so a resumed run sees the same crops.
     """
@@ -21,16 +39,14 @@ class ClipDataset(Dataset):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DatasetError(f"Dataset folder {self.folder} does not exist. Encode a dataset first (Encode Dataset / `sidestep encode`).")
-        self.manifest: Manifest | None = read_manifest(self.folder)
-        if self.manifest is not None:
-            self.files = [self.folder / clip.file for clip in self.manifest.clips]
-        else:
-            self.files = sorted(self.folder.glob("*.pt")) + sorted(self.folder.glob("*.safetensors"))
+        self.manifest, self.files = dataset_files(self.folder)
         if not self.files:
             raise DatasetError(f"{self.folder} holds no encoded clips (no manifest.json, .safetensors or .pt files).")
         missing = [str(path) for path in self.files if not path.is_file()]
         if missing:
-            raise DatasetError(f"The manifest in {self.folder} lists clips that are missing: {', '.join(missing[:3])}. Encode again.")
+            raise DatasetError(
+                f"The manifest in {self.folder} lists {len(missing)} missing clip file(s), e.g. {', '.join(missing[:3])}. Encode again."
+            )
         self.max_frames = max_frames
         self.seed = seed
         self.epoch = 0
@@ -46,8 +62,7 @@ class ClipDataset(Dataset):
         clip = load_clip(self.files[index])
         frames = clip["target_latents"].shape[0]
         if self.max_frames and frames > self.max_frames:
-            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + index)
-            start = int(torch.randint(frames - self.max_frames + 1, (1,), generator=generator))
+            start = int(torch.randint(frames - self.max_frames + 1, (1,), generator=_seeded(self.seed, self.epoch, index)))
             for key in ("target_latents", "attention_mask", "context_latents"):
                 clip[key] = clip[key][start : start + self.max_frames]
         return clip
@@ -68,8 +83,7 @@ def collate_clips(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 
 def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
     """The shuffled clip order of one epoch, a pure function of (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(size, generator=generator).tolist()
+    return torch.randperm(size, generator=_seeded(seed, epoch)).tolist()
 
 
 def make_loader(dataset: ClipDataset, order: list[int], batch_size: int, num_workers: int = 0) -> DataLoader:

@@ -1,6 +1,7 @@
 """Training-ready clip tensors (one safetensors file per clip) and the dataset's `manifest.json`.
 
-Side-Step `.pt` tensor files with the same keys are read too (with `torch.load(weights_only=True)` only).
+Side-Step `.pt` tensor files with the same keys are read too (with `torch.load(weights_only=True)` only), and so is
+the `manifest.json` ACE-Step writes beside its own tensor files (`{"metadata": ..., "samples": [paths], ...}`).
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,7 @@ class Manifest:
     model_variant: str
     encoder_fingerprint: str
     model_name: str = ""
+    audio_dir: str = ""
     clips: list[ClipRecord] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     version: int = MANIFEST_VERSION
@@ -72,22 +76,60 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
     write_text_atomic(Path(folder) / MANIFEST_NAME, json.dumps(dataclasses.asdict(manifest), indent=2, ensure_ascii=False) + "\n")
 
 
-def read_manifest(folder: Path) -> Manifest | None:
-    """Read our `manifest.json` from a dataset folder; None when there is none (or it is ACE-Step's own index)."""
+def _manifest_json(folder: Path) -> dict[str, Any] | None:
+    """The parsed `manifest.json` of a folder (None when there is none)."""
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and "samples" in data and "clips" not in data:
-            return None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path} cannot be read as JSON ({exc}). Delete it and encode the dataset again.") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is not a dataset manifest (not a JSON object). Delete it and encode the dataset again.")
+    return data
+
+
+def _is_ace_step_index(data: dict[str, Any]) -> bool:
+    return "samples" in data and "clips" not in data
+
+
+def read_manifest(folder: Path) -> Manifest | None:
+    """Read our `manifest.json` from a dataset folder; None when there is none (or it is ACE-Step's own index)."""
+    data = _manifest_json(folder)
+    if data is None or _is_ace_step_index(data):
+        return None
+    path = Path(folder) / MANIFEST_NAME
+    try:
         clips = [ClipRecord(**clip) for clip in data.pop("clips", [])]
         rejected = [Rejection(**item) for item in data.pop("rejected", [])]
-        return Manifest(**data, clips=clips, rejected=rejected)
-    except (OSError, ValueError, TypeError) as exc:
-        raise DatasetError(
-            f"{path} is not a valid Side-Step manifest ({exc}). Delete it and encode the dataset again."
-        ) from exc
+        manifest = Manifest(**data, clips=clips, rejected=rejected)
+    except TypeError as exc:
+        raise DatasetError(f"{path} is not a valid Side-Step manifest ({exc}). Delete it and encode the dataset again.") from exc
+    outside = [clip.file for clip in clips if Path(clip.file).name != clip.file or clip.file in ("", ".", "..")]
+    if outside:
+        raise DatasetError(f"{path} lists clip files outside its folder ({', '.join(outside[:3])}). Encode the dataset again.")
+    return manifest
+
+
+def read_sample_paths(folder: Path) -> list[Path] | None:
+    """The tensor files an ACE-Step `manifest.json` lists (None when the folder has no such index).
+
+    A listed path is used as written when it exists (absolute, or relative to the folder); otherwise the file of
+    that name inside the folder is used, so a tensor folder that was moved or copied keeps working.
+    """
+    folder = Path(folder)
+    data = _manifest_json(folder)
+    if data is None or not _is_ace_step_index(data):
+        return None
+    samples = data["samples"]
+    if not isinstance(samples, list) or not all(isinstance(sample, str) and sample for sample in samples):
+        raise DatasetError(f"{folder / MANIFEST_NAME}: \"samples\" must be a list of tensor file paths; fix or delete the file.")
+    paths = []
+    for sample in samples:
+        listed = folder / sample
+        paths.append(listed if listed.is_file() else folder / re.split(r"[\\/]", sample)[-1])
+    return paths
 
 
 def save_clip(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -103,6 +145,11 @@ def load_clip(path: Path) -> dict[str, torch.Tensor]:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         else:
             raw = load_file(path)
+    except pickle.UnpicklingError as exc:
+        raise DatasetError(
+            f"{path} holds objects other than tensors and plain values, which are not loaded for safety ({exc}). "
+            "Re-encode the dataset."
+        ) from exc
     except (OSError, RuntimeError, SafetensorError, EOFError, ValueError) as exc:
         raise DatasetError(f"Cannot read tensor file {path}: {exc}. Re-encode the dataset.") from exc
     if not isinstance(raw, dict):
@@ -121,5 +168,7 @@ def load_clip(path: Path) -> dict[str, torch.Tensor]:
         clip[key] = tensor.float()
     frames = clip["target_latents"].shape[0]
     if clip["attention_mask"].shape[0] != frames or clip["context_latents"].shape[0] != frames:
-        raise DatasetError(f"{path}: target_latents, attention_mask and context_latents disagree in length.")
+        raise DatasetError(f"{path}: target_latents, attention_mask and context_latents disagree in length. Re-encode the dataset.")
+    if clip["encoder_attention_mask"].shape[0] != clip["encoder_hidden_states"].shape[0]:
+        raise DatasetError(f"{path}: encoder_hidden_states and encoder_attention_mask disagree in length. Re-encode the dataset.")
     return clip
