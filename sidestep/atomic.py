@@ -11,6 +11,17 @@ import torch
 from safetensors.torch import save_file
 
 
+FILE_MODE = 0o644
+FOLDER_MODE = 0o755
+
+
+def staging_folder(final: Path) -> Path:
+    """A new, empty hidden folder beside `final`, readable like an ordinary folder, to fill and then move into place."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(folder, FOLDER_MODE)
+    return folder
+
+
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     """Call `write(temporary_path)` for a temporary file beside `path`, then move it into place."""
     path = Path(path)
@@ -19,6 +30,7 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,10 @@ class AceStepBundle:
         if self._silence is None:
             self._silence = load_silence_latent(self.shared.silence_latent_path)
         return self._silence
+
+    def with_own_dit(self) -> "AceStepBundle":
+        """A copy sharing the loaded VAE, text encoder and silence latent but loading its own DiT (e.g. to train on)."""
+        return dataclasses.replace(self, _dit=None)
 
     def release(self, *, dit: bool = False, vae: bool = False, text_encoder: bool = False) -> None:
         """Drop loaded parts so their memory can be reused."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from .atomic import torch_save_atomic
+from .atomic import staging_folder, torch_save_atomic
 from .errors import CheckpointError
 from .model import AceStepConditionGenerationModel, AceStepConfig
 from .text import CAPTION_TEMPLATE, DEFAULT_INSTRUCTION, LYRICS_TEMPLATE
@@ -102,7 +101,7 @@ def _build_folder(target: Path, fill: Callable[[Path], None]) -> Path:
     if target.exists():
         raise CheckpointError(f"{target} already exists; build tiny checkpoints into an empty folder.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    temporary = staging_folder(target)
     try:
         fill(temporary)
         os.replace(temporary, target)

@@ -14,14 +14,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sidestep.adapters import (
-    AdapterConfig,
-    apply_adapters,
-    attach_trainable_adapter,
-    export_comfy,
-    load_adapter,
-    target_modules,
-)
+from sidestep.adapters.apply import apply_adapters
+from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.export import export_comfy
+from sidestep.adapters.files import load_adapter
+from sidestep.adapters.targets import target_modules
+from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.adapters.keys import lycoris_name
 from sidestep.errors import AdapterError
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import torch_save_atomic
+from ..atomic import staging_folder, torch_save_atomic
 from ..errors import TrainingError
 
 STATE_FILE = "training_state.pt"
@@ -63,7 +63,7 @@ def _as_tuples(value: Any) -> Any:
 def write_checkpoint_dir(final_dir: Path, fill: "callable") -> None:
     """Build a checkpoint folder beside `final_dir` with `fill(temporary_dir)`, then swap it into place."""
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+    staging = staging_folder(final_dir)
     try:
         fill(staging)
         if final_dir.exists():

@@ -1,0 +1,27 @@
+"""Side-Step's ComfyUI nodes (V3 API): thin wrappers that hand their inputs to the `sidestep` core."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .adapters import ApplyAdapterToModel, ConfigureAdapter, LoadAdapter
+from .dataset import EncodeDataset
+from .model import LoadCheckpoint
+from .sample import SampleWithShift
+from .train import TrainAdapter
+
+NODES: list[type[io.ComfyNode]] = [
+    LoadCheckpoint,
+    EncodeDataset,
+    ConfigureAdapter,
+    TrainAdapter,
+    LoadAdapter,
+    ApplyAdapterToModel,
+    SampleWithShift,
+]
+
+
+class SideStepExtension(ComfyExtension):
+    """The Side-Step node pack as one ComfyUI extension."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        """Every Side-Step node class."""
+        return list(NODES)

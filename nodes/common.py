@@ -1,0 +1,193 @@
+"""Shared node helpers: ComfyUI folder lookup, device choice, memory hand-over, and progress/cancel bridging."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import comfy.model_management as model_management
+import comfy.utils
+import folder_paths
+import torch
+from comfy_execution.utils import get_executing_context
+from sidestep.adapters.keys import LOKR_WEIGHTS_FILE, PEFT_WEIGHTS_FILE
+
+if TYPE_CHECKING:
+    from sidestep.bundle import AceStepBundle
+    from sidestep.checkpoints import ModelEntry
+
+CATEGORY = "Side-Step"
+ACESTEP_FOLDER = "acestep"
+RUNS_FOLDER = "sidestep"
+DATASETS_FOLDER = "datasets"
+NONE_CHOICE = "none"
+ADAPTER_WEIGHT_FILES = (PEFT_WEIGHTS_FILE, LOKR_WEIGHTS_FILE)
+_OUTPUT_PREFIX = "output/"
+_LORAS_PREFIX = "loras/"
+
+
+# ---------------------------------------------------------------- folders
+
+
+def acestep_roots() -> list[Path]:
+    """Existing checkpoint roots registered as ComfyUI's `acestep` model folder (models/acestep, extra paths)."""
+    return [Path(path) for path in folder_paths.get_folder_paths(ACESTEP_FOLDER) if Path(path).is_dir()]
+
+
+def discover_models() -> list[tuple[Path, ModelEntry]]:
+    """(checkpoint root, model) for every ACE-Step model in the acestep folders, official first; the first root wins a name."""
+    from sidestep.checkpoints import scan_models
+    from sidestep.errors import CheckpointError
+
+    found: dict[str, tuple[Path, ModelEntry]] = {}
+    for root in acestep_roots():
+        try:
+            entries = scan_models(root)
+        except CheckpointError:
+            continue
+        for entry in entries:
+            found.setdefault(entry.name, (root, entry))
+    return sorted(found.values(), key=lambda item: not item[1].official)
+
+
+def model_name_of(choice: str) -> str:
+    """The folder name inside a model dropdown label ('acestep-v15-turbo  [official turbo]' → 'acestep-v15-turbo')."""
+    return choice.split("  [", 1)[0].strip()
+
+
+def output_dir() -> Path:
+    """ComfyUI's output folder."""
+    return Path(folder_paths.get_output_directory())
+
+
+def input_dir() -> Path:
+    """ComfyUI's input folder."""
+    return Path(folder_paths.get_input_directory())
+
+
+def under(base: Path, text: str) -> Path:
+    """`text` as a path: absolute (or ~) paths as given, relative ones inside `base`."""
+    path = Path(text.strip()).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def runs_dir() -> Path:
+    """Where training runs go: <ComfyUI output>/sidestep."""
+    return output_dir() / RUNS_FOLDER
+
+
+def loras_dir() -> Path:
+    """ComfyUI's first `loras` folder, where ComfyUI-native exports are written."""
+    return Path(folder_paths.get_folder_paths("loras")[0])
+
+
+def _run_adapters(run: Path) -> list[Path]:
+    """A run's final adapter and its epoch checkpoints (oldest first) that hold adapter weights."""
+    checkpoints = [p for p in (run / "checkpoints").glob("epoch_*") if p.name.removeprefix("epoch_").isdigit()]
+    candidates = [run / "final", *sorted(checkpoints, key=lambda p: int(p.name.removeprefix("epoch_")))]
+    return [folder for folder in candidates if any((folder / name).is_file() for name in ADAPTER_WEIGHT_FILES)]
+
+
+def adapter_choices() -> list[str]:
+    """Dropdown values for discovered adapters: "none", our runs' final/checkpoint folders, then models/loras files."""
+    choices = [NONE_CHOICE]
+    runs = runs_dir()
+    if runs.is_dir():
+        for run in sorted(p for p in runs.iterdir() if p.is_dir() and p.name != DATASETS_FOLDER):
+            choices += [_OUTPUT_PREFIX + folder.relative_to(output_dir()).as_posix() for folder in _run_adapters(run)]
+    loras = sorted(name for name in folder_paths.get_filename_list("loras") if name.lower().endswith(".safetensors"))
+    return choices + [_LORAS_PREFIX + name for name in loras]
+
+
+def resolve_adapter_choice(choice: str) -> Path:
+    """The file or folder behind an adapter dropdown value (or a path typed into a workflow)."""
+    from sidestep.errors import AdapterError
+
+    if choice.startswith(_OUTPUT_PREFIX):
+        return output_dir() / choice.removeprefix(_OUTPUT_PREFIX)
+    if choice.startswith(_LORAS_PREFIX):
+        name = choice.removeprefix(_LORAS_PREFIX)
+        path = folder_paths.get_full_path("loras", name)
+        if path is None:
+            raise AdapterError(f"No file {name!r} in ComfyUI's loras folders; pick another adapter or refresh the list.")
+        return Path(path)
+    return Path(choice).expanduser()
+
+
+# ---------------------------------------------------------------- devices and memory
+
+
+def resolve_device(choice: str) -> torch.device:
+    """'auto' → ComfyUI's compute device (the CPU under --cpu); otherwise the named device."""
+    return model_management.get_torch_device() if choice == "auto" else torch.device(choice)
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """'auto' → bf16 weights on CUDA, fp32 elsewhere (CPUs without bf16 units run bf16 far slower)."""
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[choice]
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Total size of the weight files directly inside `folder`."""
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors*") if p.is_file())
+
+
+def make_room(bundle: AceStepBundle) -> None:
+    """Ask ComfyUI to unload its own models until the bundle's weights fit, then return cached memory."""
+    shared = bundle.shared
+    needed = sum(_folder_bytes(folder) for folder in (bundle.entry.path, shared.vae_dir, shared.text_encoder_dir))
+    model_management.free_memory(needed, bundle.device)
+    model_management.soft_empty_cache()
+
+
+# ---------------------------------------------------------------- progress and cancel
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with non-finite floats as None and paths as strings, so the browser can parse the message."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+class NodeProgress:
+    """One running node's progress: ComfyUI's progress bar plus a custom websocket event for the web widget."""
+
+    def __init__(self, node_id: str) -> None:
+        context = get_executing_context()
+        self.node_id = node_id
+        self.prompt_id = context.prompt_id if context is not None else None
+        self._bar: comfy.utils.ProgressBar | None = None
+
+    def bar(self, value: int, total: int) -> None:
+        """Move the progress bar; raises ComfyUI's InterruptProcessingException when the user pressed Cancel."""
+        if self._bar is None:
+            self._bar = comfy.utils.ProgressBar(total, node_id=self.node_id)
+        self._bar.update_absolute(value, total)
+
+    def advance(self, value: int, total: int) -> bool:
+        """Move the progress bar unless the user pressed Cancel; True when they did (nothing is raised)."""
+        if model_management.processing_interrupted():
+            return True
+        try:
+            self.bar(value, total)
+        except model_management.InterruptProcessingException:
+            return True
+        return False
+
+    def send(self, event: str, payload: dict[str, Any]) -> None:
+        """Send `payload` (plus node and prompt ids) as websocket `event` to the client that queued the prompt."""
+        from server import PromptServer
+
+        server = PromptServer.instance
+        message = {"node": self.node_id, "prompt_id": self.prompt_id, **_json_safe(payload)}
+        server.send_sync(event, message, server.client_id)

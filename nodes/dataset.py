@@ -1,0 +1,160 @@
+"""Encode Dataset: a folder of songs (with caption/lyric sidecars) → training tensors + manifest.json."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import comfy.model_management as model_management
+from comfy_api.latest import io
+from sidestep.dataset.settings import NORMALIZE_MODES, EncodeConfig
+from sidestep.dataset.sidecars import TAG_POSITIONS
+
+from .common import CATEGORY, DATASETS_FOLDER, RUNS_FOLDER, NodeProgress, input_dir, make_room, output_dir, under
+from .handles import AcestepDataset, AcestepModel, DatasetHandle, ModelHandle
+
+AUTO = "auto"
+EVENT = "sidestep.encode"
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(EncodeConfig)}
+
+
+def _file_listing(folder: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime) of every file under `folder`: changes when songs or sidecars change."""
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return [(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def _summary(handle: DatasetHandle, encoded: int, skipped: int, warnings: list[str]) -> str:
+    """What the node shows: counts, the dataset folder, rejected files with reasons, sidecar warnings."""
+    lines = [
+        f"{handle.clips} clips ({handle.seconds:.1f} s) for {handle.model_variant} in {handle.folder}",
+        f"encoded {encoded} songs, reused {skipped}, rejected {len(handle.rejected)}",
+    ]
+    lines += [f"rejected {source}: {reason}" for source, reason in handle.rejected]
+    lines += [f"warning: {warning}" for warning in warnings]
+    return "\n".join(lines)
+
+
+class EncodeDataset(io.ComfyNode):
+    """Encode songs into the tensors training reads; unreadable files are skipped and listed, never fatal alone."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        """Model, song folder, dataset folder and encoding options in; the dataset out."""
+        return io.Schema(
+            node_id="SideStepEncodeDataset",
+            display_name="Encode Dataset",
+            category=CATEGORY,
+            description=(
+                "Reads every song in a folder (captions and lyrics from .txt/.json sidecars or the file name), "
+                "encodes it with the model's VAE and text encoder and writes one tensor file per clip plus "
+                "manifest.json. Re-running skips songs that are already encoded."
+            ),
+            inputs=[
+                AcestepModel.Input("model", tooltip="The model to train later: a dataset only fits the model it was encoded with."),
+                io.String.Input(
+                    "audio_folder",
+                    default="sidestep/songs",
+                    tooltip=(
+                        "Folder of songs (.wav/.flac/.mp3/.ogg/.opus/.m4a, sub-folders included). "
+                        "A relative path is inside ComfyUI's input folder."
+                    ),
+                ),
+                io.String.Input(
+                    "dataset_folder",
+                    default=f"{RUNS_FOLDER}/{DATASETS_FOLDER}/my_songs",
+                    tooltip="Where the tensors and manifest.json go. A relative path is inside ComfyUI's output folder.",
+                ),
+                io.Float.Input(
+                    "max_duration",
+                    default=DEFAULTS["max_duration"],
+                    min=0.0,
+                    max=600.0,
+                    step=1.0,
+                    tooltip="Cut longer songs into clips of at most this many seconds; 0 keeps every song whole.",
+                ),
+                io.Combo.Input(
+                    "normalize",
+                    options=list(NORMALIZE_MODES),
+                    default=DEFAULTS["normalize"],
+                    tooltip="Loudness treatment before encoding: none, peak (to -1 dBFS) or loudness (integrated LUFS).",
+                ),
+                io.Boolean.Input(
+                    "skip_existing",
+                    default=DEFAULTS["skip_existing"],
+                    tooltip="Reuse clips already encoded from unchanged songs with the same settings; off re-encodes all.",
+                ),
+                io.String.Input(
+                    "trigger_word",
+                    default="",
+                    tooltip="Optional tag added to every caption (e.g. 'sks_style'); use it in prompts to call up the adapter.",
+                ),
+                io.Combo.Input(
+                    "trigger_position",
+                    options=[AUTO, *TAG_POSITIONS],
+                    default=AUTO,
+                    tooltip="Where the trigger word goes in each caption. auto: the dataset JSON's choice, else prepend.",
+                ),
+            ],
+            outputs=[AcestepDataset.Output(display_name="dataset", tooltip="The encoded dataset; connect it to Train Adapter.")],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, audio_folder: str, dataset_folder: str, **_: object) -> object:
+        """Re-run when songs or sidecars change, or when the dataset's manifest appears or disappears."""
+        from sidestep.dataset.tensors import MANIFEST_NAME
+
+        manifest = under(output_dir(), dataset_folder) / MANIFEST_NAME
+        return _file_listing(under(input_dir(), audio_folder)), manifest.is_file()
+
+    @classmethod
+    def execute(
+        cls,
+        model: ModelHandle,
+        audio_folder: str,
+        dataset_folder: str,
+        max_duration: float,
+        normalize: str,
+        skip_existing: bool,
+        trigger_word: str,
+        trigger_position: str,
+    ) -> io.NodeOutput:
+        """Encode (reporting each song), then summarise the dataset and the rejected files."""
+        from sidestep.dataset.encode import EncodeEvent, encode_dataset
+
+        config = EncodeConfig(
+            audio_dir=str(under(input_dir(), audio_folder)),
+            output_dir=str(under(output_dir(), dataset_folder)),
+            max_duration=max_duration,
+            normalize=normalize,
+            skip_existing=skip_existing,
+            custom_tag=trigger_word.strip(),
+            tag_position=None if trigger_position == AUTO else trigger_position,
+        )
+        progress = NodeProgress(cls.hidden.unique_id)
+        rejected: list[tuple[str, str]] = []
+
+        def report(event: EncodeEvent) -> None:
+            if event.status == "rejected":
+                rejected.append((event.file, event.reason))
+            progress.send(EVENT, {**dataclasses.asdict(event), "rejected": rejected})
+            progress.bar(event.index, event.total)
+
+        make_room(model.bundle)
+        result = encode_dataset(model.bundle, config, report, model_management.processing_interrupted)
+        model_management.throw_exception_if_processing_interrupted()
+        clips = result.manifest.clips
+        handle = DatasetHandle(
+            folder=result.output_dir,
+            model_variant=result.manifest.model_variant,
+            clips=len(clips),
+            seconds=sum(clip.duration for clip in clips),
+            first_caption=clips[0].caption if clips else "",
+            rejected=tuple((item.source, item.reason) for item in result.rejected),
+        )
+        text = _summary(handle, result.encoded, result.skipped, result.warnings)
+        return io.NodeOutput(handle, ui={"text": [text]})

@@ -1,0 +1,53 @@
+"""Rebuild example_workflows/*.json from the API graphs in fixtures_pack.py with the real ComfyUI frontend.
+
+Run from the repository root: `.venv/bin/python -m tests.comfyui.build_examples`. Each graph is loaded with the
+frontend's own `app.loadApiJson` (which creates the nodes from the pack's live definitions, sets the widgets,
+links and lays them out) and saved with `app.graph.serialize()`, exactly what ComfyUI writes to a workflow file.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sidestep.atomic import write_text_atomic
+from sidestep.testing import make_tiny_checkpoints
+
+from .fixtures_pack import EXAMPLE_GRAPHS, EXAMPLE_NOTES, example_path
+from .host import ComfyUIHost, Frontend, open_frontend
+
+
+def to_workflow(frontend: Frontend, name: str, graph: dict[str, Any], note: str) -> dict[str, Any]:
+    """Load an API graph into the frontend, add a Note above it, and return the UI-format workflow it saves as."""
+    return frontend.page.evaluate(
+        """([graph, name, text]) => {
+            window.app.loadApiJson(graph, name);
+            const note = window.LiteGraph.createNode("Note");
+            note.widgets[0].value = text;
+            note.size = [560, 180];
+            const nodes = window.app.graph.nodes;
+            note.pos = [Math.min(...nodes.map((n) => n.pos[0])), Math.min(...nodes.map((n) => n.pos[1])) - 240];
+            window.app.graph.add(note);
+            return window.app.graph.serialize();
+        }""",
+        [graph, name, note],
+    )
+
+
+def main() -> None:
+    """Start ComfyUI with the pack (and a tiny checkpoint tree for the dropdowns) and rewrite every example."""
+    with tempfile.TemporaryDirectory() as models:
+        acestep = Path(models) / "acestep"
+        make_tiny_checkpoints(acestep)
+        with ComfyUIHost(model_folders={"acestep": acestep}, name="build-examples") as host, open_frontend(host) as page:
+            for name, graph in EXAMPLE_GRAPHS.items():
+                workflow = to_workflow(page, name, graph, EXAMPLE_NOTES[name])
+                write_text_atomic(example_path(name), json.dumps(workflow, indent=2) + "\n")
+                example_path(name).chmod(0o644)
+                print(f"wrote {example_path(name)}")
+
+
+if __name__ == "__main__":
+    main()

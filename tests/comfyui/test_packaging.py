@@ -1,0 +1,65 @@
+"""Packaging of the node pack: requirements.txt matches pyproject.toml and covers every import of the core."""
+
+from __future__ import annotations
+
+import ast
+import sys
+import tomllib
+from importlib.metadata import packages_distributions, requires
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from .host import REPO_ROOT
+
+PROVIDED_BY_COMFYUI = {"torch"}
+
+
+def _requirements() -> dict[str, Requirement]:
+    """requirements.txt by canonical package name."""
+    lines = (REPO_ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    parsed = [Requirement(line) for line in (line.split("#", 1)[0].strip() for line in lines) if line]
+    return {canonicalize_name(req.name): req for req in parsed}
+
+
+def _core_imports() -> set[str]:
+    """Top-level names of the third-party modules the core imports at module level."""
+    names = set()
+    for path in (REPO_ROOT / "sidestep").rglob("*.py"):
+        for statement in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(statement, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in statement.names}
+            elif isinstance(statement, ast.ImportFrom) and statement.level == 0 and statement.module:
+                names.add(statement.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"__future__", "sidestep"}
+
+
+def test_requirements_repeat_the_pyproject_dependencies() -> None:
+    """Every pyproject dependency but torch is in requirements.txt with the same version bounds."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    required = _requirements()
+    for line in project["dependencies"]:
+        dependency = Requirement(line)
+        name = canonicalize_name(dependency.name)
+        if name in PROVIDED_BY_COMFYUI:
+            assert name not in required, f"{name} must not be in requirements.txt (ComfyUI provides it)"
+            continue
+        assert name in required, f"{name} is a pyproject dependency missing from requirements.txt"
+        assert required[name].specifier == dependency.specifier, name
+
+
+def _with_their_dependencies(names: set[str]) -> set[str]:
+    """`names` plus the packages they require (one level: what pip installs along with them)."""
+    found = set(names)
+    for name in names:
+        found |= {canonicalize_name(Requirement(line).name) for line in requires(name) or [] if "extra ==" not in line}
+    return found
+
+
+def test_requirements_cover_every_core_import() -> None:
+    """Each third-party module the core imports at load time comes from a listed package, one they pull in, or torch."""
+    owners = packages_distributions()
+    listed = _with_their_dependencies(set(_requirements()) | PROVIDED_BY_COMFYUI)
+    for module in sorted(_core_imports()):
+        distributions = {canonicalize_name(name) for name in owners.get(module, [])}
+        assert distributions & listed, f"the core imports {module!r} (from {distributions}) but requirements.txt lacks it"
