@@ -320,3 +320,16 @@ def test_two_process_gloo_run_trains_in_sync_and_only_rank0_writes(tiny_root, da
     saved = load_adapter(out / "final")
     assert saved.metadata["global_step"] == "2"  # 2 clips over 2 ranks: one optimiser step per epoch
     assert done.stdout.count("finished: adapter in") == 1
+
+
+def test_a_side_step_pt_dataset_trains_unchanged(tiny_root, datasets, tmp_path):
+    """Side-Step writes one torch.save dict per clip (bf16 tensors, a metadata dict) and no manifest."""
+    folder = tmp_path / "side_step_tensors"
+    folder.mkdir()
+    for index, path in enumerate(sorted(datasets["acestep-v15-turbo"].glob("*.safetensors"))):
+        clip = {key: value.to(torch.bfloat16) for key, value in load_clip(path).items()}
+        clip["metadata"] = {"caption": f"clip {index}", "duration": 1, "bpm": None, "is_instrumental": True}
+        torch.save(clip, folder / f"song_{index}.pt")
+    result = make_trainer(tiny_root, folder, tmp_path / "out", epochs=2).run()
+    assert result.status == "finished" and result.global_step == 4
+    assert (tmp_path / "out" / "final" / "adapter_model.safetensors").is_file()
