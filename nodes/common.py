@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from sidestep.bundle import AceStepBundle
     from sidestep.checkpoints import ModelEntry
 
+    from .jobs import Job
+
 CATEGORY = "Side-Step"
 ACESTEP_FOLDER = "acestep"
 RUNS_FOLDER = "sidestep"
@@ -70,6 +72,16 @@ def under(base: Path, text: str) -> Path:
     """`text` as a path: absolute (or ~) paths as given, relative ones inside `base`."""
     path = Path(text.strip()).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def output_location(path: str | Path) -> tuple[str, str] | None:
+    """(subfolder, filename) of a file inside ComfyUI's output folder, as its /view route takes them; None elsewhere."""
+    try:
+        relative = Path(path).resolve().relative_to(output_dir().resolve())
+    except ValueError:
+        return None
+    subfolder = relative.parent.as_posix()
+    return ("" if subfolder == "." else subfolder), relative.name
 
 
 def runs_dir() -> Path:
@@ -160,12 +172,14 @@ def _json_safe(value: Any) -> Any:
 
 
 class NodeProgress:
-    """One running node's progress: ComfyUI's progress bar plus a custom websocket event for the web widget."""
+    """One running node's progress: ComfyUI's progress bar plus a custom websocket event for the web widget;
+    with a `job`, every event is also kept there (stamped with the job id) for the widget to replay."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, job: Job | None = None) -> None:
         context = get_executing_context()
         self.node_id = node_id
         self.prompt_id = context.prompt_id if context is not None else None
+        self.job = job
         self._bar: comfy.utils.ProgressBar | None = None
 
     def bar(self, value: int, total: int) -> None:
@@ -190,4 +204,6 @@ class NodeProgress:
 
         server = PromptServer.instance
         message = {"node": self.node_id, "prompt_id": self.prompt_id, **_json_safe(payload)}
+        if self.job is not None:
+            message = self.job.record(event, message)
         server.send_sync(event, message, server.client_id)

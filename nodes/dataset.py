@@ -12,7 +12,9 @@ from sidestep.dataset.sidecars import TAG_POSITIONS
 
 from .common import CATEGORY, DATASETS_FOLDER, RUNS_FOLDER, NodeProgress, input_dir, make_room, output_dir, under
 from .handles import AcestepDataset, AcestepModel, DatasetHandle, ModelHandle
+from .jobs import JOBS
 
+NODE_TYPE = "SideStepEncodeDataset"
 AUTO = "auto"
 EVENT = "sidestep.encode"
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(EncodeConfig)}
@@ -44,7 +46,7 @@ class EncodeDataset(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         """Model, song folder, dataset folder and encoding options in; the dataset out."""
         return io.Schema(
-            node_id="SideStepEncodeDataset",
+            node_id=NODE_TYPE,
             display_name="Encode Dataset",
             category=CATEGORY,
             description=(
@@ -135,17 +137,18 @@ class EncodeDataset(io.ComfyNode):
             custom_tag=trigger_word.strip(),
             tag_position=None if trigger_position == AUTO else trigger_position,
         )
-        progress = NodeProgress(cls.hidden.unique_id)
         rejected: list[tuple[str, str]] = []
-
-        def report(event: EncodeEvent) -> None:
-            if event.status == "rejected":
-                rejected.append((event.file, event.reason))
-            progress.send(EVENT, {**dataclasses.asdict(event), "rejected": rejected})
-            progress.bar(event.index, event.total)
-
         make_room(model.bundle)
-        result = encode_dataset(model.bundle, config, report, model_management.processing_interrupted)
+        with JOBS.track(cls.hidden.unique_id, NODE_TYPE) as job:
+            progress = NodeProgress(job.node, job)
+
+            def report(event: EncodeEvent) -> None:
+                if event.status == "rejected":
+                    rejected.append((event.file, event.reason))
+                progress.send(EVENT, {**dataclasses.asdict(event), "rejected": rejected})
+                progress.bar(event.index, event.total)
+
+            result = encode_dataset(model.bundle, config, report, model_management.processing_interrupted)
         model_management.throw_exception_if_processing_interrupted()
         clips = result.manifest.clips
         handle = DatasetHandle(

@@ -12,15 +12,28 @@ import comfy.model_management as model_management
 import torch
 from comfy_api.latest import io
 
-from .common import CATEGORY, DATASETS_FOLDER, RUNS_FOLDER, NodeProgress, loras_dir, make_room, runs_dir, under
+from .common import (
+    CATEGORY,
+    DATASETS_FOLDER,
+    RUNS_FOLDER,
+    NodeProgress,
+    loras_dir,
+    make_room,
+    output_location,
+    runs_dir,
+    under,
+)
 from .handles import AcestepDataset, AcestepModel, Adapter, AdapterConfigType, AdapterHandle, DatasetHandle, ModelHandle
+from .jobs import JOBS
 
 if TYPE_CHECKING:
     from sidestep.adapters.config import AdapterConfig
     from sidestep.bundle import AceStepBundle
     from sidestep.training.config import TrainConfig
-    from sidestep.training.loop import PreviewFn, RunIdentity
+    from sidestep.training.events import StopSignal, TrainingEvent
+    from sidestep.training.loop import PreviewFn, RunIdentity, TrainResult
 
+NODE_TYPE = "SideStepTrainAdapter"
 EVENT = "sidestep.progress"
 LATEST = "latest"
 PREVIEW_SECONDS = 10.0
@@ -131,6 +144,15 @@ def _previewer(bundle: AceStepBundle, config: TrainConfig, out: Path, caption: s
     return preview
 
 
+def _event_payload(event: TrainingEvent) -> dict[str, Any]:
+    """A training event as the widget receives it; previews also name their file as ComfyUI's /view route takes it."""
+    payload = dataclasses.asdict(event)
+    location = output_location(event.preview_path) if event.preview_path else None
+    if location is not None:
+        payload["preview_subfolder"], payload["preview_file"] = location
+    return payload
+
+
 def _defaults() -> dict[str, Any]:
     """TrainConfig's defaults by field name (the one place they are defined)."""
     from sidestep.training.config import TrainConfig
@@ -148,7 +170,7 @@ class TrainAdapter(io.ComfyNode):
 
         default = _defaults()
         return io.Schema(
-            node_id="SideStepTrainAdapter",
+            node_id=NODE_TYPE,
             display_name="Train Adapter",
             category=CATEGORY,
             description=(
@@ -341,34 +363,16 @@ class TrainAdapter(io.ComfyNode):
         identity: RunIdentity,
         run_name: str,
     ) -> io.NodeOutput:
-        """Train on a private copy of the DiT; on Cancel, let the trainer save, then end the prompt as interrupted."""
-        from sidestep.model import PARTS, TRAINING_PARTS
-        from sidestep.training.events import StopSignal, TrainingEvent
-        from sidestep.training.loop import Trainer
+        """Train on a private copy of the DiT as a registered job. Stop & save (the widget) saves and returns the
+        adapter normally; Cancel lets the trainer save too, then ends the prompt as interrupted."""
+        from sidestep.training.events import StopSignal
 
         out = Path(config.output_dir)
-        progress = NodeProgress(cls.hidden.unique_id)
         stop = StopSignal()
-
-        def report(event: TrainingEvent) -> None:
-            if not stop.requested and event.total_steps and progress.advance(event.step, event.total_steps):
-                stop.request(CANCEL_REASON)
-            if event.kind in ("epoch", "note", "checkpoint", "preview", "stopped", "finished"):
-                logging.info("[Side-Step] %s", {k: v for k, v in dataclasses.asdict(event).items() if v not in (None, "")})
-            progress.send(EVENT, dataclasses.asdict(event))
-
-        make_room(bundle)
-        # Training injects adapter layers into the DiT: train a private copy and let the shared one reload clean.
-        bundle.release(dit=True)
-        private = bundle.with_own_dit()
-        previews = config.preview_every > 0
-        # ComfyUI runs nodes in inference mode; weights loaded and steps taken here must be usable by autograd.
-        with torch.inference_mode(False), torch.enable_grad():
-            dit = private.dit(PARTS if previews else TRAINING_PARTS)
-            preview = _previewer(private, config, out, config.preview_caption) if previews else None
-            result = Trainer(dit, dataset.folder, adapter_config, config, identity, report, stop, preview).run()
+        with JOBS.track(cls.hidden.unique_id, NODE_TYPE, stop) as job:
+            result = cls._run_trainer(bundle, dataset, adapter_config, config, identity, NodeProgress(job.node, job), stop)
         exported, note = _export(result.adapter_dir, comfy_lora_path(run_name), adapter_config, replace=True)
-        if stop.requested:
+        if stop.reason == CANCEL_REASON:
             raise model_management.InterruptProcessingException()
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         text = (
@@ -378,3 +382,35 @@ class TrainAdapter(io.ComfyNode):
         metadata = _adapter_metadata(result.adapter_dir) or {}
         handle = AdapterHandle(path=result.adapter_dir, run_dir=out, metadata=metadata, comfy_lora=exported)
         return io.NodeOutput(handle, ui={"text": [text]})
+
+    @staticmethod
+    def _run_trainer(
+        bundle: AceStepBundle,
+        dataset: DatasetHandle,
+        adapter_config: AdapterConfig,
+        config: TrainConfig,
+        identity: RunIdentity,
+        progress: NodeProgress,
+        stop: StopSignal,
+    ) -> TrainResult:
+        """Run the trainer, reporting every event to the node's progress; Cancel becomes a stop request."""
+        from sidestep.model import PARTS, TRAINING_PARTS
+        from sidestep.training.loop import Trainer
+
+        def report(event: TrainingEvent) -> None:
+            if stop.reason != CANCEL_REASON and event.total_steps and progress.advance(event.step, event.total_steps):
+                stop.request(CANCEL_REASON)
+            if event.kind in ("epoch", "note", "checkpoint", "preview", "stopped", "finished"):
+                logging.info("[Side-Step] %s", {k: v for k, v in dataclasses.asdict(event).items() if v not in (None, "")})
+            progress.send(EVENT, _event_payload(event))
+
+        make_room(bundle)
+        # Training injects adapter layers into the DiT: train a private copy and let the shared one reload clean.
+        bundle.release(dit=True)
+        private = bundle.with_own_dit()
+        previews = config.preview_every > 0
+        # ComfyUI runs nodes in inference mode; weights loaded and steps taken here must be usable by autograd.
+        with torch.inference_mode(False), torch.enable_grad():
+            dit = private.dit(PARTS if previews else TRAINING_PARTS)
+            preview = _previewer(private, config, Path(config.output_dir), config.preview_caption) if previews else None
+            return Trainer(dit, dataset.folder, adapter_config, config, identity, report, stop, preview).run()
