@@ -136,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     bundle = _bundle(args)
     identity = RunIdentity(variant=bundle.variant, base=bundle.base, model_name=bundle.entry.name)
     trainer = Trainer(bundle.dit(parts=TRAINING_PARTS), args.dataset_dir, adapter, config, identity, callback=ProgressPrinter())
-    result = trainer.run()
+    trainer.run()
     if trainer.rank == 0:
         print(f"TensorBoard logs in {config.log_dir or Path(config.output_dir) / 'runs'}")
     return 0

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sidestep.testing import make_tiny_checkpoints
+
+from .fixtures_pack import SONG_SECONDS, SONGS, write_song
 from .host import ComfyUIHost, ComfyUINotInstalled, Frontend, open_frontend
 
 MODEL_FOLDERS = ("acestep", "loras", "diffusion_models", "text_encoders", "vae")
@@ -56,3 +59,25 @@ def browser_page(comfy_host: ComfyUIHost) -> Iterator[Frontend]:
         yield frontend
     finally:
         frontend.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(comfy_models: dict[str, Path]) -> Path:
+    """The tiny checkpoint tree (turbo, base, a custom fine-tune, vae, text encoder) in the `acestep` folder."""
+    return make_tiny_checkpoints(comfy_models["acestep"])
+
+
+@pytest.fixture(scope="session")
+def songs(comfy_host: ComfyUIHost) -> Iterator[Path]:
+    """ComfyUI's input/sidestep/songs: one 2 s song with a caption sidecar, and one broken file to be rejected."""
+    folder = comfy_host.input_dir / SONGS
+    write_song(folder / "song0.wav", SONG_SECONDS, seed=0)
+    (folder / "song0.txt").write_text("caption: lo-fi beat with mellow keys\nbpm: 90\n", encoding="utf-8")
+    (folder / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
+    yield folder
+
+
+@pytest.fixture(scope="session")
+def pack(comfy_host: ComfyUIHost, tiny_tree: Path, songs: Path) -> ComfyUIHost:
+    """The session server once the tiny checkpoints and the songs are in place."""
+    return comfy_host

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import soundfile
 
-from sidestep.testing import BASE_FOLDER, TURBO_FOLDER, make_tiny_checkpoints
+from sidestep.testing import BASE_FOLDER, TURBO_FOLDER
 
-from .host import REPO_ROOT, ComfyUIHost
+from .host import REPO_ROOT
 
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 TURBO = f"{TURBO_FOLDER}  [official turbo]"
@@ -197,19 +195,3 @@ def write_song(path: Path, seconds: float, seed: int) -> Path:
     frames = np.random.default_rng(seed).standard_normal((int(seconds * SAMPLE_RATE), 2)).astype("float32") * 0.1
     soundfile.write(path, frames, SAMPLE_RATE)
     return path
-
-
-@pytest.fixture(scope="session")
-def tiny_tree(comfy_models: dict[str, Path]) -> Path:
-    """The tiny checkpoint tree (turbo, base, a custom fine-tune, vae, text encoder) in the `acestep` folder."""
-    return make_tiny_checkpoints(comfy_models["acestep"])
-
-
-@pytest.fixture(scope="session")
-def songs(comfy_host: ComfyUIHost) -> Iterator[Path]:
-    """ComfyUI's input/sidestep/songs: one 2 s song with a caption sidecar, and one broken file to be rejected."""
-    folder = comfy_host.input_dir / SONGS
-    write_song(folder / "song0.wav", SONG_SECONDS, seed=0)
-    (folder / "song0.txt").write_text("caption: lo-fi beat with mellow keys\nbpm: 90\n", encoding="utf-8")
-    (folder / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
-    yield folder

@@ -26,14 +26,11 @@ from .fixtures_pack import (
     TURBO,
     example_path,
     load_example,
-    songs,
     strip_meta,
     substitute,
-    tiny_tree,
 )
 from .host import ComfyUIHost, Frontend, PromptRejected
 
-__all__ = ["songs", "tiny_tree"]  # session fixtures used by the tests below
 
 # Every node and its documented inputs, in widget order.
 NODE_INPUTS = {
@@ -162,12 +159,6 @@ def kinds(run: Run, node: str = "4") -> list[str]:
 def mtimes(folder: Path) -> dict[str, int]:
     """Modification time of every file under a folder."""
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def pack(comfy_host: ComfyUIHost, tiny_tree: Path, songs: Path) -> ComfyUIHost:
-    """The session server once the tiny checkpoints and the songs are in place."""
-    return comfy_host
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,11 @@ import pytest
 import requests
 import soundfile
 
-from sidestep.testing import make_tiny_checkpoints
 from sidestep.training.events import StopSignal
 
-from .fixtures_pack import load_example, songs
+from .fixtures_pack import load_example
 from .host import ARTIFACTS_DIR, REPO_ROOT, ComfyUIHost, Frontend
 
-__all__ = ["songs"]  # session fixture used by the tests below
 
 RUN_NAME = "widget_run"
 EPOCHS = 200  # far more than the test waits for: it ends the run with Stop & save
@@ -42,15 +40,6 @@ SETTINGS = {
     "SideStepSampleWithShift": {"duration": 5.0},
 }
 READY = "() => !!(window.app && window.app.graph && window.app.extensionManager)"
-
-
-@pytest.fixture(scope="module")
-def pack(comfy_host: ComfyUIHost, comfy_models: dict[str, Path], songs: Path) -> ComfyUIHost:
-    """The session server once the songs and the tiny checkpoints are in place (test_nodes.py, which runs first,
-    builds the checkpoints through its own fixture; a second build into the same folder would be refused)."""
-    if not any(comfy_models["acestep"].iterdir()):
-        make_tiny_checkpoints(comfy_models["acestep"])
-    return comfy_host
 
 
 @pytest.fixture
