@@ -20,8 +20,11 @@ from .host import ComfyUIHost, Frontend, open_frontend
 
 
 def to_workflow(frontend: Frontend, name: str, graph: dict[str, Any], note: str) -> dict[str, Any]:
-    """Load an API graph into the frontend, add a Note above it, and return the UI-format workflow it saves as."""
-    return frontend.page.evaluate(
+    """Load an API graph into the frontend, add a Note above it, and return the UI-format workflow it saves as.
+
+    The graph crosses as JSON text so that fields the frontend leaves undefined stay absent (Playwright would turn them
+    into nulls, which the frontend's workflow schema rejects with an alert)."""
+    return json.loads(frontend.page.evaluate(
         """([graph, name, text]) => {
             window.app.loadApiJson(graph, name);
             const note = window.LiteGraph.createNode("Note");
@@ -30,10 +33,10 @@ def to_workflow(frontend: Frontend, name: str, graph: dict[str, Any], note: str)
             const nodes = window.app.graph.nodes;
             note.pos = [Math.min(...nodes.map((n) => n.pos[0])), Math.min(...nodes.map((n) => n.pos[1])) - 240];
             window.app.graph.add(note);
-            return window.app.graph.serialize();
+            return JSON.stringify(window.app.graph.serialize());
         }""",
         [graph, name, note],
-    )
+    ))
 
 
 def main() -> None:
