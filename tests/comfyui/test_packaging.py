@@ -1,10 +1,12 @@
-"""Packaging of the node pack: requirements.txt matches pyproject.toml and covers every import of the core."""
+"""Packaging of the node pack: requirements.txt matches pyproject.toml, covers every core import, and passes `comfy node validate`."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 import tomllib
+from pathlib import Path
 from importlib.metadata import packages_distributions, requires
 
 from packaging.requirements import Requirement
@@ -63,3 +65,14 @@ def test_requirements_cover_every_core_import() -> None:
     for module in sorted(_core_imports()):
         distributions = {canonicalize_name(name) for name in owners.get(module, [])}
         assert distributions & listed, f"the core imports {module!r} (from {distributions}) but requirements.txt lacks it"
+
+
+def test_comfy_node_validate_passes() -> None:
+    """The Comfy Registry's own check of pyproject.toml ([project] + [tool.comfy]) and its security scan."""
+    comfy = Path(sys.executable).with_name("comfy")
+    done = subprocess.run(
+        [str(comfy), "--skip-prompt", "--no-enable-telemetry", "node", "validate"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "All validation checks passed" in done.stdout + done.stderr
