@@ -88,6 +88,12 @@ class AceStepDiTModel(nn.Module):
         self.gradient_checkpointing = False
         self._mask_cache: dict[tuple, torch.Tensor | None] = {}
 
+    def compile_layers(self) -> None:
+        """Opt-in torch.compile of every DiT layer (after adapters are attached): compiles once per process and clip
+        length, then runs faster steps."""
+        for layer in self.layers:
+            layer.compile()
+
     def sliding_mask(self, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
         """The sliding-window self-attention mask for `length` patches, built once per shape."""
         key = (length, dtype, device)
@@ -109,7 +115,10 @@ class AceStepDiTModel(nn.Module):
         """Predict the velocity. `key_padding_mask` [B, T] (ours, not official) hides padded frames from self-attention;
         training passes it for padded batches so padding cannot change what valid frames see."""
         temb, modulation = self.time_embed(timestep)
-        temb_r, modulation_r = self.time_embed_r(timestep - timestep_r)
+        if timestep_r is timestep:  # how training and sampling call it: time_embed_r(0), a constant while frozen
+            temb_r, modulation_r = self.time_embed_r.at_zero(timestep)
+        else:
+            temb_r, modulation_r = self.time_embed_r(timestep - timestep_r)
         temb, modulation = temb + temb_r, modulation + modulation_r
 
         x = torch.cat([context_latents, hidden_states], dim=-1)

@@ -11,28 +11,62 @@ from torch import nn
 from .config import AceStepConfig
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a layer computes `x` in: the autocast dtype while autocast is on for its device, else `x`'s own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+class _FrozenCastLinear(torch.autograd.Function):
+    """x·Wᵀ + b with a frozen weight stored in another dtype than the product runs in.
+
+    Autograd would keep the cast copy of the weight for the backward pass (under checkpointing one layer's worth,
+    without it a full-precision copy of every layer); this keeps only the stored weight and casts it again there.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.dtype, ctx.input_dtype = dtype, x.dtype
+        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        (weight,) = ctx.saved_tensors
+        return (grad.to(ctx.dtype) @ weight.to(ctx.dtype)).to(ctx.input_dtype), None, None, None
+
+
 class Linear(nn.Linear):
-    """nn.Linear that computes in its input's dtype, so frozen bf16 weights can run in fp32 (upcast as it runs)."""
+    """nn.Linear that computes in its input's (or autocast's) dtype, so frozen bf16 weights can run in fp32 on a CPU.
+
+    The weight is cast as the layer runs; a frozen weight's cast copy is dropped right after the product.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        dtype = compute_dtype(x)
+        frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
+        if frozen and self.weight.dtype != dtype and x.requires_grad and torch.is_grad_enabled():
+            return _FrozenCastLinear.apply(x, self.weight, self.bias, dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.linear(x, self.weight.to(dtype), bias)
 
 
 class Conv1d(nn.Conv1d):
-    """nn.Conv1d that computes in its input's dtype."""
+    """nn.Conv1d that computes in its input's (or autocast's) dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return self._conv_forward(x, self.weight.to(x.dtype), bias)
+        dtype = compute_dtype(x)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return self._conv_forward(x, self.weight.to(dtype), bias)
 
 
 class ConvTranspose1d(nn.ConvTranspose1d):
-    """nn.ConvTranspose1d (stride = kernel, no padding) that computes in its input's dtype."""
+    """nn.ConvTranspose1d (stride = kernel, no padding) that computes in its input's (or autocast's) dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.conv_transpose1d(x, self.weight.to(x.dtype), bias, self.stride)
+        dtype = compute_dtype(x)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.conv_transpose1d(x, self.weight.to(dtype), bias, self.stride)
 
 
 class RMSNorm(nn.Module):
@@ -211,6 +245,7 @@ class TimestepEmbedding(nn.Module):
         self.linear_1 = Linear(channels, hidden)
         self.linear_2 = Linear(hidden, hidden)
         self.time_proj = Linear(hidden, hidden * 6)
+        self._at_zero: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
         """The fp32 [cos, sin] features of `t` [B]."""
@@ -222,3 +257,32 @@ class TimestepEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         temb = self.linear_2(F.silu(self.linear_1(self.sinusoid(t).to(t.dtype))))
         return temb, self.time_proj(F.silu(temb)).unflatten(1, (6, -1))
+
+    def _reusable(self, params: list[nn.Parameter]) -> bool:
+        """Whether an output may be reused: frozen weights and our own plain modules (no hook, adapter or patched forward)."""
+        plain = all(
+            type(module) in (TimestepEmbedding, Linear)
+            and not (module._forward_hooks or module._forward_pre_hooks)
+            and "forward" not in vars(module)
+            for module in self.modules()
+        )
+        # Inference tensors (weights loaded under torch.inference_mode, as in ComfyUI) carry no version counter.
+        return plain and not any(param.requires_grad or torch.is_inference(param) for param in params)
+
+    def at_zero(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`self(zeros_like(like))`, computed once per shape and reused while the weights stay frozen and unchanged.
+
+        Any trainable, hooked or adapted weight, any in-place change to a weight, or another dtype, device or autocast
+        setting makes it compute afresh, so training or adapting this embedding stays exact.
+        """
+        params = list(self.parameters())
+        if not self._reusable(params):
+            return self(torch.zeros_like(like))
+        device = like.device.type
+        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        weights = tuple((id(param), param.data_ptr(), param._version) for param in params)
+        key = (like.shape, like.dtype, like.device, autocast, weights)
+        if self._at_zero is None or self._at_zero[0] != key:
+            with torch.no_grad():
+                self._at_zero = (key, self(torch.zeros_like(like)))
+        return self._at_zero[1]

@@ -186,7 +186,7 @@ class Trainer:
                 "progress": vars(self.progress).copy(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "adapter": {k: v.detach().cpu().clone() for k, v in self.adapter.state_dict().items()},
+                "adapter": {k: v.detach().cpu() for k, v in self.adapter.state_dict().items()},
                 "adapter_config": self.adapter_config.to_dict(),
                 "train_config": self.config.to_dict(),
                 "identity": vars(self.identity).copy(),
