@@ -85,7 +85,8 @@ def _encode(tree: Path, work: Path, seconds: float) -> dict:
     name = _label(seconds).replace(" ", "")
     audio = work / f"songs-{name}"
     write_song(audio / "song.wav", seconds)
-    return run_worker("encode", {"root": str(tree), "model": TURBO_FOLDER, "audio_dir": str(audio), "output_dir": str(work / f"encoded-{name}")})
+    output = work / f"encoded-{name}"
+    return run_worker("encode", {"root": str(tree), "model": TURBO_FOLDER, "audio_dir": str(audio), "output_dir": str(output)})
 
 
 def _encode_figures(tree: Path, work: Path, size: str, settings: RunSettings) -> tuple[list[Row], list[Target]]:

@@ -97,8 +97,10 @@ def _cells(row: Row) -> list[str]:
     spread = f"{_number(stat.low)}–{_number(stat.high)}" if stat.n > 1 else "—"
     ratio = ""
     if row.ratio is not None:
-        ratio = f"{row.ratio:.2f}× {row.baseline}" if row.ratio >= 0.1 else f"{100 * row.ratio:.2f} % of {row.baseline}"
-    return [row.group, row.name, row.size, row.dtype, f"{_number(stat.median)} {row.unit}", spread, str(stat.n), ratio, row.note]
+        share = row.ratio < 0.1  # small fractions read better as a percentage
+        ratio = f"{100 * row.ratio:.2f} % of {row.baseline}" if share else f"{row.ratio:.2f}× {row.baseline}"
+    median = f"{_number(stat.median)} {row.unit}"
+    return [row.group, row.name, row.size, row.dtype, median, spread, str(stat.n), ratio, row.note]
 
 
 def _grid(header: list[str], lines: list[list[str]]) -> str:

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated: tiny, small, full (default: all)")
-    parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated subset of {', '.join(SUITES)} (default: all)")
+    parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated: {', '.join(SUITES)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="one warm-up-free repetition per figure; skip torch.compile")
     parser.add_argument("--long", action="store_true", help="also encode a 10-minute song (slow on a CPU)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per figure (default 3)")
@@ -109,8 +109,8 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sidestep-bench-") as scratch:
         settings = RunSettings(args.sizes, args.suites, repeats, Path(scratch), quick=args.quick, long=args.long)
-        report = Report(environment(), {"sizes": list(args.sizes), "suites": list(args.suites), "quick": args.quick, "long": args.long,
-                                        "warmup": repeats.warmup, "repeats": repeats.repeats})
+        choices = {"sizes": list(args.sizes), "suites": list(args.suites), "quick": args.quick, "long": args.long}
+        report = Report(environment(), {**choices, "warmup": repeats.warmup, "repeats": repeats.repeats})
         ok = run_suites(settings, report)
     report.environment["load_after"] = load_average()
     report.environment["duration_seconds"] = round(time.perf_counter() - started, 1)

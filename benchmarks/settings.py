@@ -10,7 +10,7 @@ from .timing import Repeats
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Sizes and suites to run, repetitions, the scratch folder; `quick` shrinks slow figures, `long` adds 10-min encoding."""
+    """Sizes and suites to run, repetitions, scratch folder; `quick` shrinks slow figures, `long` adds 10-min encoding."""
 
     sizes: tuple[str, ...]
     suites: tuple[str, ...]

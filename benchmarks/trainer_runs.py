@@ -62,7 +62,8 @@ def _rows(size: str, run: TrainRun, answer: dict) -> list[Row]:
     device = benchmark_device()
     label, name = dtype_label(run.storage, device), run.describe()
     row = lambda group, what, unit, stat, note="": Row(group, what, size, device.type, label, unit, stat, note=note)
-    peak_note = f"weights resident {answer['resident_model_gb']:.2f} GB; with checkpoint saving {answer['peak_total_gb']:.2f} GB"
+    resident, total = answer["resident_model_gb"], answer["peak_total_gb"]
+    peak_note = f"weights resident {resident:.2f} GB; with checkpoint saving {total:.2f} GB"
     rows = [
         row("memory", f"peak RSS, trainer, {name}", "GB", Stat.of([answer["peak_steps_gb"]]), peak_note),
         row("trainer", f"trainer step, {name}", "s", Stat.of(answer["step_seconds"]), "real Trainer; first step included"),
@@ -72,7 +73,8 @@ def _rows(size: str, run: TrainRun, answer: dict) -> list[Row]:
             _sizes(answer["final_files"])),
     ]
     if answer["cuda_peak_steps_gb"] is not None:
-        rows.insert(1, row("memory", f"peak CUDA allocated, trainer, {name}", "GB", Stat.of([answer["cuda_peak_steps_gb"]])))
+        cuda = Stat.of([answer["cuda_peak_steps_gb"]])
+        rows.insert(1, row("memory", f"peak CUDA allocated, trainer, {name}", "GB", cuda))
     return rows
 
 
@@ -82,14 +84,20 @@ def _targets(run: TrainRun, answer: dict) -> list[Target]:
     peak = cuda if cuda is not None else answer["peak_steps_gb"]
     what = "CUDA max_memory_allocated" if cuda is not None else "peak RSS"
     setting = " with MALLOC_MMAP_THRESHOLD_=131072" if run.returning_malloc else ""
+    why = f"reference {REFERENCE_MEMORY}"
+    if peak > MEMORY_LIMIT_GB:
+        retained = "" if run.returning_malloc or cuda is not None else "; glibc keeps freed heap blocks (see the 131072 run)"
+        why = f"{peak - MEMORY_LIMIT_GB:.2f} GB over{retained}; {why}"
     targets = [
         Target(f"full LoRA step memory (r64, attn+MLP, 30 s, checkpointing){setting}", f"≤ {MEMORY_LIMIT_GB} GB",
-               f"{peak:.2f} GB {what}", peak <= MEMORY_LIMIT_GB, f"reference {REFERENCE_MEMORY}"),
+               f"{peak:.2f} GB {what}", peak <= MEMORY_LIMIT_GB, why),
     ]
     if not run.returning_malloc:
-        step, slowest = min(answer["step_seconds"][1:] or answer["step_seconds"]), REFERENCE_STEP_SECONDS[1]
-        targets.append(Target("full LoRA step time, same setting", f"≤ reference {REFERENCE_STEP_SECONDS[0]:g}–{slowest:g} s",
-                              f"{step:.1f} s (best step after the first)", step <= slowest))
+        step, (fastest, slowest) = min(answer["step_seconds"][1:] or answer["step_seconds"]), REFERENCE_STEP_SECONDS
+        limit = f"≤ reference {fastest:g}–{slowest:g} s"
+        measured = f"{step:.1f} s (best step after the first)"
+        why = "" if step <= slowest else f"{step - slowest:.1f} s over the slower reference"
+        targets.append(Target("full LoRA step time, same setting", limit, measured, step <= slowest, why))
     return targets
 
 

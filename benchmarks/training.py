@@ -28,6 +28,10 @@ GROUP = "train step"
 OVERHEAD_LIMIT = 1.25
 REFERENCE_OVERHEAD = 1.7  # official-style trainer, small config, 30 s (given in the issue, not measured here)
 LOADING_LIMIT = 0.05
+OVERHEAD_CAUSE = {
+    "lora": "rank 64 adds ~22 % multiply-adds to width-512 layers (forward, input and weight gradients)",
+    "lokr": "two small Kronecker products per layer, launched per layer and pass",
+}
 
 
 @dataclass
@@ -98,7 +102,9 @@ def _checkpointing(on: bool) -> str:
     return f"checkpointing {'on' if on else 'off'}"
 
 
-def _adapted(config: AceStepConfig, kind: str, device: torch.device) -> tuple[AceStepDiTModel, TrainableAdapter, torch.optim.Optimizer]:
+def _adapted(
+    config: AceStepConfig, kind: str, device: torch.device
+) -> tuple[AceStepDiTModel, TrainableAdapter, torch.optim.Optimizer]:
     """A fresh frozen decoder (same seeded weights as every other) with an adapter and its optimiser."""
     decoder = frozen_model(config, torch.bfloat16, device).decoder
     adapter = attach_trainable_adapter(decoder, ADAPTERS[kind])
@@ -111,9 +117,12 @@ def _overhead_targets(ratios: dict[tuple[str, bool], float]) -> list[Target]:
     for kind, name in ADAPTER_NAMES.items():
         measured = {checkpointing: ratios[kind, checkpointing] for checkpointing in (False, True)}
         text = ", ".join(f"{ratio:.2f}× ({_checkpointing(on)})" for on, ratio in measured.items())
-        met = max(measured.values()) <= OVERHEAD_LIMIT
-        targets.append(Target(f"{name} overhead, small, 30 s", f"≤ {OVERHEAD_LIMIT}× plain fwd+bwd", text, met,
-                              f"reference pays {REFERENCE_OVERHEAD}×"))
+        worst = max(measured.values())
+        why = f"reference pays {REFERENCE_OVERHEAD}×"
+        if worst > OVERHEAD_LIMIT:
+            why = f"{worst - OVERHEAD_LIMIT:.2f}× over; {OVERHEAD_CAUSE[kind]}; {why}"
+        targets.append(Target(f"{name} overhead, small, 30 s", f"≤ {OVERHEAD_LIMIT}× plain fwd+bwd", text,
+                              worst <= OVERHEAD_LIMIT, why))
     return targets
 
 
@@ -142,8 +151,8 @@ def step_rows(size: str, settings: RunSettings) -> tuple[list[Row], list[Target]
             rows.append(Row(GROUP, f"{PLAIN}, {setting}", size, device.type, label, "s", plain))
             for kind, name in ADAPTER_NAMES.items():
                 stat = stats[clip, on, kind]
-                ratios[clip, kind, on] = stat.median / plain.median
-                rows.append(Row(GROUP, f"{name}, {setting}", size, device.type, label, "s", stat, PLAIN, ratios[clip, kind, on]))
+                ratio = ratios[clip, kind, on] = stat.median / plain.median
+                rows.append(Row(GROUP, f"{name}, {setting}", size, device.type, label, "s", stat, PLAIN, ratio))
     at_30 = {(kind, on): ratio for (clip, kind, on), ratio in ratios.items() if clip == "30 s"}
     return rows, _overhead_targets(at_30) if size == "small" and at_30 else []
 
@@ -162,9 +171,10 @@ def compile_rows(size: str, settings: RunSettings) -> list[Row]:
     stats = measure_in_turns(steps, settings.repeats)
     label, name = dtype_label("bf16", device), f"{ADAPTER_NAMES['lora']}, 30 s, {_checkpointing(True)}"
     eager, compiled = stats["eager"], stats["torch.compile"]
+    speed = compiled.median / eager.median
     return [
         Row(GROUP, f"{name}, eager", size, device.type, label, "s", eager),
-        Row(GROUP, f"{name}, torch.compile", size, device.type, label, "s", compiled, "eager", compiled.median / eager.median),
+        Row(GROUP, f"{name}, torch.compile", size, device.type, label, "s", compiled, "eager", speed),
         Row(GROUP, "torch.compile: first step (compiling)", size, device.type, label, "s", Stat.of([first]),
             note="one-time cost per process and clip length"),
     ]
@@ -202,7 +212,7 @@ def loading_rows(size: str, settings: RunSettings) -> tuple[list[Row], list[Targ
     group, step = "data loading", stats["memory"]
     share = fetched.median / step.median
     target = Target(f"data loading share of a step, {size}", f"< {100 * LOADING_LIMIT:g} %", f"{100 * share:.2f} %",
-                    share < LOADING_LIMIT, "one batch through the real loader / in-memory step")
+                    share < LOADING_LIMIT, "one batch through the real loader / in-memory step time")
     rows = [
         Row(group, f"{name}, batch in memory", size, device.type, label, "s", step),
         Row(group, f"{name}, real loader", size, device.type, label, "s", stats["loader"], "in memory",

@@ -37,7 +37,8 @@ def test_json_holds_labelled_figures_for_every_group(quick_run):
     _, _, data = quick_run
     assert {"schema", "environment", "settings", "results", "targets", "notes"} <= set(data)
     assert data["settings"]["sizes"] == ["tiny"] and data["settings"]["quick"] is True
-    assert {"device", "cpu", "threads", "torch", "load_before", "load_after", "duration_seconds"} <= set(data["environment"])
+    environment = {"device", "cpu", "threads", "torch", "load_before", "load_after", "duration_seconds"}
+    assert environment <= set(data["environment"])
     assert GROUPS <= {row["group"] for row in data["results"]}
     for row in data["results"]:
         assert set(row) == ROW_KEYS
@@ -68,7 +69,11 @@ def test_table_marks_targets_and_ratios(monkeypatch):
         Row("train step", "LoRA", "small", "cpu", "bf16", "s", Stat.of([2.5]), "plain", 1.25),
         Row("data loading", "loader", "small", "cpu", "bf16", "s", Stat.of([0.01]), "step", 0.005),
     ]
-    report.targets = [Target("overhead", "≤ 1.25×", "1.25×", True), Target("memory", "≤ 5.5 GB", "6 GB", False, "why"), Target("long", "≤ 1.3×", "—", None)]
+    report.targets = [
+        Target("overhead", "≤ 1.25×", "1.25×", True),
+        Target("memory", "≤ 5.5 GB", "6 GB", False, "why"),
+        Target("long", "≤ 1.3×", "—", None),
+    ]
     table = format_table(report)
     assert "2.00 s" in table and "1.00–3.00" in table and "1.25× plain" in table and "0.50 % of step" in table
     assert "met" in table and "MISSED" in table and "not run" in table

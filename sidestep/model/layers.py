@@ -25,7 +25,9 @@ class _FrozenCastLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
         ctx.save_for_backward(weight)
         ctx.dtype, ctx.input_dtype = dtype, x.dtype
         return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
@@ -259,7 +261,7 @@ class TimestepEmbedding(nn.Module):
         return temb, self.time_proj(F.silu(temb)).unflatten(1, (6, -1))
 
     def _reusable(self, params: list[nn.Parameter]) -> bool:
-        """Whether an output may be reused: frozen weights and our own plain modules (no hook, adapter or patched forward)."""
+        """Whether an output may be reused: frozen weights, our own plain modules (no hook, adapter or patched forward)."""
         plain = all(
             type(module) in (TimestepEmbedding, Linear)
             and not (module._forward_hooks or module._forward_pre_hooks)
