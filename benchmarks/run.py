@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -41,25 +41,29 @@ NOTES = (
 )
 
 
+def _choices(parser: argparse.ArgumentParser, text: str, allowed: Iterable[str], what: str) -> tuple[str, ...]:
+    """A comma-separated list of names, each one of `allowed` (a usage error otherwise)."""
+    allowed = tuple(allowed)
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        parser.error(f"unknown {what}(s) {unknown or list(names)}; choose from {', '.join(allowed)}")
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated: tiny, small, full (default: all)")
     parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated: {', '.join(SUITES)} (default: all)")
-    parser.add_argument("--quick", action="store_true", help="one warm-up-free repetition per figure; skip torch.compile")
+    parser.add_argument("--quick", action="store_true", help="one repetition, no warm-up, 10 s steps only, no torch.compile")
     parser.add_argument("--long", action="store_true", help="also encode a 10-minute song (slow on a CPU)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per figure (default 3)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the JSON goes (default benchmarks/results)")
     args = parser.parse_args(argv)
-    args.sizes = tuple(size.strip() for size in args.sizes.split(",") if size.strip())
-    unknown = [size for size in args.sizes if size not in SIZES]
-    if unknown or not args.sizes:
-        parser.error(f"unknown size(s) {unknown or args.sizes}; choose from {', '.join(SIZES)}")
-    args.suites = tuple(name.strip() for name in args.suites.split(",") if name.strip())
-    unknown = [name for name in args.suites if name not in SUITES]
-    if unknown or not args.suites:
-        parser.error(f"unknown suite(s) {unknown or args.suites}; choose from {', '.join(SUITES)}")
+    args.sizes = _choices(parser, args.sizes, SIZES, "size")
+    args.suites = _choices(parser, args.suites, SUITES, "suite")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     return args

@@ -73,7 +73,9 @@ def encode(params: dict[str, Any]) -> dict[str, Any]:
     from sidestep.bundle import open_checkpoint
     from sidestep.dataset.encode import EncodeConfig, encode_dataset
 
-    bundle = open_checkpoint(params["root"], params["model"])
+    from .models import benchmark_device
+
+    bundle = open_checkpoint(params["root"], params["model"], device=benchmark_device())
     reset_peak()
     started = time.perf_counter()
     result = encode_dataset(bundle, EncodeConfig(params["audio_dir"], params["output_dir"], skip_existing=False))
