@@ -1,27 +1,198 @@
-"""One chosen ACE-Step model with its shared parts (VAE, text encoder, silence latent), loaded lazily and cached."""
+"""One chosen ACE-Step 1.5 model with its VAE, text encoder and silence latent, loaded lazily and cached.
+
+The weights may come from the official download tree (folders), from ComfyUI's own files (a diffusion-model or
+all-in-one file plus text-encoder and VAE files), or from models ComfyUI already holds in memory (state dicts).
+Whatever the source, the parts are the same classes, so training, encoding and sampling cannot tell them apart.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from .checkpoints import ModelEntry, SharedParts, find_model, find_shared_parts, load_silence_latent, resolve_base
+from .checkpoints import (
+    ModelEntry,
+    SharedParts,
+    find_shared_parts,
+    load_silence_latent,
+    resolve_base,
+    scan_models,
+)
+from .errors import CheckpointError
 from .model import PARTS, AceStepConditionGenerationModel
+
+StateDict = dict[str, torch.Tensor]
+INFERRED_CONFIG_FIX = (
+    "The file must be a whole ACE-Step 1.5 model (DiT, condition encoder, tokenizer, detokenizer), as ComfyUI's "
+    "acestep_v1.5_*.safetensors files are."
+)
+# Told about every part a bundle loads, with its name ('dit', 'vae', 'text_encoder') and module (e.g. by ComfyUI).
+LoadHook = Callable[[str, torch.nn.Module], None]
+
+
+class WeightsSource(Protocol):
+    """Where a bundle's parts come from."""
+
+    def dit(self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device) -> AceStepConditionGenerationModel: ...
+
+    def vae(self, device: torch.device): ...
+
+    def text_encoder(self, device: torch.device): ...
+
+    def silence_latent(self) -> torch.Tensor: ...
+
+    def identity(self, entry: ModelEntry) -> list:
+        """JSON-able facts that change whenever the weights do (for dataset fingerprints)."""
+        ...
+
+    def bytes_to_load(self, entry: ModelEntry) -> int:
+        """How much memory loading every part will take (0 when the weights are in memory already)."""
+        ...
+
+
+def _silence(path: Path | None) -> torch.Tensor:
+    """A silence-latent file in memory layout, or ComfyUI's built-in silence latent when there is none."""
+    if path is not None:
+        return load_silence_latent(path)
+    from .comfy_formats import comfy_silence_latent
+
+    return comfy_silence_latent()
+
+
+@dataclass(frozen=True)
+class FilesSource:
+    """Weights read from disk: an official model folder with its shared folders, or ComfyUI's single files."""
+
+    shared: SharedParts
+
+    def dit(self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device) -> AceStepConditionGenerationModel:
+        if entry.in_official_tree:
+            return AceStepConditionGenerationModel.from_pretrained(entry.path, dtype=dtype, device=device, parts=parts)
+        from .comfy_models import dit_index
+
+        return AceStepConditionGenerationModel.from_weights(
+            entry.config, dit_index(entry), str(entry.path), dtype, device, parts, INFERRED_CONFIG_FIX
+        )
+
+    def vae(self, device: torch.device):
+        if self.shared.vae_path.is_dir():
+            from .vae import load_vae
+
+            return load_vae(self.shared.vae_path, dtype=torch.float32, device=device)
+        from .comfy_formats import load_vae_file
+
+        return load_vae_file(self.shared.vae_path, dtype=torch.float32, device=device, prefix=self.shared.vae_prefix)
+
+    def text_encoder(self, device: torch.device):
+        if self.shared.text_encoder_path.is_dir():
+            from .text import TextEncoder
+
+            return TextEncoder.load(self.shared.text_encoder_path, dtype=torch.float32, device=device)
+        from .comfy_formats import load_text_encoder_file
+
+        return load_text_encoder_file(
+            self.shared.text_encoder_path,
+            self.shared.tokenizer_dir,
+            dtype=torch.float32,
+            device=device,
+            prefix=self.shared.text_encoder_prefix + "model.",
+        )
+
+    def silence_latent(self) -> torch.Tensor:
+        return _silence(self.shared.silence_latent_path)
+
+    def _files(self, entry: ModelEntry) -> list[Path]:
+        """The DiT's files (config and weights of a folder, or the single file), then the shared parts' files."""
+        if entry.path.is_dir():
+            dit = [entry.path / "config.json", *sorted(entry.path.glob("model*.safetensors*"))]
+        else:
+            dit = [entry.path]
+        return list(dict.fromkeys(dit + self.shared.files()))
+
+    def identity(self, entry: ModelEntry) -> list:
+        stats = [(path, path.stat()) for path in self._files(entry) if path.is_file()]
+        return [[path.name, stat.st_size, stat.st_mtime_ns] for path, stat in stats]
+
+    def bytes_to_load(self, entry: ModelEntry) -> int:
+        return sum(path.stat().st_size for path in self._files(entry) if path.suffix == ".safetensors" and path.is_file())
+
+
+def state_dict_digest(tensors: StateDict) -> str:
+    """A cheap content digest of a state dict: names, shapes, dtypes and the first values of every tensor."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        head = tensor.detach().flatten()[:16].float().cpu()
+        digest.update(json.dumps([name, list(tensor.shape), str(tensor.dtype)]).encode())
+        digest.update(head.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StateDictSource:
+    """Weights that another program (ComfyUI) already holds in memory, handed over as state dicts on demand.
+
+    Each callable returns the current tensors (official DiT names; ComfyUI's VAE and text-encoder layouts); the
+    DiT shares them without copying where dtype and device already match.
+    """
+
+    dit_state: Callable[[], StateDict]
+    vae_state: Callable[[], StateDict] | None
+    text_encoder_state: Callable[[], StateDict] | None
+    tokenizer_dir: Path | None
+    silence_latent_path: Path | None = None
+    _identity: list = field(default_factory=list)
+
+    def dit(self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device) -> AceStepConditionGenerationModel:
+        model = AceStepConditionGenerationModel.on_meta_device(entry.config, parts)
+        source = self.dit_state()
+        wanted = model.state_dict().keys()
+        tensors = {name: source[name].to(device=device, dtype=dtype if source[name].is_floating_point() else None) for name in wanted}
+        return model.assign_weights(tensors)
+
+    def vae(self, device: torch.device):
+        if self.vae_state is None:
+            raise CheckpointError("No VAE was connected: connect ComfyUI's VAE (from VAELoader or the checkpoint loader).")
+        from .comfy_formats import vae_from_state_dict
+
+        return vae_from_state_dict(self.vae_state(), "ComfyUI's VAE", dtype=torch.float32, device=device)
+
+    def text_encoder(self, device: torch.device):
+        if self.text_encoder_state is None:
+            raise CheckpointError("No text encoder was connected: connect ComfyUI's CLIP (qwen_0.6b_ace15 in DualCLIPLoader, type ace).")
+        from .comfy_formats import text_encoder_from_state_dict
+
+        return text_encoder_from_state_dict(
+            self.text_encoder_state(), self.tokenizer_dir, "ComfyUI's CLIP", dtype=torch.float32, device=device
+        )
+
+    def silence_latent(self) -> torch.Tensor:
+        return _silence(self.silence_latent_path)
+
+    def identity(self, entry: ModelEntry) -> list:
+        return self._identity
+
+    def bytes_to_load(self, entry: ModelEntry) -> int:
+        return 0
 
 
 @dataclass
 class AceStepBundle:
-    """A model folder plus everything it needs; each part is loaded on first use and kept until `release`."""
+    """A model plus everything it needs; each part is loaded on first use and kept until `release`."""
 
-    root: Path
     entry: ModelEntry
     base: str
-    shared: SharedParts
+    source: WeightsSource
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    on_load: LoadHook | None = field(default=None, repr=False)
     _dit: AceStepConditionGenerationModel | None = field(default=None, repr=False)
     _vae: object | None = field(default=None, repr=False)
     _text_encoder: object | None = field(default=None, repr=False)
@@ -29,40 +200,55 @@ class AceStepBundle:
 
     @property
     def variant(self) -> str:
-        """The official variant name (turbo, base, sft, xl-turbo, ...) or the custom folder's name."""
+        """The official variant name (turbo, base, sft, xl-turbo, ...) or the custom model's name."""
         return self.entry.variant or self.entry.name
+
+    def _loaded(self, part: str, module):
+        """Report a freshly loaded part to the host (ComfyUI's memory manager) and return it."""
+        if self.on_load is not None:
+            self.on_load(part, module)
+        return module
 
     def dit(self, parts: tuple[str, ...] = PARTS) -> AceStepConditionGenerationModel:
         """The DiT model with at least `parts` loaded (reloaded with more parts when asked for)."""
         loaded = self._dit
         if loaded is None or any(getattr(loaded, part) is None for part in parts):
             self._dit = None
-            self._dit = AceStepConditionGenerationModel.from_pretrained(
-                self.entry.path, dtype=self.dtype, device=self.device, parts=parts
-            )
+            self._dit = self._loaded("dit", self.source.dit(self.entry, parts, self.dtype, self.device))
         return self._dit
 
     def vae(self):
         """The Oobleck VAE (kept in fp32: it is small and bf16 audio decoding loses detail)."""
         if self._vae is None:
-            from .vae import load_vae
-
-            self._vae = load_vae(self.shared.vae_dir, dtype=torch.float32, device=self.device)
+            self._vae = self._loaded("vae", self.source.vae(self.device))
         return self._vae
 
     def text_encoder(self):
         """The Qwen3-Embedding text encoder."""
         if self._text_encoder is None:
-            from .text import TextEncoder
-
-            self._text_encoder = TextEncoder.load(self.shared.text_encoder_dir, dtype=torch.float32, device=self.device)
+            encoder = self.source.text_encoder(self.device)
+            self._loaded("text_encoder", encoder.model)
+            self._text_encoder = encoder
         return self._text_encoder
 
     def silence_latent(self) -> torch.Tensor:
         """The silence latent in memory layout [1, T, 64]."""
         if self._silence is None:
-            self._silence = load_silence_latent(self.shared.silence_latent_path)
+            self._silence = self.source.silence_latent()
         return self._silence
+
+    def weights_identity(self) -> list:
+        """JSON-able facts that change whenever any of the weights do (for dataset fingerprints)."""
+        return self.source.identity(self.entry)
+
+    def bytes_to_load(self) -> int:
+        """Memory all parts take once loaded (0 when they are shared with a host that holds them already)."""
+        return self.source.bytes_to_load(self.entry)
+
+    def loaded_parts(self) -> list[str]:
+        """Names of the parts held in memory now ('dit', 'vae', 'text_encoder')."""
+        held = {"dit": self._dit, "vae": self._vae, "text_encoder": self._text_encoder}
+        return [name for name, part in held.items() if part is not None]
 
     def with_own_dit(self) -> "AceStepBundle":
         """A copy sharing the loaded VAE, text encoder and silence latent but loading its own DiT (e.g. to train on)."""
@@ -78,21 +264,56 @@ class AceStepBundle:
             self._text_encoder = None
 
 
+def open_model(
+    entry: ModelEntry,
+    shared: SharedParts,
+    base: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> AceStepBundle:
+    """A bundle for a discovered model and its paired parts, with its base (turbo/base/sft) settled."""
+    return AceStepBundle(
+        entry=entry, base=resolve_base(entry, base), source=FilesSource(shared), dtype=dtype, device=torch.device(device)
+    )
+
+
+def list_models(root: str | Path) -> list[ModelEntry]:
+    """Every ACE-Step 1.5 model under `root`: an official checkpoint root, or a ComfyUI `models/` folder (its
+    diffusion_models and checkpoints files, plus official trees in its `acestep` folder)."""
+    from .comfy_models import ComfyFolders, looks_like_models_dir, no_comfy_models_message, scan_comfy_models
+
+    root = Path(root).expanduser()
+    if not looks_like_models_dir(root):
+        return scan_models(root)
+    entries = scan_comfy_models(ComfyFolders.from_models_dir(root))
+    if (root / "acestep").is_dir():
+        try:
+            entries += scan_models(root / "acestep")
+        except CheckpointError:
+            pass
+    if not entries:
+        raise CheckpointError(no_comfy_models_message(ComfyFolders.from_models_dir(root)))
+    return entries
+
+
 def open_checkpoint(
     root: str | Path,
     model: str,
     base: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    tokenizer_dir: str | Path | None = None,
 ) -> AceStepBundle:
-    """Find `model` under the checkpoint root, settle its base (turbo/base/sft) and locate its shared parts."""
-    root = Path(root)
-    entry = find_model(root, model)
-    return AceStepBundle(
-        root=root,
-        entry=entry,
-        base=resolve_base(entry, base),
-        shared=find_shared_parts(root, entry),
-        dtype=dtype,
-        device=torch.device(device),
-    )
+    """Find `model` under `root` (an official checkpoint root or a ComfyUI models folder), pair its parts, settle its
+    base. `tokenizer_dir` is ComfyUI's Qwen tokenizer folder for ComfyUI text-encoder files (found when omitted)."""
+    from .checkpoints import select_model
+    from .comfy_models import ComfyFolders, comfy_shared_parts
+
+    root = Path(root).expanduser()
+    entry = select_model(list_models(root), model, root)
+    if entry.in_official_tree:
+        shared = find_shared_parts(entry.path.parent, entry)
+    else:
+        shared = comfy_shared_parts(entry, ComfyFolders.from_models_dir(root), tokenizer_dir)
+    return open_model(entry, shared, base, dtype, device)
+

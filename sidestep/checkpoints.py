@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from .errors import CheckpointError, ConfigError, UnknownBaseModelError
 from .model.config import AceStepConfig
 
+OFFICIAL_TREE = "official tree"
+LABEL_SEPARATOR = " · "
 OFFICIAL_VARIANTS = ("turbo", "base", "sft", "xl-turbo", "xl-base", "xl-sft")
 BASE_MODELS = ("turbo", "base", "sft")
 VAE_FOLDER = "vae"
@@ -43,6 +45,8 @@ class ModelEntry:
     timestep_mu: float
     timestep_sigma: float
     config: AceStepConfig
+    source: str = OFFICIAL_TREE
+    weights_prefix: str = ""
 
     @property
     def kind(self) -> str:
@@ -52,18 +56,49 @@ class ModelEntry:
         return f"custom, base: {self.base}" if self.base else "custom, base unknown"
 
     @property
+    def short_name(self) -> str:
+        """What --model-variant accepts for this model: the official variant (turbo, xl-sft, ...) or its name."""
+        return self.variant if self.official and self.variant else self.name
+
+    @property
+    def in_official_tree(self) -> bool:
+        """Whether this model is a folder of the official download layout (config.json + model.safetensors)."""
+        return self.source == OFFICIAL_TREE
+
+    @property
     def label(self) -> str:
-        """Human label, e.g. 'acestep-v15-turbo  [official turbo]'."""
-        return f"{self.name}  [{self.kind}]"
+        """Human label: 'acestep-v15-turbo  [official turbo]', or for a ComfyUI file
+        'acestep_v1.5_turbo.safetensors · ComfyUI diffusion model · turbo'."""
+        if self.in_official_tree:
+            return f"{self.name}  [{self.kind}]"
+        what = (self.variant or self.base) if self.official else (f"custom, base {self.base}" if self.base else "custom, base unknown")
+        return f"{self.name}{LABEL_SEPARATOR}{self.source}{LABEL_SEPARATOR}{what}"
 
 
 @dataclass(frozen=True)
 class SharedParts:
-    """The VAE, text encoder and silence latent a model folder needs, found next to it."""
+    """The VAE, text encoder, tokenizer and silence latent a model needs.
 
-    vae_dir: Path
-    text_encoder_dir: Path
-    silence_latent_path: Path
+    Official trees give folders (diffusers VAE, Hugging Face Qwen3-Embedding with its tokenizer) and a silence-latent
+    file; ComfyUI gives single files (perhaps parts of one all-in-one file, under a key prefix), ComfyUI's tokenizer
+    folder, and no silence latent (None: the built-in one ComfyUI also uses).
+    """
+
+    vae_path: Path
+    text_encoder_path: Path
+    silence_latent_path: Path | None
+    tokenizer_dir: Path | None = None
+    vae_prefix: str = ""
+    text_encoder_prefix: str = ""
+
+    def files(self) -> list[Path]:
+        """Every file these parts are read from (for fingerprints and size estimates)."""
+        paths = [self.vae_path, self.text_encoder_path, self.tokenizer_dir, self.silence_latent_path]
+        found: list[Path] = []
+        for path in paths:
+            if path is not None:
+                found += sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        return list(dict.fromkeys(found))
 
 
 def _family(text: str | None) -> str | None:
@@ -185,22 +220,68 @@ def find_model(root: str | Path, name: str) -> ModelEntry:
                 "A model folder holds config.json and model.safetensors (e.g. acestep-v15-turbo)."
             )
         return load_entry(folder)
-    entries = scan_models(root)
+    return select_model(scan_models(root), name, root, short_names=False)
+
+
+def _canonical_names(variant: str) -> set[str]:
+    """The names an official variant is published under: the official folder and ComfyUI's repackaged file."""
+    comfy = variant.replace("-", "_")
+    return {f"acestep-v15-{variant}", f"acestep_v1.5_{comfy}.safetensors", f"acestep_v1.5_{comfy}_bf16.safetensors"}
+
+
+def _by_short_name(entries: list[ModelEntry], variant: str, root: Path) -> ModelEntry | None:
+    """The official model published as `variant` (turbo, xl-sft, ...); None when it is not there."""
+    hits = [e for e in entries if e.official and e.variant == variant]
+    canonical = [e for e in hits if Path(e.name).name in _canonical_names(variant)] or hits
+    if len(canonical) > 1:
+        raise CheckpointError(
+            f"Several {variant} models in {root}: {', '.join(e.name for e in canonical)}. Give the full name."
+        )
+    return canonical[0] if canonical else None
+
+
+def _not_downloaded(variant: str, entries: list[ModelEntry], root: Path) -> CheckpointError:
+    """The error for an official variant that is not in `root`: where it would go, and what is there."""
+    where = (
+        f"{root / f'acestep-v15-{variant}'} (official download)"
+        if all(e.in_official_tree for e in entries)
+        else f"{root / 'diffusion_models' / sorted(_canonical_names(variant))[1]} (ComfyUI)"
+    )
+    found = ", ".join(e.short_name for e in entries)
+    return CheckpointError(
+        f"The {variant} model is not downloaded: it would be {where}. Models found there: {found}."
+    )
+
+
+def select_model(entries: list[ModelEntry], name: str, root: Path, short_names: bool = True) -> ModelEntry:
+    """The entry `name` picks: an official short name (turbo, xl-sft, ...), an exact name, else a unique substring.
+
+    Errors name the models that are there, the closest match for a typo, and where a missing official model goes.
+    """
     needle = name.strip().lower()
-    same = [e for e in entries if e.name.lower() == needle]
+    if short_names and needle in OFFICIAL_VARIANTS:
+        entry = _by_short_name(entries, needle, root)
+        if entry is None:
+            raise _not_downloaded(needle, entries, root)
+        return entry
+    same = [e for e in entries if e.name.lower() == needle or Path(e.name).name.lower().removesuffix(".safetensors") == needle]
     # A full official folder name means that exact variant: never swap in a look-alike such as '-shift3'.
     loose = needle and not _OFFICIAL_NAME.fullmatch(needle)
     hits = same or [e for e in entries if loose and needle in e.name.lower()]
     if len(hits) == 1:
         return hits[0]
-    existing = ", ".join(e.name for e in entries)
     if hits:
         raise CheckpointError(
             f"Model name {name!r} matches several folders in {root}: {', '.join(e.name for e in hits)}. "
             "Give the full folder name."
         )
-    closest = _closest(needle, [e.name for e in entries])
+    names = [e.short_name for e in entries] + [e.name for e in entries]
+    closest = _closest(needle, list(dict.fromkeys(names)))
     hint = f" Did you mean {closest[0]!r}?" if closest else ""
+    if short_names:
+        listed = ", ".join(e.short_name for e in entries)
+        raise CheckpointError(f"No model named {name!r} in {root}.{hint} Models there: {listed}.")
+    existing = ", ".join(e.name for e in entries)
     raise CheckpointError(
         f"No model folder named {name!r} in {root}.{hint} Model folders there: {existing}. "
         "Folder names must stay as downloaded (do not rename acestep-v15-* folders)."
@@ -215,6 +296,11 @@ def resolve_base(entry: ModelEntry, base: str | None = None) -> str:
             raise UnknownBaseModelError(
                 f"{base!r} is not a base model for {entry.name}. Choose one of: {', '.join(BASE_MODELS)} "
                 "(--base-model turbo|base|sft)."
+            )
+        if entry.base is not None and chosen != entry.base:
+            raise UnknownBaseModelError(
+                f"{entry.name} says it is a {entry.base} model, so its base cannot be set to {chosen!r}: the base model "
+                "choice (--base-model) is only for custom fine-tunes that do not say. Leave it on auto."
             )
         return chosen
     if entry.base is None:
@@ -258,7 +344,7 @@ def find_shared_parts(root: str | Path, entry: ModelEntry) -> SharedParts:
             f"No silence latent found: looked for {' or '.join(SILENCE_LATENT_FILES)} in {entry.path} and {root}. "
             "Copy silence_latent.pt from an official model folder (e.g. acestep-v15-turbo) into the model folder."
         )
-    return SharedParts(vae_dir=vae_dir, text_encoder_dir=text_encoder_dir, silence_latent_path=silence)
+    return SharedParts(vae_path=vae_dir, text_encoder_path=text_encoder_dir, silence_latent_path=silence)
 
 
 def _read_silence_file(path: Path) -> object:
@@ -298,9 +384,10 @@ def load_silence_latent(path: str | Path) -> torch.Tensor:
 
 
 def describe_models(entries: list[ModelEntry]) -> str:
-    """A plain-text table of model folders (name, classification, path), one per line."""
+    """A plain-text table of models: name, what --model-variant accepts for it, classification and source, path."""
     if not entries:
         return "No ACE-Step 1.5 models."
-    rows = [("model", "type", "path")] + [(e.name, f"[{e.kind}]", str(e.path)) for e in entries]
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows)
+    rows = [("model", "--model-variant", "type", "path")]
+    rows += [(e.name, e.short_name, f"[{e.kind}]" + ("" if e.in_official_tree else f" {e.source}"), str(e.path)) for e in entries]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}" for a, b, c, d in rows)

@@ -11,9 +11,10 @@ from .errors import SideStepError
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the models found under a checkpoint root."""
-    from .checkpoints import describe_models, filter_models, scan_models
+    from .bundle import list_models
+    from .checkpoints import describe_models, filter_models
 
-    entries = scan_models(args.checkpoint_dir)
+    entries = list_models(args.checkpoint_dir)
     if args.filter:
         entries = filter_models(entries, args.filter)
     print(describe_models(entries))
@@ -40,13 +41,9 @@ def _bundle(args: argparse.Namespace):
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype != "auto" else (torch.bfloat16 if device == "cuda" else torch.float32)
-    return open_checkpoint(args.checkpoint_dir, args.model_variant, args.base_model, dtype=dtype, device=device)
-
-
-def _model_name(variant: str) -> str:
-    """turbo/base/sft/xl-* → the official folder name; anything else is a folder name already."""
-    official = {"turbo", "base", "sft", "xl-turbo", "xl-base", "xl-sft"}
-    return f"acestep-v15-{variant}" if variant in official else variant
+    return open_checkpoint(
+        args.checkpoint_dir, args.model_variant, args.base_model, dtype=dtype, device=device, tokenizer_dir=args.tokenizer
+    )
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -157,9 +154,13 @@ def _init_distributed() -> None:
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint-dir", required=True, help="folder holding acestep-v15-*/, vae/, Qwen3-Embedding-0.6B/")
-    parser.add_argument("--model-variant", default="turbo", type=_model_name,
-                        help="turbo, base, sft, xl-turbo, xl-base, xl-sft or a custom model folder name")
+    parser.add_argument("--checkpoint-dir", required=True,
+                        help="a ComfyUI models/ folder, or the official tree holding acestep-v15-*/, vae/, Qwen3-Embedding-0.6B/")
+    parser.add_argument("--model-variant", default="turbo",
+                        help="turbo, base, sft, xl-turbo, xl-base, xl-sft, or a model's name as `sidestep models` lists it")
+    parser.add_argument("--tokenizer", default=None,
+                        help="ComfyUI's comfy/text_encoders/qwen25_tokenizer folder (found in the ComfyUI install holding "
+                        "--checkpoint-dir when omitted); only for ComfyUI's text-encoder files")
     parser.add_argument("--base-model", choices=["turbo", "base", "sft"], default=None,
                         help="the base of a custom fine-tune when its config does not say")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -268,7 +269,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(
         Path(args.workdir),
         checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
-        model=_model_name(args.model_variant),
+        model=args.model_variant,
         audio_dir=Path(args.audio_dir) if args.audio_dir else None,
         epochs=args.epochs,
     )
@@ -280,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    models = commands.add_parser("models", help="list the models under a checkpoint folder")
-    models.add_argument("checkpoint_dir", help="folder holding acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/, ...")
+    models = commands.add_parser("models", help="list the models in a ComfyUI models/ folder or an official checkpoint folder")
+    models.add_argument("checkpoint_dir", help="a ComfyUI models/ folder, or a folder holding acestep-v15-turbo/, vae/, ...")
     models.add_argument("--filter", default="", help="show only models whose name matches (substring, then close matches)")
     models.set_defaults(run=cmd_models)
 

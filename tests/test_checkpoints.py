@@ -275,8 +275,8 @@ def test_model_folder_passed_as_root_points_at_its_parent(root: Path) -> None:
 def test_shared_parts_prefer_model_folder_silence_latent(root: Path) -> None:
     save_latent(root / "silence_latent.pt", 5)
     parts = find_shared_parts(root, find_model(root, "acestep-v15-turbo"))
-    assert parts.vae_dir == root / "vae"
-    assert parts.text_encoder_dir == root / "Qwen3-Embedding-0.6B"
+    assert parts.vae_path == root / "vae"
+    assert parts.text_encoder_path == root / "Qwen3-Embedding-0.6B"
     assert parts.silence_latent_path == root / "acestep-v15-turbo" / "silence_latent.pt"
     other = find_shared_parts(root, find_model(root, "my-finetune"))
     assert other.silence_latent_path == root / "silence_latent.pt"
@@ -291,9 +291,9 @@ def test_shared_parts_accept_safetensors_silence_latent(root: Path) -> None:
 def test_text_encoder_prefers_0_6b_and_accepts_other_sizes(root: Path) -> None:
     entry = find_model(root, "acestep-v15-turbo")
     write_folder(root, "Qwen3-Embedding-4B", QWEN_CONFIG)
-    assert find_shared_parts(root, entry).text_encoder_dir.name == "Qwen3-Embedding-0.6B"
+    assert find_shared_parts(root, entry).text_encoder_path.name == "Qwen3-Embedding-0.6B"
     (root / "Qwen3-Embedding-0.6B" / "config.json").unlink()
-    assert find_shared_parts(root, entry).text_encoder_dir.name == "Qwen3-Embedding-4B"
+    assert find_shared_parts(root, entry).text_encoder_path.name == "Qwen3-Embedding-4B"
 
 
 def test_missing_vae_says_where_it_looked(root: Path) -> None:
@@ -404,7 +404,8 @@ def test_broken_silence_latent_files_name_the_file(tmp_path: Path) -> None:
 def test_describe_models_prints_aligned_table(root: Path) -> None:
     entries = scan_models(root)
     lines = describe_models(entries).splitlines()
-    assert lines[0].split() == ["model", "type", "path"]
+    assert lines[0].split() == ["model", "--model-variant", "type", "path"]
+    assert lines[1].split()[1] == "turbo"
     assert len(lines) == len(entries) + 1
     assert lines[1].startswith("acestep-v15-turbo ") and "[official turbo]" in lines[1]
     assert lines[1].endswith(str(root / "acestep-v15-turbo"))

@@ -95,7 +95,7 @@ def test_tree_has_the_official_layout_and_is_discovered(tree: Path) -> None:
     custom = entries[CUSTOM_FOLDER]
     assert not custom.official and custom.config.model_version is None and resolve_base(custom) == "turbo"
     parts = find_shared_parts(tree, custom)
-    assert parts.vae_dir == tree / VAE_FOLDER and parts.text_encoder_dir == tree / TEXT_ENCODER_FOLDER
+    assert parts.vae_path == tree / VAE_FOLDER and parts.text_encoder_path == tree / TEXT_ENCODER_FOLDER
     silence = torch.load(tree / "silence_latent.pt", weights_only=True)
     assert silence.shape == (1, 64, TINY_SILENCE_FRAMES)
     torch.testing.assert_close(load_silence_latent(parts.silence_latent_path), silence.transpose(1, 2))

@@ -65,18 +65,10 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _file_identity(path: Path) -> list:
-    stat = path.stat()
-    return [path.name, stat.st_size, stat.st_mtime_ns]
-
-
 def encoder_fingerprint(bundle: AceStepBundle, config: EncodeConfig) -> str:
     """Identifies everything that shapes the tensors: model, VAE, text encoder files and encoding settings."""
-    files = [bundle.entry.path / "config.json", *sorted(bundle.entry.path.glob("model*.safetensors*"))]
-    files += sorted(bundle.shared.vae_dir.glob("*")) + sorted(bundle.shared.text_encoder_dir.glob("*"))
-    files.append(bundle.shared.silence_latent_path)
     settings = [PROMPT_FORMAT, config.max_duration, config.normalize, config.custom_tag, config.tag_position]
-    text = json.dumps([[_file_identity(path) for path in files if path.is_file()], settings])
+    text = json.dumps([bundle.weights_identity(), settings])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

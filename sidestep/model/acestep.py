@@ -16,7 +16,7 @@ from .config import AceStepConfig
 from .dit import AceStepDiTModel
 from .encoder import ConditionEncoder
 from .tokenizer import AudioDetokenizer, AudioTokenizer
-from .weights import check_names_and_shapes, file_shapes, read_tensors, weight_files
+from .weights import CONFIG_MISMATCH_FIX, WeightIndex, check_names_and_shapes, folder_index
 
 PARTS = ("decoder", "encoder", "tokenizer", "detokenizer", "null_condition_emb")
 TRAINING_PARTS = ("decoder", "null_condition_emb")
@@ -86,15 +86,29 @@ class AceStepConditionGenerationModel(nn.Module):
         folder = Path(path)
         if not folder.is_dir():
             raise SideStepError(f"Model folder {folder} does not exist. Pass a folder such as checkpoints/acestep-v15-turbo.")
-        config = AceStepConfig.from_json(folder)
+        return cls.from_weights(AceStepConfig.from_json(folder), folder_index(folder), str(folder), dtype, device, parts)
+
+    @classmethod
+    def from_weights(
+        cls,
+        config: AceStepConfig,
+        index: WeightIndex,
+        source: str,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        parts: Iterable[str] = PARTS,
+        fix: str = CONFIG_MISMATCH_FIX,
+    ) -> "AceStepConditionGenerationModel":
+        """Build `config` and fill the wanted `parts` from indexed weights, after checking every name and shape."""
         model = cls.on_meta_device(config, parts)
-        files = weight_files(folder)
         full_expected = {name: tuple(p.shape) for name, p in cls.on_meta_device(config).state_dict().items()}
-        check_names_and_shapes(full_expected, file_shapes(files), str(folder))
-        wanted = list(model.state_dict().keys())
-        tensors = read_tensors(files, wanted, dtype, device)
-        model.load_state_dict(tensors, strict=True, assign=True)
-        return model.eval().requires_grad_(False)
+        check_names_and_shapes(full_expected, index.shapes(), source, fix)
+        return model.assign_weights(index.read(list(model.state_dict().keys()), dtype, device))
+
+    def assign_weights(self, tensors: dict[str, torch.Tensor]) -> "AceStepConditionGenerationModel":
+        """Take `tensors` (official names, every one this model holds) as its weights without copying; frozen, eval."""
+        self.load_state_dict(tensors, strict=True, assign=True)
+        return self.eval().requires_grad_(False)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write config.json and model.safetensors (official names) atomically."""

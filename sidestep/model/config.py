@@ -126,3 +126,83 @@ class AceStepConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path} does not hold a JSON object; it is not a model config.")
         return cls.from_dict(data, source=str(path))
+
+
+# Tensors whose shapes reveal the dimensions of a config-less (ComfyUI) ACE-Step 1.5 weight file.
+_DECODER_LAYER = "decoder.layers.0."
+_LYRIC_LAYER = "encoder.lyric_encoder.layers.0."
+SHAPE_KEYS = (
+    _DECODER_LAYER + "self_attn_norm.weight",
+    _DECODER_LAYER + "mlp.gate_proj.weight",
+    _DECODER_LAYER + "self_attn.q_norm.weight",
+    _DECODER_LAYER + "self_attn.q_proj.weight",
+    _DECODER_LAYER + "self_attn.k_proj.weight",
+    _LYRIC_LAYER + "input_layernorm.weight",
+    _LYRIC_LAYER + "mlp.gate_proj.weight",
+    _LYRIC_LAYER + "self_attn.q_proj.weight",
+    _LYRIC_LAYER + "self_attn.k_proj.weight",
+    "encoder.text_projector.weight",
+    "encoder.timbre_encoder.embed_tokens.weight",
+    "tokenizer.audio_acoustic_proj.weight",
+    "tokenizer.quantizer.project_in.weight",
+    "decoder.proj_in.1.weight",
+    "detokenizer.special_tokens",
+)
+
+
+def _count_layers(names: list[str], stack: str) -> int:
+    """How many numbered layers `<stack>.N.` the names hold."""
+    indices = {name[len(stack) + 1 :].split(".", 1)[0] for name in names if name.startswith(stack + ".")}
+    return len([index for index in indices if index.isdigit()])
+
+
+def config_from_shapes(
+    shapes: dict[str, tuple[int, ...]], source: str, is_turbo: bool | None = None, model_version: str | None = None
+) -> AceStepConfig:
+    """Infer the config of an ACE-Step 1.5 state dict (official names) from its tensor shapes.
+
+    Dimensions come from the shapes; what shapes cannot tell (sliding window, RoPE base, norm epsilon, FSQ levels,
+    timestep schedule) keeps the official configs' values, which every published 2B and XL model shares.
+    """
+    missing = [key for key in SHAPE_KEYS if key not in shapes]
+    if missing:
+        raise ConfigError(
+            f"{source} is not an ACE-Step 1.5 model: it lacks {', '.join(missing[:3])}"
+            f"{' and more' if len(missing) > 3 else ''}. Use acestep_v1.5_*.safetensors from ComfyUI's "
+            "diffusion_models folder (or an all-in-one ACE-Step 1.5 checkpoint)."
+        )
+    head_dim = shapes[_DECODER_LAYER + "self_attn.q_norm.weight"][0]
+    hidden = shapes[_DECODER_LAYER + "self_attn_norm.weight"][0]
+    encoder_hidden = shapes[_LYRIC_LAYER + "input_layernorm.weight"][0]
+    levels = shapes["tokenizer.quantizer.project_in.weight"][0]
+    default_levels = AceStepConfig().fsq_input_levels
+    if levels != len(default_levels):
+        raise ConfigError(f"{source}: an FSQ with {levels} levels is not ACE-Step 1.5's ({len(default_levels)}).")
+    names = list(shapes)
+    proj_in = shapes["decoder.proj_in.1.weight"]
+    narrower_encoder = encoder_hidden != hidden
+    return AceStepConfig(
+        hidden_size=hidden,
+        intermediate_size=shapes[_DECODER_LAYER + "mlp.gate_proj.weight"][0],
+        num_hidden_layers=_count_layers(names, "decoder.layers"),
+        num_attention_heads=shapes[_DECODER_LAYER + "self_attn.q_proj.weight"][0] // head_dim,
+        num_key_value_heads=shapes[_DECODER_LAYER + "self_attn.k_proj.weight"][0] // head_dim,
+        head_dim=head_dim,
+        attention_bias=_DECODER_LAYER + "self_attn.q_proj.bias" in shapes,
+        text_hidden_dim=shapes["encoder.text_projector.weight"][1],
+        timbre_hidden_dim=shapes["encoder.timbre_encoder.embed_tokens.weight"][1],
+        audio_acoustic_hidden_dim=shapes["tokenizer.audio_acoustic_proj.weight"][1],
+        in_channels=proj_in[1],
+        patch_size=proj_in[2],
+        pool_window_size=shapes["detokenizer.special_tokens"][1],
+        fsq_dim=shapes["tokenizer.quantizer.project_in.weight"][1],
+        num_lyric_encoder_hidden_layers=_count_layers(names, "encoder.lyric_encoder.layers"),
+        num_timbre_encoder_hidden_layers=_count_layers(names, "encoder.timbre_encoder.layers"),
+        num_attention_pooler_hidden_layers=_count_layers(names, "tokenizer.attention_pooler.layers"),
+        is_turbo=is_turbo,
+        model_version=model_version,
+        encoder_hidden_size=encoder_hidden if narrower_encoder else None,
+        encoder_intermediate_size=shapes[_LYRIC_LAYER + "mlp.gate_proj.weight"][0] if narrower_encoder else None,
+        encoder_num_attention_heads=shapes[_LYRIC_LAYER + "self_attn.q_proj.weight"][0] // head_dim if narrower_encoder else None,
+        encoder_num_key_value_heads=shapes[_LYRIC_LAYER + "self_attn.k_proj.weight"][0] // head_dim if narrower_encoder else None,
+    )

@@ -1,18 +1,75 @@
-"""Reading and writing official-format weight files (single or sharded safetensors), with name/shape checks."""
+"""Reading official-layout weights (a model folder's single or sharded safetensors, or one prefixed part of a ComfyUI
+file), with name/shape checks. Tensors are read one at a time, so no second full copy of a model is ever held."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError, WeightMismatchError
 
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class WeightIndex:
+    """Where every official tensor name is stored: the safetensors file, under `prefix` + name."""
+
+    files: dict[str, Path]
+    prefix: str = ""
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of every indexed tensor, read from the safetensors headers only."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for path in sorted(set(self.files.values())):
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    if key.startswith(self.prefix):
+                        shapes[key[len(self.prefix) :]] = tuple(handle.get_slice(key).get_shape())
+        return shapes
+
+    def read(self, names: Iterable[str], dtype: torch.dtype | None, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """Load the named tensors one by one, cast floating ones to `dtype`, and move them to `device`."""
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.files[name], []).append(name)
+        tensors: dict[str, torch.Tensor] = {}
+        for path, wanted in by_file.items():
+            with safe_open(str(path), framework="pt") as handle:
+                for name in wanted:
+                    tensor = handle.get_tensor(self.prefix + name)
+                    if dtype is not None and tensor.is_floating_point():
+                        tensor = tensor.to(dtype)
+                    tensors[name] = tensor.to(device)
+        return tensors
+
+
+def file_keys(path: Path) -> list[str]:
+    """Every tensor name in a safetensors file (header only); CheckpointError when it is not a safetensors file."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"Cannot read {path} as a safetensors file: {exc}. Re-download it.") from exc
+
+
+def file_index(path: Path, prefix: str = "") -> WeightIndex:
+    """Index the tensors stored under `prefix` in one safetensors file (a ComfyUI diffusion model or checkpoint)."""
+    names = [key[len(prefix) :] for key in file_keys(path) if key.startswith(prefix)]
+    if not names:
+        raise CheckpointError(f"{path} holds no tensors under {prefix!r}; it is not the file it was taken for.")
+    return WeightIndex({name: path for name in names}, prefix)
+
+
+def folder_index(folder: Path) -> WeightIndex:
+    """Index an official model folder's weights (model.safetensors or a sharded index)."""
+    return WeightIndex(weight_files(folder))
 
 
 def weight_files(folder: Path) -> dict[str, Path]:
@@ -34,12 +91,17 @@ def weight_files(folder: Path) -> dict[str, Path]:
             f"No {SINGLE_FILE} (or {SHARD_INDEX}) in {folder}. A model folder holds config.json and the weights; "
             "re-download the model or point at the right folder."
         )
-    with safe_open(str(single), framework="pt") as handle:
-        return {name: single for name in handle.keys()}
+    return {name: single for name in file_keys(single)}
+
+
+CONFIG_MISMATCH_FIX = "The config and weights must come from the same ACE-Step 1.5 checkpoint."
 
 
 def check_names_and_shapes(
-    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], source: str
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, tuple[int, ...]],
+    source: str,
+    fix: str = CONFIG_MISMATCH_FIX,
 ) -> None:
     """Raise WeightMismatchError listing the first few missing, unexpected or wrongly shaped tensors."""
     problems = [f"missing {name} {list(shape)}" for name, shape in expected.items() if name not in found]
@@ -53,34 +115,5 @@ def check_names_and_shapes(
         shown = "; ".join(problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise WeightMismatchError(
-            f"The weights in {source} do not fit the model its config.json describes: {shown}{more}. "
-            "The config and weights must come from the same ACE-Step 1.5 checkpoint."
+            f"The weights in {source} do not fit the model its config describes: {shown}{more}. {fix}"
         )
-
-
-def file_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
-    """Shapes of every tensor named in `files`, read from the safetensors headers only."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for path in sorted(set(files.values())):
-        with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-    return shapes
-
-
-def read_tensors(
-    files: dict[str, Path], names: Iterable[str], dtype: torch.dtype | None, device: torch.device | str
-) -> dict[str, torch.Tensor]:
-    """Load the named tensors, cast floating ones to `dtype`, and move them to `device`."""
-    by_file: dict[Path, list[str]] = {}
-    for name in names:
-        by_file.setdefault(files[name], []).append(name)
-    tensors: dict[str, torch.Tensor] = {}
-    for path, wanted in by_file.items():
-        with safe_open(str(path), framework="pt") as handle:
-            for name in wanted:
-                tensor = handle.get_tensor(name)
-                if dtype is not None and tensor.is_floating_point():
-                    tensor = tensor.to(dtype)
-                tensors[name] = tensor.to(device)
-    return tensors
