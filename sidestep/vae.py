@@ -76,6 +76,12 @@ def load_vae(
         vae = AutoencoderOobleck.from_pretrained(vae_dir, local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise CheckpointError(f"Cannot load the VAE from {vae_dir}: {exc}. Re-download the VAE folder.") from exc
+    check_vae_geometry(vae, f"The VAE in {vae_dir}", "Use the 'vae' folder shipped with ACE-Step 1.5.")
+    return vae.to(device).eval()
+
+
+def check_vae_geometry(vae: AutoencoderOobleck, source: str, fix: str) -> None:
+    """Refuse a VAE without ACE-Step 1.5's geometry; `source` names it in the message, `fix` says what to use."""
     config = vae.config
     if (
         config.sampling_rate != SAMPLE_RATE
@@ -84,11 +90,10 @@ def load_vae(
         or config.encoder_hidden_size != 2 * LATENT_CHANNELS
     ):
         raise CheckpointError(
-            f"The VAE in {vae_dir} is not ACE-Step 1.5's ({config.sampling_rate} Hz, hop {vae.hop_length}, "
+            f"{source} is not ACE-Step 1.5's ({config.sampling_rate} Hz, hop {vae.hop_length}, "
             f"{config.decoder_input_channels} latent channels; expected {SAMPLE_RATE} Hz, hop {HOP_LENGTH}, "
-            f"{LATENT_CHANNELS} channels). Use the 'vae' folder shipped with ACE-Step 1.5."
+            f"{LATENT_CHANNELS} channels). {fix}"
         )
-    return vae.to(device).eval()
 
 
 def _plan_tiles(total: int, chunk: int, overlap: int) -> list[_Tile]:

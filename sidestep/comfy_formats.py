@@ -1,0 +1,190 @@
+"""ComfyUI's own ACE-Step 1.5 files (VAE, text encoder, silence latent, all-in-one checkpoints) in our layouts.
+
+ComfyUI users keep ACE-Step 1.5 as Comfy-Org's repackaged files: `models/vae/ace_1.5_vae.safetensors` (the Oobleck
+VAE in the stable-audio-tools key layout), `models/text_encoders/qwen_0.6b_ace15.safetensors` (Qwen3-Embedding-0.6B
+under `model.`), or one all-in-one file in `models/checkpoints/` with ComfyUI's checkpoint prefixes. ComfyUI has no
+silence_latent.pt: it builds the silence latent from numbers in its source, stored here in `data/`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderOobleck
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import Tensor
+
+from .errors import CheckpointError
+from .vae import SAMPLE_RATE, check_vae_geometry
+
+COMFY_FILES = "https://huggingface.co/Comfy-Org/ace_step_1.5_ComfyUI_files (split_files/)"
+AIO_DIT_PREFIX = "model.diffusion_model."
+AIO_VAE_PREFIX = "vae."
+AIO_TEXT_ENCODER_PREFIX = "text_encoders.qwen3_06b.transformer."
+
+_SILENCE_DATA = Path(__file__).parent / "data" / "comfy_silence_latent.safetensors"
+COMFY_SILENCE_FRAMES = 15_000  # 10 minutes at 25 Hz, ACE-Step 1.5's longest song
+
+
+def read_prefixed(path: str | Path, prefix: str) -> dict[str, Tensor]:
+    """The tensors of a safetensors file whose names start with `prefix`, prefix stripped; other tensors stay unread."""
+    path = Path(path)
+    try:
+        with safe_open(path, framework="pt") as handle:
+            names = [name for name in handle.keys() if name.startswith(prefix)]
+            tensors = {name[len(prefix) :]: handle.get_tensor(name) for name in names}
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(
+            f"Cannot read {path}: {exc}. Expected a .safetensors model file; re-download it from {COMFY_FILES}."
+        ) from exc
+    if not tensors:
+        raise CheckpointError(
+            f"{path} holds no tensors named {prefix}*; it is not the ACE-Step 1.5 file expected here. "
+            f"ComfyUI's ACE-Step 1.5 files are at {COMFY_FILES}."
+        )
+    return tensors
+
+
+def comfy_silence_latent(frames: int = COMFY_SILENCE_FRAMES) -> Tensor:
+    """ComfyUI's silence latent for `frames` (>= 4) frames as [1, frames, 64] float32: head frames, then one repeated."""
+    data = load_file(_SILENCE_DATA)
+    head, frame = data["head"], data["frame"]
+    if frames < head.shape[0]:
+        raise ValueError(f"ComfyUI's silence latent has at least {head.shape[0]} frames; {frames} were asked for.")
+    silence = frame.expand(frames, -1).clone()
+    silence[: head.shape[0]] = head
+    return silence.unsqueeze(0)
+
+
+# stable-audio-tools Oobleck (ComfyUI's AudioOobleckVAE) -> diffusers AutoencoderOobleck, inside one block.
+_RESIDUAL_UNIT = {"0": "snake1", "1": "conv1", "2": "snake2", "3": "conv2"}
+_BLOCK = {
+    "encoder": {"0": "res_unit1", "1": "res_unit2", "2": "res_unit3", "3": "snake1", "4": "conv1"},
+    "decoder": {"0": "snake1", "1": "conv_t1", "2": "res_unit1", "3": "res_unit2", "4": "res_unit3"},
+}
+_WEIGHT_NORM = {
+    "parametrizations.weight.original0": "weight_g",
+    "parametrizations.weight.original1": "weight_v",
+    "weight_g": "weight_g",
+    "weight_v": "weight_v",
+}
+_COMFY_VAE_KEY = re.compile(
+    r"(?P<side>encoder|decoder)\.layers\.(?P<index>\d+)\.(?:layers\.(?P<part>\d+)\.)?(?:layers\.(?P<unit>\d+)\.)?"
+    r"(?P<param>parametrizations\.weight\.original[01]|weight_[gv]|bias|alpha|beta)"
+)
+_OUR_VAE_KEY = re.compile(
+    r"(?P<side>encoder|decoder)\.(?:(?P<top>conv1|snake1|conv2)|block\.(?P<block>\d+)\.(?P<part>\w+?)(?:\.(?P<unit>\w+))?)"
+    r"\.(?P<param>weight_[gv]|bias|alpha|beta)"
+)
+_VAE_FIX = f"Use ComfyUI's models/vae/ace_1.5_vae.safetensors from {COMFY_FILES}."
+
+
+def _vae_error(source: str, problem: str) -> CheckpointError:
+    """A CheckpointError saying `source` is not ACE-Step 1.5's VAE in ComfyUI's layout, and where to get it."""
+    return CheckpointError(
+        f"{source} is not ACE-Step 1.5's VAE in ComfyUI's layout (Oobleck, stable-audio-tools keys): {problem}. "
+        f"{_VAE_FIX}"
+    )
+
+
+def _block_count(tensors: dict[str, Tensor], side: str) -> int:
+    """Number of encoder/decoder blocks: top-level layers are conv, blocks..., snake, conv (then a weightless tanh)."""
+    indices = {int(match["index"]) for name in tensors if (match := _COMFY_VAE_KEY.fullmatch(name)) and match["side"] == side}
+    return max(indices, default=2) - 2
+
+
+def _our_vae_name(match: re.Match, blocks: int) -> str | None:
+    """The diffusers parameter name of a matched ComfyUI VAE key, or None when the key fits no Oobleck slot."""
+    side, index = match["side"], int(match["index"])
+    param = _WEIGHT_NORM.get(match["param"], match["param"])
+    if 1 <= index <= blocks:
+        part = _BLOCK[side].get(match["part"] or "")
+        if part is None or (match["unit"] is None) != (not part.startswith("res_unit")):
+            return None
+        if match["unit"] is not None:
+            unit = _RESIDUAL_UNIT.get(match["unit"])
+            if unit is None:
+                return None
+            part = f"{part}.{unit}"
+        return f"{side}.block.{index - 1}.{part}.{param}"
+    top = {0: "conv1", blocks + 1: "snake1", blocks + 2: "conv2"}.get(index)
+    if top is None or match["part"] is not None:
+        return None
+    return f"{side}.{top}.{param}"
+
+
+def _vae_config(tensors: dict[str, Tensor], source: str) -> dict:
+    """AutoencoderOobleck arguments read from the shapes of diffusers-named Oobleck tensors."""
+    try:
+        first = tensors["encoder.conv1.weight_v"]
+        hidden = first.shape[0]
+        blocks = sorted({int(name.split(".")[2]) for name in tensors if name.startswith("encoder.block.")})
+        outs = [tensors[f"encoder.block.{i}.conv1.weight_v"] for i in blocks]
+        return {
+            "encoder_hidden_size": hidden,
+            "downsampling_ratios": [out.shape[-1] // 2 for out in outs],
+            "channel_multiples": [out.shape[0] // hidden for out in outs],
+            "decoder_channels": tensors["decoder.conv2.weight_v"].shape[1],
+            "decoder_input_channels": tensors["decoder.conv1.weight_v"].shape[1],
+            "audio_channels": first.shape[1],
+            "sampling_rate": SAMPLE_RATE,
+        }
+    except (KeyError, IndexError) as exc:
+        raise _vae_error(source, f"the tensor {exc} is missing") from exc
+
+
+def vae_from_state_dict(
+    tensors: dict[str, Tensor], source: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> AutoencoderOobleck:
+    """Our diffusers VAE from ComfyUI-layout Oobleck tensors (shared, not copied, when dtype and device already fit)."""
+    converted = {}
+    blocks = {side: _block_count(tensors, side) for side in _BLOCK}
+    for name, tensor in tensors.items():
+        match = _COMFY_VAE_KEY.fullmatch(name)
+        ours = _our_vae_name(match, blocks[match["side"]]) if match else None
+        if ours is None:
+            raise _vae_error(source, f"unexpected tensor {name!r}")
+        if match["param"] in ("alpha", "beta"):
+            tensor = tensor.reshape(1, -1, 1)
+        converted[ours] = tensor.to(device=device, dtype=dtype)
+    config = _vae_config(converted, source)
+    with torch.device("meta"):
+        vae = AutoencoderOobleck(**config)
+    try:
+        vae.load_state_dict(converted, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise _vae_error(source, str(exc).replace("\n", " ")) from exc
+    check_vae_geometry(vae, source, _VAE_FIX)
+    return vae.eval()
+
+
+def load_vae_file(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", prefix: str = ""
+) -> AutoencoderOobleck:
+    """Load ComfyUI's ace_1.5_vae.safetensors (or the `vae.` part of an all-in-one file with prefix="vae.")."""
+    return vae_from_state_dict(read_prefixed(path, prefix), str(path), dtype, device)
+
+
+def comfy_vae_state_dict(vae: AutoencoderOobleck) -> dict[str, Tensor]:
+    """Our VAE's weights in ComfyUI's layout (as its AudioOobleckVAE names them), as views of the same tensors."""
+    blocks = len(vae.encoder.block)
+    block_index = {side: {ours: comfy for comfy, ours in table.items()} for side, table in _BLOCK.items()}
+    unit_index = {ours: comfy for comfy, ours in _RESIDUAL_UNIT.items()}
+    top_index = {"conv1": 0, "snake1": blocks + 1, "conv2": blocks + 2}
+    params = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+    out = {}
+    for name, tensor in vae.state_dict().items():
+        match = _OUR_VAE_KEY.fullmatch(name)
+        side = match["side"]
+        if match["top"]:
+            path = f"{side}.layers.{top_index[match['top']]}"
+        else:
+            path = f"{side}.layers.{int(match['block']) + 1}.layers.{block_index[side][match['part']]}"
+            if match["unit"]:
+                path += f".layers.{unit_index[match['unit']]}"
+        param = match["param"]
+        out[f"{path}.{params.get(param, param)}"] = tensor.reshape(-1) if param in ("alpha", "beta") else tensor
+    return out
