@@ -5,12 +5,13 @@ from comfy_api.latest import ComfyExtension, io
 from .adapters import ApplyAdapterToModel, ConfigureAdapter, LoadAdapter
 from .dataset import EncodeDataset
 from .jobs import JOBS, register_routes
-from .model import LoadCheckpoint
+from .model import AceStepFromComfyModels, LoadCheckpoint
 from .sample import SampleWithShift
 from .train import TrainAdapter
 
 NODES: list[type[io.ComfyNode]] = [
     LoadCheckpoint,
+    AceStepFromComfyModels,
     EncodeDataset,
     ConfigureAdapter,
     TrainAdapter,

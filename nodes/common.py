@@ -16,6 +16,7 @@ from sidestep.adapters.keys import LOKR_WEIGHTS_FILE, PEFT_WEIGHTS_FILE
 if TYPE_CHECKING:
     from sidestep.bundle import AceStepBundle
     from sidestep.checkpoints import ModelEntry
+    from sidestep.comfy_models import ComfyFolders
 
     from .jobs import Job
 
@@ -37,25 +38,63 @@ def acestep_roots() -> list[Path]:
     return [Path(path) for path in folder_paths.get_folder_paths(ACESTEP_FOLDER) if Path(path).is_dir()]
 
 
-def discover_models() -> list[tuple[Path, ModelEntry]]:
-    """(checkpoint root, model) for every ACE-Step model in the acestep folders, official first; the first root wins a name."""
+def comfy_folders() -> ComfyFolders:
+    """ComfyUI's registered folders for diffusion models, checkpoints, text encoders and VAEs (extra paths included)."""
+    from sidestep.comfy_models import ComfyFolders
+
+    def paths(kind: str) -> tuple[Path, ...]:
+        return tuple(Path(path) for path in folder_paths.get_folder_paths(kind))
+
+    return ComfyFolders(
+        diffusion_models=paths("diffusion_models"),
+        checkpoints=paths("checkpoints"),
+        text_encoders=paths("text_encoders"),
+        vae=paths("vae"),
+    )
+
+
+def comfy_tokenizer_dir() -> Path:
+    """The Qwen tokenizer files this ComfyUI ships for ACE-Step 1.5 (ComfyUI's text-encoder files carry none)."""
+    import comfy
+
+    from sidestep.comfy_models import TOKENIZER_IN_COMFYUI
+
+    return Path(comfy.__file__).resolve().parents[1] / TOKENIZER_IN_COMFYUI
+
+
+def discover_models() -> list[ModelEntry]:
+    """Every ACE-Step 1.5 model ComfyUI can see: its own files (diffusion_models, checkpoints) first, then the official
+    trees in the acestep folders (the first root wins a name)."""
     from sidestep.checkpoints import scan_models
+    from sidestep.comfy_models import scan_comfy_models
     from sidestep.errors import CheckpointError
 
-    found: dict[str, tuple[Path, ModelEntry]] = {}
+    found: dict[str, ModelEntry] = {}
     for root in acestep_roots():
         try:
             entries = scan_models(root)
         except CheckpointError:
             continue
         for entry in entries:
-            found.setdefault(entry.name, (root, entry))
-    return sorted(found.values(), key=lambda item: not item[1].official)
+            found.setdefault(entry.name, entry)
+    official_trees = sorted(found.values(), key=lambda entry: not entry.official)
+    return scan_comfy_models(comfy_folders()) + official_trees
+
+
+def find_discovered(choice: str) -> ModelEntry | None:
+    """The discovered model a dropdown value names (its label, or the bare name older workflows saved)."""
+    entries = discover_models()
+    by_label = [entry for entry in entries if entry.label == choice]
+    by_name = [entry for entry in entries if entry.name == model_name_of(choice)]
+    return (by_label or by_name or [None])[0]
 
 
 def model_name_of(choice: str) -> str:
-    """The folder name inside a model dropdown label ('acestep-v15-turbo  [official turbo]' → 'acestep-v15-turbo')."""
-    return choice.split("  [", 1)[0].strip()
+    """The model's name inside a dropdown label ('acestep-v15-turbo  [official turbo]' → 'acestep-v15-turbo',
+    'acestep_v1.5_turbo.safetensors · ComfyUI diffusion model · turbo' → 'acestep_v1.5_turbo.safetensors')."""
+    from sidestep.checkpoints import LABEL_SEPARATOR
+
+    return choice.split("  [", 1)[0].split(LABEL_SEPARATOR, 1)[0].strip()
 
 
 def output_dir() -> Path:
@@ -142,17 +181,52 @@ def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[choice]
 
 
-def _folder_bytes(folder: Path) -> int:
-    """Total size of the weight files directly inside `folder`."""
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors*") if p.is_file())
-
-
 def make_room(bundle: AceStepBundle) -> None:
     """Ask ComfyUI to unload its own models until the bundle's weights fit, then return cached memory."""
-    shared = bundle.shared
-    needed = sum(_folder_bytes(folder) for folder in (bundle.entry.path, shared.vae_dir, shared.text_encoder_dir))
-    model_management.free_memory(needed, bundle.device)
+    model_management.free_memory(bundle.bytes_to_load(), bundle.device)
     model_management.soft_empty_cache()
+
+
+class ComfyMemory:
+    """Makes every part a bundle loads visible to ComfyUI's memory manager, so that Unload Models, POST /free and
+    ComfyUI's own need for memory release it: each part is registered as a ModelPatcher whose detach drops the part."""
+
+    def __init__(self) -> None:
+        self._patchers: dict[tuple[int, str], Any] = {}
+
+    def loaded(self, bundle: AceStepBundle, part: str, module: torch.nn.Module) -> None:
+        """Register `module` with ComfyUI's loaded models (on the device it already is on; nothing is moved)."""
+        import comfy.model_patcher
+        from comfy.patcher_extension import CallbacksMP
+
+        key = (id(bundle), part)
+        self._forget(key)
+        patcher = comfy.model_patcher.ModelPatcher(module, load_device=bundle.device, offload_device=bundle.device)
+        patcher.add_callback(CallbacksMP.ON_DETACH, lambda _patcher, _unpatch: self._unloaded_by_comfyui(bundle, part))
+        self._patchers[key] = patcher
+        model_management.load_models_gpu([patcher], force_full_load=True)
+
+    def released(self, bundle: AceStepBundle, part: str) -> None:
+        """The bundle dropped `part` itself: take it off ComfyUI's list so nothing keeps it alive."""
+        self._forget((id(bundle), part))
+
+    def _unloaded_by_comfyui(self, bundle: AceStepBundle, part: str) -> None:
+        """ComfyUI unloaded the part (Unload Models, /free, or room for another model): drop it from the bundle."""
+        self._patchers.pop((id(bundle), part), None)
+        bundle.release(**{part: True})
+
+    def _forget(self, key: tuple[int, str]) -> None:
+        """Remove the patcher registered under `key` from ComfyUI's loaded models and from this registry."""
+        patcher = self._patchers.pop(key, None)
+        if patcher is None:
+            return
+        loaded = model_management.current_loaded_models
+        for index in reversed(range(len(loaded))):
+            if loaded[index].model is patcher:
+                loaded.pop(index)
+
+
+COMFY_MEMORY = ComfyMemory()
 
 
 # ---------------------------------------------------------------- progress and cancel

@@ -33,8 +33,16 @@ INFERRED_CONFIG_FIX = (
     "The file must be a whole ACE-Step 1.5 model (DiT, condition encoder, tokenizer, detokenizer), as ComfyUI's "
     "acestep_v1.5_*.safetensors files are."
 )
-# Told about every part a bundle loads, with its name ('dit', 'vae', 'text_encoder') and module (e.g. by ComfyUI).
-LoadHook = Callable[[str, torch.nn.Module], None]
+
+
+class PartsHost(Protocol):
+    """A host program's memory manager (ComfyUI's), told about every part a bundle loads and drops."""
+
+    def loaded(self, bundle: "AceStepBundle", part: str, module: torch.nn.Module) -> None:
+        """`part` ('dit', 'vae', 'text_encoder') of `bundle` is now held in memory as `module`."""
+
+    def released(self, bundle: "AceStepBundle", part: str) -> None:
+        """The bundle dropped `part`."""
 
 
 class WeightsSource(Protocol):
@@ -192,7 +200,7 @@ class AceStepBundle:
     source: WeightsSource
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    on_load: LoadHook | None = field(default=None, repr=False)
+    host: PartsHost | None = field(default=None, repr=False)
     _dit: AceStepConditionGenerationModel | None = field(default=None, repr=False)
     _vae: object | None = field(default=None, repr=False)
     _text_encoder: object | None = field(default=None, repr=False)
@@ -205,8 +213,8 @@ class AceStepBundle:
 
     def _loaded(self, part: str, module):
         """Report a freshly loaded part to the host (ComfyUI's memory manager) and return it."""
-        if self.on_load is not None:
-            self.on_load(part, module)
+        if self.host is not None:
+            self.host.loaded(self, part, module)
         return module
 
     def dit(self, parts: tuple[str, ...] = PARTS) -> AceStepConditionGenerationModel:
@@ -256,12 +264,11 @@ class AceStepBundle:
 
     def release(self, *, dit: bool = False, vae: bool = False, text_encoder: bool = False) -> None:
         """Drop loaded parts so their memory can be reused."""
-        if dit:
-            self._dit = None
-        if vae:
-            self._vae = None
-        if text_encoder:
-            self._text_encoder = None
+        for part, chosen in (("dit", dit), ("vae", vae), ("text_encoder", text_encoder)):
+            if chosen and getattr(self, f"_{part}") is not None:
+                setattr(self, f"_{part}", None)
+                if self.host is not None:
+                    self.host.released(self, part)
 
 
 def open_model(

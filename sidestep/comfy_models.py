@@ -12,19 +12,18 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from .checkpoints import BASE_MODELS, ModelEntry, SharedParts
+from .comfy_formats import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX
 from .errors import CheckpointError, ConfigError
 from .model.config import config_from_shapes
 from .model.weights import WeightIndex, file_index
 
-DIT_PREFIX_AIO = "model.diffusion_model."
-VAE_PREFIX_AIO = "vae."
-TEXT_ENCODER_PREFIX_AIO = "text_encoders.qwen3_06b.transformer."
 TEXT_ENCODER_PREFIX = ""
 PREFERRED_TEXT_ENCODER_FILE = "qwen_0.6b_ace15.safetensors"
 PREFERRED_VAE_FILE = "ace_1.5_vae.safetensors"
 TOKENIZER_IN_COMFYUI = Path("comfy") / "text_encoders" / "qwen25_tokenizer"
 SOURCE_DIFFUSION_MODEL = "ComfyUI diffusion model"
 SOURCE_CHECKPOINT = "ComfyUI checkpoint"
+SOURCE_LOADED = "ComfyUI MODEL"
 
 _DIT_MARKERS = ("decoder.layers.0.self_attn_norm.weight", "encoder.lyric_encoder.layers.0.input_layernorm.weight")
 _TEXT_ENCODER_MARKER = "model.layers.0.post_attention_layernorm.weight"
@@ -120,24 +119,17 @@ def _family_of(name: str, metadata: dict[str, str]) -> tuple[str | None, bool]:
     return None, False
 
 
-def _entry(name: str, path: Path, prefix: str, source: str) -> ModelEntry | None:
-    """The ModelEntry of one ComfyUI file if it holds an ACE-Step 1.5 DiT under `prefix`, else None."""
-    shapes, metadata = read_header(path)
-    if not all(prefix + marker in shapes for marker in _DIT_MARKERS):
-        return None
-    family, repackaged = _family_of(name, metadata)
-    own = {key[len(prefix) :]: shape for key, shape in shapes.items() if key.startswith(prefix)}
-    try:
-        config = config_from_shapes(own, str(path), family == "turbo" if family else None, family)
-    except ConfigError:
-        return None
+def _classified(
+    name: str, path: Path, shapes: dict[str, tuple[int, ...]], family: str | None, repackaged: bool, source: str, prefix: str
+) -> ModelEntry:
+    """A ModelEntry for an ACE-Step 1.5 state dict of known shapes (official names) and base family."""
+    config = config_from_shapes(shapes, str(path), family == "turbo" if family else None, family)
     is_xl = config.condition_config is not config
-    variant = (("xl-" if is_xl else "") + family) if family else None
     return ModelEntry(
         name=name,
         path=path,
         official=repackaged,
-        variant=variant if repackaged else None,
+        variant=(("xl-" if is_xl else "") + family) if repackaged and family else None,
         base=family,
         is_xl=is_xl,
         is_turbo=config.is_turbo,
@@ -147,6 +139,24 @@ def _entry(name: str, path: Path, prefix: str, source: str) -> ModelEntry | None
         source=source,
         weights_prefix=prefix,
     )
+
+
+def _entry(name: str, path: Path, prefix: str, source: str) -> ModelEntry | None:
+    """The ModelEntry of one ComfyUI file if it holds an ACE-Step 1.5 DiT under `prefix`, else None."""
+    shapes, metadata = read_header(path)
+    if not all(prefix + marker in shapes for marker in _DIT_MARKERS):
+        return None
+    family, repackaged = _family_of(name, metadata)
+    own = {key[len(prefix) :]: shape for key, shape in shapes.items() if key.startswith(prefix)}
+    try:
+        return _classified(name, path, own, family, repackaged, source, prefix)
+    except ConfigError:
+        return None
+
+
+def entry_for_state_dict(shapes: dict[str, tuple[int, ...]], base: str, name: str = SOURCE_LOADED) -> ModelEntry:
+    """A ModelEntry for an ACE-Step 1.5 model another program holds in memory, whose base the user named."""
+    return _classified(name, Path(name), shapes, base, False, SOURCE_LOADED, "")
 
 
 def scan_comfy_models(folders: ComfyFolders) -> list[ModelEntry]:
@@ -159,7 +169,7 @@ def scan_comfy_models(folders: ComfyFolders) -> list[ModelEntry]:
     entries += [
         entry
         for name, path in _weight_files(folders.checkpoints)
-        if (entry := _entry(name, path, DIT_PREFIX_AIO, SOURCE_CHECKPOINT)) is not None
+        if (entry := _entry(name, path, AIO_DIT_PREFIX, SOURCE_CHECKPOINT)) is not None
     ]
     return sorted(entries, key=lambda entry: (not entry.official, entry.source != SOURCE_DIFFUSION_MODEL, entry.name.lower()))
 
@@ -225,16 +235,16 @@ def comfy_shared_parts(
     """Pair a ComfyUI DiT file with its text encoder, VAE and tokenizer (an all-in-one file brings its own)."""
     in_checkpoint = entry.source == SOURCE_CHECKPOINT
     shapes = read_header(entry.path)[0] if in_checkpoint else {}
-    if in_checkpoint and not text_encoder and TEXT_ENCODER_PREFIX_AIO + _TEXT_ENCODER_MARKER in shapes:
-        text_path, text_prefix = entry.path, TEXT_ENCODER_PREFIX_AIO
+    if in_checkpoint and not text_encoder and AIO_TEXT_ENCODER_PREFIX + _TEXT_ENCODER_MARKER in shapes:
+        text_path, text_prefix = entry.path, AIO_TEXT_ENCODER_PREFIX
     else:
         text_path = _pick(
             text_encoder, text_encoder_files(folders), "text encoder", PREFERRED_TEXT_ENCODER_FILE,
             ", ".join(map(str, folders.text_encoders)) or "ComfyUI's text_encoders folder",
         )
         text_prefix = TEXT_ENCODER_PREFIX
-    if in_checkpoint and not vae and VAE_PREFIX_AIO + _VAE_MARKER in shapes:
-        vae_path, vae_prefix = entry.path, VAE_PREFIX_AIO
+    if in_checkpoint and not vae and AIO_VAE_PREFIX + _VAE_MARKER in shapes:
+        vae_path, vae_prefix = entry.path, AIO_VAE_PREFIX
     else:
         vae_path = _pick(
             vae, vae_files(folders), "VAE", PREFERRED_VAE_FILE, ", ".join(map(str, folders.vae)) or "ComfyUI's vae folder"

@@ -21,7 +21,7 @@ from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from .atomic import staging_folder, torch_save_atomic
+from .atomic import save_safetensors_atomic, staging_folder, torch_save_atomic
 from .errors import CheckpointError
 from .model import AceStepConditionGenerationModel, AceStepConfig
 from .text import CAPTION_TEMPLATE, DEFAULT_INSTRUCTION, LYRICS_TEMPLATE
@@ -81,7 +81,7 @@ def tiny_model_config(variant: str) -> AceStepConfig:
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=16,
-        sliding_window=8,
+        sliding_window=128,
         fsq_dim=64,
         text_hidden_dim=TINY_TEXT_HIDDEN,
         timbre_hidden_dim=64,
@@ -124,19 +124,24 @@ def tiny_silence_latent(seed: int = 0) -> torch.Tensor:
     return 0.5 * torch.randn(1, LATENT_CHANNELS, TINY_SILENCE_FRAMES, generator=generator)
 
 
+def tiny_dit(config: AceStepConfig, seed: int = 0) -> AceStepConditionGenerationModel:
+    """A DiT model of `config` with seeded random weights."""
+    return AceStepConditionGenerationModel(config).init_random_weights(seed)
+
+
 def write_tiny_dit(folder: Path, config: AceStepConfig, seed: int = 0) -> Path:
     """Write config.json, model.safetensors and silence_latent.pt of a randomly initialised DiT model folder."""
 
     def fill(temporary: Path) -> None:
-        model = AceStepConditionGenerationModel(config).init_random_weights(seed)
+        model = tiny_dit(config, seed)
         model.save_pretrained(temporary)
         torch_save_atomic(tiny_silence_latent(), temporary / SILENCE_FILE)
 
     return _build_folder(Path(folder), fill)
 
 
-def write_tiny_vae(folder: Path, seed: int = 0) -> Path:
-    """Write a narrow AutoencoderOobleck with ACE-Step's 48 kHz, 1920-hop, 64-channel geometry."""
+def tiny_vae(seed: int = 0) -> AutoencoderOobleck:
+    """A narrow AutoencoderOobleck with ACE-Step's 48 kHz, 1920-hop, 64-channel geometry and seeded weights."""
 
     def build() -> AutoencoderOobleck:
         return AutoencoderOobleck(
@@ -149,12 +154,14 @@ def write_tiny_vae(folder: Path, seed: int = 0) -> Path:
             sampling_rate=SAMPLE_RATE,
         )
 
-    def fill(temporary: Path) -> None:
-        vae = _seeded(seed, build)
-        _calibrate_latent_scale(vae, seed)
-        vae.save_pretrained(temporary)
+    vae = _seeded(seed, build)
+    _calibrate_latent_scale(vae, seed)
+    return vae
 
-    return _build_folder(Path(folder), fill)
+
+def write_tiny_vae(folder: Path, seed: int = 0) -> Path:
+    """Write the tiny VAE as a diffusers folder (config.json + weights)."""
+    return _build_folder(Path(folder), lambda temporary: tiny_vae(seed).save_pretrained(temporary))
 
 
 def _calibrate_latent_scale(vae: AutoencoderOobleck, seed: int) -> None:
@@ -204,26 +211,31 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
+def tiny_text_encoder(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen3Model:
+    """A one-layer, 32-wide Qwen3 model with seeded weights and one embedding per token of `tokenizer`."""
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=TINY_TEXT_HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.pad_token_id,
+    )
+    return _seeded(seed, lambda: Qwen3Model(config))
+
+
 def write_tiny_text_encoder(folder: Path, seed: int = 0) -> Path:
-    """Write a one-layer, 32-wide Qwen3 model with a real tokenizer, loadable by AutoModel/AutoTokenizer."""
+    """Write the tiny Qwen3 with its real tokenizer, loadable by AutoModel/AutoTokenizer."""
 
     def fill(temporary: Path) -> None:
         tokenizer = tiny_tokenizer()
-        config = Qwen3Config(
-            vocab_size=len(tokenizer),
-            hidden_size=TINY_TEXT_HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=4096,
-            rope_theta=1_000_000.0,
-            tie_word_embeddings=True,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.pad_token_id,
-        )
-        _seeded(seed, lambda: Qwen3Model(config)).save_pretrained(temporary)
+        tiny_text_encoder(tokenizer, seed).save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
 
     return _build_folder(Path(folder), fill)
@@ -244,3 +256,55 @@ def make_tiny_checkpoints(root: Path, seed: int = 0) -> Path:
     write_tiny_text_encoder(root / TEXT_ENCODER_FOLDER, seed)
     torch_save_atomic(tiny_silence_latent(), root / SILENCE_FILE)
     return root
+
+
+COMFY_DIT_FILES = {"turbo": "acestep_v1.5_turbo.safetensors", "base": "acestep_v1.5_base.safetensors"}
+COMFY_CUSTOM_FILE = "my_finetune.safetensors"
+COMFY_TEXT_ENCODER_FILE = "qwen_0.6b_ace15.safetensors"
+COMFY_VAE_FILE = "ace_1.5_vae.safetensors"
+COMFY_AIO_FILE = "ace_step_1.5_turbo_aio.safetensors"
+
+
+def make_tiny_comfy_install(install: Path, seed: int = 0) -> Path:
+    """Write ACE-Step 1.5 as ComfyUI users have it, with the same tiny weights as `make_tiny_checkpoints(seed=seed)`.
+
+    `install/models/` gets diffusion_models/acestep_v1.5_{turbo,base}.safetensors, a custom file whose base nothing
+    tells, text_encoders/qwen_0.6b_ace15.safetensors, vae/ace_1.5_vae.safetensors and an all-in-one
+    checkpoints/ace_step_1.5_turbo_aio.safetensors; `install/comfy/text_encoders/qwen25_tokenizer/` gets the tiny
+    tokenizer in the three-file form ComfyUI ships. Returns the models folder.
+    """
+    from .comfy_formats import (
+        AIO_DIT_PREFIX,
+        AIO_TEXT_ENCODER_PREFIX,
+        AIO_VAE_PREFIX,
+        comfy_text_encoder_state_dict,
+        comfy_vae_state_dict,
+        write_comfy_tokenizer,
+    )
+    from .comfy_models import TOKENIZER_IN_COMFYUI
+
+    install = Path(install)
+    models = install / "models"
+    if models.exists():
+        raise CheckpointError(f"{models} already exists; build the tiny ComfyUI files into an empty folder.")
+    tokenizer = tiny_tokenizer()
+    write_comfy_tokenizer(tokenizer, install / TOKENIZER_IN_COMFYUI)
+    turbo = tiny_dit(tiny_model_config("turbo"), seed).state_dict()
+    text = comfy_text_encoder_state_dict(tiny_text_encoder(tokenizer, seed))
+    vae = comfy_vae_state_dict(tiny_vae(seed))
+    custom = tiny_dit(dataclasses.replace(tiny_model_config("turbo"), model_version=None), seed + 2).state_dict()
+    files = {
+        models / "diffusion_models" / COMFY_DIT_FILES["turbo"]: turbo,
+        models / "diffusion_models" / COMFY_DIT_FILES["base"]: tiny_dit(tiny_model_config("base"), seed + 1).state_dict(),
+        models / "diffusion_models" / COMFY_CUSTOM_FILE: custom,
+        models / "text_encoders" / COMFY_TEXT_ENCODER_FILE: text,
+        models / "vae" / COMFY_VAE_FILE: vae,
+        models / "checkpoints" / COMFY_AIO_FILE: {
+            **{AIO_DIT_PREFIX + name: tensor for name, tensor in turbo.items()},
+            **{AIO_VAE_PREFIX + name: tensor for name, tensor in vae.items()},
+            **{AIO_TEXT_ENCODER_PREFIX + name: tensor for name, tensor in text.items()},
+        },
+    }
+    for path, tensors in files.items():
+        save_safetensors_atomic(tensors, path)
+    return models
