@@ -8,6 +8,7 @@ silence_latent.pt: it builds the silence latent from numbers in its source, stor
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,15 +16,23 @@ import torch
 from diffusers import AutoencoderOobleck
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
+from tokenizers import processors
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase, Qwen2Tokenizer, Qwen3Config, Qwen3Model
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
+from .atomic import write_text_atomic
 from .errors import CheckpointError
+from .text import TextEncoder
 from .vae import SAMPLE_RATE, check_vae_geometry
 
 COMFY_FILES = "https://huggingface.co/Comfy-Org/ace_step_1.5_ComfyUI_files (split_files/)"
 AIO_DIT_PREFIX = "model.diffusion_model."
 AIO_VAE_PREFIX = "vae."
-AIO_TEXT_ENCODER_PREFIX = "text_encoders.qwen3_06b.transformer."
+AIO_TEXT_ENCODER_PREFIX = "text_encoders.qwen3_06b.transformer.model."
+TEXT_ENCODER_PREFIX = "model."
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+END_OF_TEXT = "<|endoftext|>"
 
 _SILENCE_DATA = Path(__file__).parent / "data" / "comfy_silence_latent.safetensors"
 COMFY_SILENCE_FRAMES = 15_000  # 10 minutes at 25 Hz, ACE-Step 1.5's longest song
@@ -188,3 +197,132 @@ def comfy_vae_state_dict(vae: AutoencoderOobleck) -> dict[str, Tensor]:
         param = match["param"]
         out[f"{path}.{params.get(param, param)}"] = tensor.reshape(-1) if param in ("alpha", "beta") else tensor
     return out
+
+
+# Qwen3-Embedding-0.6B's config.json values that tensor shapes cannot tell.
+_QWEN3_EMBEDDING_CONSTANTS = {
+    "rope_theta": 1_000_000.0,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 32768,
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "tie_word_embeddings": True,
+}
+_TEXT_ENCODER_FIX = f"Use ComfyUI's models/text_encoders/qwen_0.6b_ace15.safetensors from {COMFY_FILES}."
+
+
+def _text_encoder_error(source: str, problem: str) -> CheckpointError:
+    """A CheckpointError saying `source` is not ACE-Step 1.5's Qwen3-Embedding text encoder, and where to get it."""
+    return CheckpointError(f"{source} is not ACE-Step 1.5's Qwen3-Embedding-0.6B text encoder: {problem}. {_TEXT_ENCODER_FIX}")
+
+
+def _qwen3_config(tensors: dict[str, Tensor], source: str, pad_token_id: int) -> Qwen3Config:
+    """A Qwen3 config read from the shapes of Qwen3Model tensors, with Qwen3-Embedding's other constants."""
+    try:
+        vocab, hidden = tensors["embed_tokens.weight"].shape
+        head_dim = tensors["layers.0.self_attn.q_norm.weight"].shape[0]
+        layers = len({name.split(".")[1] for name in tensors if name.startswith("layers.")})
+        return Qwen3Config(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=tensors["layers.0.mlp.gate_proj.weight"].shape[0],
+            num_hidden_layers=layers,
+            num_attention_heads=tensors["layers.0.self_attn.q_proj.weight"].shape[0] // head_dim,
+            num_key_value_heads=tensors["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim,
+            head_dim=head_dim,
+            pad_token_id=pad_token_id,
+            bos_token_id=pad_token_id,
+            eos_token_id=pad_token_id,
+            **_QWEN3_EMBEDDING_CONSTANTS,
+        )
+    except (KeyError, ValueError) as exc:
+        raise _text_encoder_error(source, f"the tensor {exc} is missing or misshapen") from exc
+
+
+def load_comfy_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
+    """Qwen3-Embedding's tokenizer from ComfyUI's three files: byte-level BPE, `<|endoftext|>` appended and padding."""
+    folder = Path(folder)
+    missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"No Qwen tokenizer at {folder}: {', '.join(missing)} missing. Point at ComfyUI's "
+            "comfy/text_encoders/qwen25_tokenizer folder (inside your ComfyUI installation)."
+        )
+    try:
+        tokenizer = Qwen2Tokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"Cannot read the tokenizer in {folder}: {exc}. Reinstall ComfyUI's qwen25_tokenizer.") from exc
+    end = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    if end is None or tokenizer.convert_ids_to_tokens(end) != END_OF_TEXT:
+        raise CheckpointError(f"The tokenizer in {folder} has no {END_OF_TEXT} token; use ComfyUI's qwen25_tokenizer.")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {END_OF_TEXT}", pair=f"$A {END_OF_TEXT} $B:1 {END_OF_TEXT}:1", special_tokens=[(END_OF_TEXT, end)]
+    )
+    tokenizer.pad_token = END_OF_TEXT
+    return tokenizer
+
+
+def write_comfy_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
+    """Write a byte-level BPE tokenizer as ComfyUI ships Qwen's: vocab.json, merges.txt and tokenizer_config.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [" ".join(pair) if isinstance(pair, list) else pair for pair in model["merges"]]
+    added = {
+        str(index): {"content": token.content, "special": token.special, "normalized": token.normalized,
+                     "lstrip": token.lstrip, "rstrip": token.rstrip, "single_word": token.single_word}
+        for index, token in sorted(tokenizer.added_tokens_decoder.items())
+    }
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": added,
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "unk_token": None,
+        "bos_token": None,
+        "add_prefix_space": False,
+        "model_max_length": 131072,
+    }
+    write_text_atomic(folder / "vocab.json", json.dumps(model["vocab"], ensure_ascii=False))
+    write_text_atomic(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+    write_text_atomic(folder / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))
+    return folder
+
+
+def text_encoder_from_state_dict(
+    tensors: dict[str, Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    source: str,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> TextEncoder:
+    """Our TextEncoder from Qwen3Model tensors (ComfyUI's names without `model.`), shared when dtype and device fit."""
+    config = _qwen3_config(tensors, source, tokenizer.pad_token_id)
+    if len(tokenizer) > config.vocab_size:
+        raise _text_encoder_error(source, f"its {config.vocab_size} embeddings are fewer than the tokenizer's {len(tokenizer)} tokens")
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    try:
+        model.load_state_dict({name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise _text_encoder_error(source, str(exc).replace("\n", " ")) from exc
+    with torch.device(device):
+        model.rotary_emb = Qwen3RotaryEmbedding(config)  # its buffers are not in the file; meta ones cannot run
+    return TextEncoder(model, tokenizer)
+
+
+def load_text_encoder_file(
+    path: str | Path,
+    tokenizer_dir: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    prefix: str = TEXT_ENCODER_PREFIX,
+) -> TextEncoder:
+    """Load qwen_0.6b_ace15.safetensors (or an all-in-one file with prefix=AIO_TEXT_ENCODER_PREFIX) + ComfyUI's tokenizer."""
+    tokenizer = load_comfy_tokenizer(tokenizer_dir)
+    return text_encoder_from_state_dict(read_prefixed(path, prefix), tokenizer, str(path), dtype, device)
+
+
+def comfy_text_encoder_state_dict(model: Qwen3Model) -> dict[str, Tensor]:
+    """A Qwen3Model's weights named as in ComfyUI's qwen_0.6b_ace15.safetensors (`model.` prefix), not copied."""
+    return {f"{TEXT_ENCODER_PREFIX}{name}": tensor for name, tensor in model.state_dict().items()}

@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+import unicodedata
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import regex
 import torch
 from safetensors.torch import save_file
 
 from diffusers import AutoencoderOobleck
+from transformers import Qwen3Config, Qwen3Model
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from sidestep.comfy_formats import (
     AIO_DIT_PREFIX,
     AIO_TEXT_ENCODER_PREFIX,
     AIO_VAE_PREFIX,
     COMFY_SILENCE_FRAMES,
+    END_OF_TEXT,
     comfy_silence_latent,
+    comfy_text_encoder_state_dict,
     comfy_vae_state_dict,
+    load_comfy_tokenizer,
+    load_text_encoder_file,
     load_vae_file,
     read_prefixed,
+    text_encoder_from_state_dict,
     vae_from_state_dict,
+    write_comfy_tokenizer,
 )
 from sidestep.errors import CheckpointError
-from sidestep.testing import write_tiny_vae
+from sidestep.testing import tiny_tokenizer, write_tiny_text_encoder, write_tiny_vae
+from sidestep.text import TOKEN_LIMITS, TextEncoder
 from sidestep.vae import decode_latents, encode_waveform, load_vae
 
 from tests.comfyui.host import ComfyUINotInstalled, find_comfyui
@@ -41,6 +55,9 @@ def _comfyui_source() -> Path | None:
 COMFYUI = _comfyui_source()
 HAS_ACE15 = COMFYUI is not None and (COMFYUI / "comfy" / "ldm" / "ace" / "ace_step15.py").is_file()
 needs_comfyui = pytest.mark.skipif(not HAS_ACE15, reason="needs a ComfyUI source with ACE-Step 1.5 (0.20.1 or newer)")
+COMFY_TOKENIZER = COMFYUI / "comfy" / "text_encoders" / "qwen25_tokenizer" if HAS_ACE15 else None
+PROMPTS = json.loads((Path(__file__).parent / "fixtures" / "ace15" / "prompts.json").read_text(encoding="utf-8"))
+QWEN3_EMBEDDING_VOCAB = 151669  # rows of Qwen3-Embedding-0.6B's embedding table (config.json vocab_size)
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +200,143 @@ def test_files_that_are_not_acestep_vaes_are_refused_with_the_fix(tiny_vae: Auto
     )
     with pytest.raises(CheckpointError, match=r"stable\.safetensors is not ACE-Step 1\.5's .*hop 2048"):
         vae_from_state_dict(comfy_vae_state_dict(stable_audio), "stable.safetensors")
+
+
+def _recorded_prompts() -> list[tuple[str, int, str]]:
+    """(form, token limit, text) of every caption and lyric prompt the official code built in prompts.json."""
+    prompts = []
+    for form, section in (("training", "training_preprocess"), ("inference", "inference")):
+        limits = TOKEN_LIMITS[form]
+        for example in PROMPTS[section]["examples"]:
+            prompts.append((form, limits.caption_max_tokens, example["caption_prompt"]))
+            prompts.append((form, limits.lyrics_max_tokens, example["lyrics_string"]))
+    return prompts
+
+
+def _byte_symbols() -> dict[int, str]:
+    """The byte-level BPE alphabet: printable bytes stand for themselves, the others for code points from 256 up."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return symbols
+
+
+@cache
+def _reference_bpe(folder: Path) -> tuple[dict[str, int], dict[tuple[str, str], int], dict[str, int]]:
+    """vocab, merge ranks and special tokens read straight from the three files, for a plain-Python BPE."""
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    ranks = {tuple(line.split(" ")): rank for rank, line in enumerate(l for l in lines if l and not l.startswith("#"))}
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    specials = {token["content"]: int(index) for index, token in config["added_tokens_decoder"].items()}
+    return vocab, ranks, specials
+
+
+def _reference_ids(folder: Path, text: str) -> list[int]:
+    """Qwen's tokenization written out by hand: special tokens, NFC, the split pattern, byte-level BPE, trailing end."""
+    vocab, ranks, specials = _reference_bpe(folder)
+    symbols = _byte_symbols()
+    ids = []
+    for piece in re.split("(" + "|".join(map(re.escape, specials)) + ")", text):
+        if piece in specials:
+            ids.append(specials[piece])
+            continue
+        for word in regex.findall(PRETOKENIZE_REGEX, unicodedata.normalize("NFC", piece)):
+            parts = [symbols[byte] for byte in word.encode("utf-8")]
+            while len(parts) > 1:
+                rank, at = min((ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(parts, parts[1:])))
+                if rank == len(ranks):
+                    break
+                parts[at : at + 2] = [parts[at] + parts[at + 1]]
+            ids += [vocab[part] for part in parts]
+    return ids + [specials[END_OF_TEXT]]
+
+
+def _encoder_for(tokenizer) -> TextEncoder:
+    """A TextEncoder around a one-layer Qwen3 wide enough for every id of `tokenizer` (only its tokenizing is used)."""
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+    )
+    return TextEncoder(Qwen3Model(config), tokenizer)
+
+
+@needs_comfyui
+def test_comfyuis_tokenizer_files_give_the_official_prompt_ids() -> None:
+    tokenizer = load_comfy_tokenizer(COMFY_TOKENIZER)
+    assert len(tokenizer) == QWEN3_EMBEDDING_VOCAB and tokenizer.pad_token_id == 151643
+    encoder = _encoder_for(tokenizer)
+    for form, max_length, text in _recorded_prompts():
+        expected = _reference_ids(COMFY_TOKENIZER, text)
+        padded = TOKEN_LIMITS[form].pad_to_max_length
+        ids, mask = encoder._tokenize([text], max_length, padded)
+        length = len(expected)
+        assert ids[0, :length].tolist() == expected, text
+        assert mask[0].sum() == length and (ids[0, length:] == tokenizer.pad_token_id).all()
+        assert ids.shape[1] == (max_length if padded else length)
+    assert _reference_ids(COMFY_TOKENIZER, "# Caption")[0] == 2  # '#' is id 2 in Qwen's vocabulary
+
+
+def test_tiny_tokenizer_round_trips_through_comfyuis_three_file_form(tmp_path: Path) -> None:
+    original = tiny_tokenizer()
+    folder = write_comfy_tokenizer(original, tmp_path / "qwen25_tokenizer")
+    assert sorted(path.name for path in folder.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
+    loaded = load_comfy_tokenizer(folder)
+    texts = [text for _, _, text in _recorded_prompts()]
+    assert loaded(texts)["input_ids"] == original(texts)["input_ids"]
+    assert all(ids == _reference_ids(folder, text) for ids, text in zip(loaded(texts)["input_ids"], texts))
+    assert loaded.pad_token_id == original.pad_token_id
+
+
+@pytest.fixture(scope="module")
+def tiny_text_encoder(tmp_path_factory: pytest.TempPathFactory) -> TextEncoder:
+    """The tiny tree's text encoder, loaded from its official-layout folder."""
+    return TextEncoder.load(write_tiny_text_encoder(tmp_path_factory.mktemp("text") / "Qwen3-Embedding-0.6B"))
+
+
+def test_text_encoder_file_encodes_like_the_official_folder(tiny_text_encoder: TextEncoder, tmp_path: Path) -> None:
+    tokenizer_dir = write_comfy_tokenizer(tiny_text_encoder.tokenizer, tmp_path / "qwen25_tokenizer")
+    weights = comfy_text_encoder_state_dict(tiny_text_encoder.model)
+    assert "model.layers.0.self_attn.q_norm.weight" in weights
+    split = tmp_path / "qwen_0.6b_ace15.safetensors"
+    save_file({name: t.contiguous() for name, t in weights.items()}, str(split))
+    aio = tmp_path / "ace_step_1.5_turbo_aio.safetensors"
+    save_file({f"text_encoders.qwen3_06b.transformer.{name}": t.contiguous() for name, t in weights.items()}, str(aio))
+    prompts = [text for _, _, text in _recorded_prompts()[:4]]
+    for loaded in (load_text_encoder_file(split, tokenizer_dir), load_text_encoder_file(aio, tokenizer_dir, prefix=AIO_TEXT_ENCODER_PREFIX)):
+        assert loaded.model.config.num_key_value_heads == tiny_text_encoder.model.config.num_key_value_heads
+        for encode in ("encode_captions", "encode_lyrics"):
+            expected, expected_mask = getattr(tiny_text_encoder, encode)(prompts)
+            hidden, mask = getattr(loaded, encode)(prompts)
+            assert torch.equal(mask, expected_mask)
+            torch.testing.assert_close(hidden, expected, rtol=0, atol=1e-6)
+
+
+def test_text_encoder_shares_the_given_tensors(tiny_text_encoder: TextEncoder) -> None:
+    weights = {name.removeprefix("model."): t for name, t in comfy_text_encoder_state_dict(tiny_text_encoder.model).items()}
+    loaded = text_encoder_from_state_dict(weights, tiny_text_encoder.tokenizer, "memory")
+    assert loaded.model.embed_tokens.weight.data_ptr() == tiny_text_encoder.model.embed_tokens.weight.data_ptr()
+
+
+def test_wrong_text_encoder_files_and_tokenizer_folders_are_refused(tiny_text_encoder: TextEncoder, tmp_path: Path) -> None:
+    tokenizer_dir = write_comfy_tokenizer(tiny_text_encoder.tokenizer, tmp_path / "qwen25_tokenizer")
+    vae = tmp_path / "ace_1.5_vae.safetensors"
+    save_file({"decoder.layers.0.bias": torch.zeros(2)}, str(vae))
+    with pytest.raises(CheckpointError, match=r"ace_1\.5_vae\.safetensors holds no tensors named model\.\*"):
+        load_text_encoder_file(vae, tokenizer_dir)
+    weights = {name.removeprefix("model."): t for name, t in comfy_text_encoder_state_dict(tiny_text_encoder.model).items()}
+    lm = dict(weights, **{"lm_head.weight": weights["embed_tokens.weight"]})
+    with pytest.raises(CheckpointError, match=r"qwen_4b_ace15\.safetensors is not ACE-Step 1\.5's Qwen3-Embedding.*lm_head"):
+        text_encoder_from_state_dict(lm, tiny_text_encoder.tokenizer, "qwen_4b_ace15.safetensors")
+    del weights["layers.0.self_attn.q_norm.weight"]
+    with pytest.raises(CheckpointError, match=r"q_norm.*qwen_0\.6b_ace15"):
+        text_encoder_from_state_dict(weights, tiny_text_encoder.tokenizer, "old.safetensors")
+    with pytest.raises(CheckpointError, match=r"merges\.txt, tokenizer_config\.json missing.*qwen25_tokenizer"):
+        (tmp_path / "half").mkdir()
+        (tmp_path / "half" / "vocab.json").write_text("{}", encoding="utf-8")
+        load_comfy_tokenizer(tmp_path / "half")
