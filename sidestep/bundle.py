@@ -110,7 +110,7 @@ class FilesSource:
             self.shared.tokenizer_dir,
             dtype=torch.float32,
             device=device,
-            prefix=self.shared.text_encoder_prefix + "model.",
+            prefix=self.shared.text_encoder_prefix,
         )
 
     def silence_latent(self) -> torch.Tensor:
@@ -175,11 +175,11 @@ class StateDictSource:
     def text_encoder(self, device: torch.device):
         if self.text_encoder_state is None:
             raise CheckpointError("No text encoder was connected: connect ComfyUI's CLIP (qwen_0.6b_ace15 in DualCLIPLoader, type ace).")
-        from .comfy_formats import text_encoder_from_state_dict
+        from .comfy_formats import TEXT_ENCODER_PREFIX, load_comfy_tokenizer, text_encoder_from_state_dict
 
-        return text_encoder_from_state_dict(
-            self.text_encoder_state(), self.tokenizer_dir, "ComfyUI's CLIP", dtype=torch.float32, device=device
-        )
+        tensors = {name.removeprefix(TEXT_ENCODER_PREFIX): tensor for name, tensor in self.text_encoder_state().items()}
+        tokenizer = load_comfy_tokenizer(self.tokenizer_dir)
+        return text_encoder_from_state_dict(tensors, tokenizer, "ComfyUI's CLIP", dtype=torch.float32, device=device)
 
     def silence_latent(self) -> torch.Tensor:
         return _silence(self.silence_latent_path)

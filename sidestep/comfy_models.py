@@ -12,12 +12,11 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from .checkpoints import BASE_MODELS, ModelEntry, SharedParts
-from .comfy_formats import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX
+from .comfy_formats import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX, TEXT_ENCODER_PREFIX
 from .errors import CheckpointError, ConfigError
 from .model.config import config_from_shapes
 from .model.weights import WeightIndex, file_index
 
-TEXT_ENCODER_PREFIX = ""
 PREFERRED_TEXT_ENCODER_FILE = "qwen_0.6b_ace15.safetensors"
 PREFERRED_VAE_FILE = "ace_1.5_vae.safetensors"
 TOKENIZER_IN_COMFYUI = Path("comfy") / "text_encoders" / "qwen25_tokenizer"
@@ -26,8 +25,8 @@ SOURCE_CHECKPOINT = "ComfyUI checkpoint"
 SOURCE_LOADED = "ComfyUI MODEL"
 
 _DIT_MARKERS = ("decoder.layers.0.self_attn_norm.weight", "encoder.lyric_encoder.layers.0.input_layernorm.weight")
-_TEXT_ENCODER_MARKER = "model.layers.0.post_attention_layernorm.weight"
-_TEXT_ENCODER_WIDTH = "model.embed_tokens.weight"
+_TEXT_ENCODER_MARKER = "layers.0.post_attention_layernorm.weight"
+_TEXT_ENCODER_WIDTH = "embed_tokens.weight"
 _VAE_MARKER = "decoder.layers.1.layers.0.beta"
 # Comfy-Org's repackaged names: acestep_v1.5_turbo, acestep_v1.5_xl_sft_bf16, ace_step_1.5_turbo_aio, ...
 _REPACKAGED_NAME = re.compile(r"ace_?step_?v?1[._]5_(?P<xl>xl_)?(?P<family>turbo|base|sft)(?:_.*)?", re.I)
@@ -181,7 +180,7 @@ def no_comfy_models_message(folders: ComfyFolders) -> str:
 
 def text_encoder_files(folders: ComfyFolders) -> list[tuple[str, Path]]:
     """(name, path) of the Qwen3 text-encoder files in the text_encoders folders, the ACE-Step 0.6B one first."""
-    found = [(name, path) for name, path in _weight_files(folders.text_encoders) if _TEXT_ENCODER_MARKER in read_header(path)[0]]
+    found = [(name, path) for name, path in _weight_files(folders.text_encoders) if TEXT_ENCODER_PREFIX + _TEXT_ENCODER_MARKER in read_header(path)[0]]
     return sorted(found, key=lambda item: Path(item[0]).name != PREFERRED_TEXT_ENCODER_FILE)
 
 

@@ -277,6 +277,7 @@ def make_tiny_comfy_install(install: Path, seed: int = 0) -> Path:
         AIO_DIT_PREFIX,
         AIO_TEXT_ENCODER_PREFIX,
         AIO_VAE_PREFIX,
+        TEXT_ENCODER_PREFIX,
         comfy_text_encoder_state_dict,
         comfy_vae_state_dict,
         write_comfy_tokenizer,
@@ -302,7 +303,7 @@ def make_tiny_comfy_install(install: Path, seed: int = 0) -> Path:
         models / "checkpoints" / COMFY_AIO_FILE: {
             **{AIO_DIT_PREFIX + name: tensor for name, tensor in turbo.items()},
             **{AIO_VAE_PREFIX + name: tensor for name, tensor in vae.items()},
-            **{AIO_TEXT_ENCODER_PREFIX + name: tensor for name, tensor in text.items()},
+            **{AIO_TEXT_ENCODER_PREFIX + name.removeprefix(TEXT_ENCODER_PREFIX): tensor for name, tensor in text.items()},
         },
     }
     for path, tensors in files.items():

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from sidestep.bundle import AceStepBundle, list_models, open_checkpoint
 from sidestep.checkpoints import describe_models
+from sidestep.comfy_formats import comfy_silence_latent
 from sidestep.comfy_models import ComfyFolders, comfy_shared_parts, scan_comfy_models
 from sidestep.errors import CheckpointError, UnknownBaseModelError
 from sidestep.testing import (
@@ -50,12 +51,11 @@ def _condition_inputs(text_width: int, frames: int = 20) -> dict[str, torch.Tens
     }
 
 
-def _outputs(bundle: AceStepBundle) -> dict[str, torch.Tensor]:
+def _outputs(bundle: AceStepBundle, silence: torch.Tensor) -> dict[str, torch.Tensor]:
     """Condition-encoder and decoder outputs, VAE decode and text embeddings of a bundle on fixed inputs."""
     model = bundle.dit()
     inputs = _condition_inputs(model.config.text_hidden_dim)
     frames = inputs["x"].shape[1]
-    silence = bundle.silence_latent()
     states, mask, context = model.prepare_condition(
         inputs["text"], torch.ones(1, 12), inputs["lyrics"], torch.ones(1, 9), inputs["refer"],
         torch.zeros(1, dtype=torch.long), inputs["x"], None, silence, silence[:, :frames].clone(),
@@ -87,8 +87,12 @@ def test_models_folder_lists_every_comfyui_file_labelled(models_dir: Path) -> No
 
 @pytest.mark.parametrize("name", [COMFY_DIT_FILES["turbo"], COMFY_AIO_FILE])
 def test_comfyui_files_give_the_same_model_as_the_official_tree(tiny_root: Path, models_dir: Path, name: str) -> None:
-    official = _outputs(open_checkpoint(tiny_root, "turbo"))
-    comfy = _outputs(open_checkpoint(models_dir, name))
+    official_bundle = open_checkpoint(tiny_root, "turbo")
+    silence = official_bundle.silence_latent()
+    official = _outputs(official_bundle, silence)
+    comfy_bundle = open_checkpoint(models_dir, name)
+    comfy = _outputs(comfy_bundle, silence)
+    assert torch.equal(comfy_bundle.silence_latent(), comfy_silence_latent())
     for key, expected in official.items():
         torch.testing.assert_close(comfy[key], expected, atol=1e-5, rtol=0, msg=f"{key} differs ({name})")
 
