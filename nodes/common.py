@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -214,6 +215,7 @@ class ComfyMemory:
         """ComfyUI unloaded the part (Unload Models, /free, or room for another model): drop it from the bundle."""
         self._patchers.pop((id(bundle), part), None)
         bundle.release(**{part: True})
+        logging.info("Side-Step: ComfyUI unloaded the %s of %s", part, bundle.entry.name)
 
     def _forget(self, key: tuple[int, str]) -> None:
         """Remove the patcher registered under `key` from ComfyUI's loaded models and from this registry."""

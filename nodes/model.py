@@ -117,24 +117,6 @@ class LoadCheckpoint(io.ComfyNode):
                     ),
                 ),
                 io.Combo.Input(
-                    "text_encoder",
-                    options=_file_choices("text_encoder"),
-                    default=AUTO,
-                    tooltip=(
-                        "For a ComfyUI diffusion-model file: the text encoder from the text_encoders folder. auto picks "
-                        "qwen_0.6b_ace15.safetensors (an all-in-one checkpoint brings its own)."
-                    ),
-                ),
-                io.Combo.Input(
-                    "vae",
-                    options=_file_choices("vae"),
-                    default=AUTO,
-                    tooltip=(
-                        "For a ComfyUI diffusion-model file: the VAE from the vae folder. auto picks "
-                        "ace_1.5_vae.safetensors (an all-in-one checkpoint brings its own)."
-                    ),
-                ),
-                io.Combo.Input(
                     "base_model",
                     options=[AUTO, *BASE_MODELS],
                     default=AUTO,
@@ -163,13 +145,31 @@ class LoadCheckpoint(io.ComfyNode):
                     default=AUTO,
                     tooltip="Where the model runs. auto: ComfyUI's device (the CPU when ComfyUI runs with --cpu).",
                 ),
+                io.Combo.Input(
+                    "text_encoder",
+                    options=_file_choices("text_encoder"),
+                    default=AUTO,
+                    tooltip=(
+                        "For a ComfyUI diffusion-model file: the text encoder from the text_encoders folder. auto picks "
+                        "qwen_0.6b_ace15.safetensors (an all-in-one checkpoint brings its own)."
+                    ),
+                ),
+                io.Combo.Input(
+                    "vae",
+                    options=_file_choices("vae"),
+                    default=AUTO,
+                    tooltip=(
+                        "For a ComfyUI diffusion-model file: the VAE from the vae folder. auto picks "
+                        "ace_1.5_vae.safetensors (an all-in-one checkpoint brings its own)."
+                    ),
+                ),
             ],
             outputs=[AcestepModel.Output(display_name="model", tooltip="The chosen model; connect it to the other Side-Step nodes.")],
         )
 
     @classmethod
     def validate_inputs(
-        cls, model: str, text_encoder: str, vae: str, base_model: str, model_path: str, device: str
+        cls, model: str, base_model: str, model_path: str, device: str, text_encoder: str = AUTO, vae: str = AUTO
     ) -> bool | str:
         """Refuse, before anything runs, a model that is not there or whose text encoder, VAE or base is missing."""
         import torch
@@ -188,7 +188,7 @@ class LoadCheckpoint(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model: str, text_encoder: str, vae: str, base_model: str, model_path: str, dtype: str, device: str
+        cls, model: str, base_model: str, model_path: str, dtype: str, device: str, text_encoder: str = AUTO, vae: str = AUTO
     ) -> io.NodeOutput:
         """Locate the model and its parts; nothing heavy is loaded yet."""
         target = resolve_device(device)

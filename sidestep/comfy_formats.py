@@ -200,7 +200,7 @@ def comfy_vae_state_dict(vae: AutoencoderOobleck) -> dict[str, Tensor]:
 
 
 # Qwen3-Embedding-0.6B's config.json values that tensor shapes cannot tell.
-_QWEN3_EMBEDDING_CONSTANTS = {
+QWEN3_EMBEDDING_CONSTANTS = {
     "rope_theta": 1_000_000.0,
     "rms_norm_eps": 1e-6,
     "max_position_embeddings": 32768,
@@ -233,7 +233,7 @@ def _qwen3_config(tensors: dict[str, Tensor], source: str, pad_token_id: int) ->
             pad_token_id=pad_token_id,
             bos_token_id=pad_token_id,
             eos_token_id=pad_token_id,
-            **_QWEN3_EMBEDDING_CONSTANTS,
+            **QWEN3_EMBEDDING_CONSTANTS,
         )
     except (KeyError, ValueError) as exc:
         raise _text_encoder_error(source, f"the tensor {exc} is missing or misshapen") from exc

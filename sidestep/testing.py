@@ -309,3 +309,80 @@ def make_tiny_comfy_install(install: Path, seed: int = 0) -> Path:
     for path, tensors in files.items():
         save_safetensors_atomic(tensors, path)
     return models
+
+
+def comfyui_loadable_config(variant: str) -> AceStepConfig:
+    """The smallest ACE-Step 1.5 config that ComfyUI's own loader and forward pass accept.
+
+    ComfyUI reads only some sizes from the weights and fixes the rest (head_dim 128, 8 KV heads, 1024-wide text
+    features, 8 lyric and 4 timbre layers, a 2048-wide condition encoder whose pooler and detokenizer have 16 heads and
+    3 x 2048 intermediate): so the condition encoder is full width while the DiT itself stays small (256 wide, 2 layers,
+    8 heads).
+    """
+    return dataclasses.replace(
+        tiny_model_config(variant),
+        hidden_size=256,
+        intermediate_size=512,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        head_dim=128,
+        text_hidden_dim=1024,
+        fsq_dim=2048,
+        num_lyric_encoder_hidden_layers=8,
+        num_timbre_encoder_hidden_layers=4,
+        num_attention_pooler_hidden_layers=2,
+        encoder_hidden_size=2048,
+        encoder_intermediate_size=6144,
+        encoder_num_attention_heads=16,
+        encoder_num_key_value_heads=8,
+    )
+
+
+def real_size_text_encoder(seed: int = 0) -> Qwen3Model:
+    """Qwen3-Embedding-0.6B's architecture with seeded random weights (what ComfyUI's ACE-Step CLIP loader builds)."""
+    from .comfy_formats import QWEN3_EMBEDDING_CONSTANTS
+
+    config = Qwen3Config(
+        vocab_size=151_669,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        **QWEN3_EMBEDDING_CONSTANTS,
+    )
+    return _seeded(seed, lambda: Qwen3Model(config))
+
+
+def real_size_vae(seed: int = 0) -> AutoencoderOobleck:
+    """ACE-Step 1.5's VAE architecture (the geometry ComfyUI's AudioOobleckVAE has) with seeded random weights."""
+    return _seeded(
+        seed,
+        lambda: AutoencoderOobleck(
+            encoder_hidden_size=128,
+            downsampling_ratios=[2, 4, 4, 6, 10],
+            channel_multiples=[1, 2, 4, 8, 16],
+            decoder_channels=128,
+            decoder_input_channels=LATENT_CHANNELS,
+            audio_channels=2,
+            sampling_rate=SAMPLE_RATE,
+        ),
+    )
+
+
+def make_comfyui_loadable_models(models: Path, seed: int = 0) -> Path:
+    """Write random-weight ACE-Step 1.5 files that ComfyUI's own loaders and samplers run, in bf16 like Comfy-Org's:
+    diffusion_models/acestep_v1.5_turbo.safetensors (`comfyui_loadable_config`), a real-size
+    text_encoders/qwen_0.6b_ace15.safetensors and vae/ace_1.5_vae.safetensors. Returns `models`."""
+    from .comfy_formats import comfy_text_encoder_state_dict, comfy_vae_state_dict
+
+    models = Path(models)
+    dit = tiny_dit(comfyui_loadable_config("turbo"), seed).to(torch.bfloat16)
+    save_safetensors_atomic(dit.state_dict(), models / "diffusion_models" / COMFY_DIT_FILES["turbo"])
+    del dit
+    text = real_size_text_encoder(seed).to(torch.bfloat16)
+    save_safetensors_atomic(comfy_text_encoder_state_dict(text), models / "text_encoders" / COMFY_TEXT_ENCODER_FILE)
+    del text
+    save_safetensors_atomic(comfy_vae_state_dict(real_size_vae(seed)), models / "vae" / COMFY_VAE_FILE)
+    return models

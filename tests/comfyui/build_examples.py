@@ -12,10 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sidestep.atomic import write_text_atomic
-from sidestep.testing import make_tiny_checkpoints
+import torch
+from safetensors.torch import save_file
 
-from .fixtures_pack import EXAMPLE_GRAPHS, EXAMPLE_NOTES, example_path
+from sidestep.atomic import write_text_atomic
+from sidestep.testing import COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, make_tiny_checkpoints
+
+from .fixtures_pack import COMFY_LM_FILE, EXAMPLE_GRAPHS, EXAMPLE_NOTES, example_path
 from .host import ComfyUIHost, Frontend, open_frontend
 
 
@@ -39,12 +42,29 @@ def to_workflow(frontend: Frontend, name: str, graph: dict[str, Any], note: str)
     ))
 
 
+def _named_files(models: Path) -> dict[str, Path]:
+    """Model folders holding files named like ComfyUI's ACE-Step 1.5 files, for the stock loaders' dropdowns."""
+    folders = {}
+    for kind, name in (
+        ("diffusion_models", COMFY_DIT_FILES["turbo"]),
+        ("text_encoders", COMFY_TEXT_ENCODER_FILE),
+        ("text_encoders", COMFY_LM_FILE),
+        ("vae", COMFY_VAE_FILE),
+    ):
+        folders[kind] = models / kind
+        folders[kind].mkdir(parents=True, exist_ok=True)
+        save_file({"placeholder": torch.zeros(1)}, str(folders[kind] / name))
+    return folders
+
+
 def main() -> None:
-    """Start ComfyUI with the pack (and a tiny checkpoint tree for the dropdowns) and rewrite every example."""
+    """Start ComfyUI with the pack (a tiny checkpoint tree and ComfyUI-named files for the dropdowns) and rewrite
+    every example."""
     with tempfile.TemporaryDirectory() as models:
         acestep = Path(models) / "acestep"
         make_tiny_checkpoints(acestep)
-        with ComfyUIHost(model_folders={"acestep": acestep}, name="build-examples") as host, open_frontend(host) as page:
+        folders = {"acestep": acestep, **_named_files(Path(models))}
+        with ComfyUIHost(model_folders=folders, name="build-examples") as host, open_frontend(host) as page:
             for name, graph in EXAMPLE_GRAPHS.items():
                 workflow = to_workflow(page, name, graph, EXAMPLE_NOTES[name])
                 write_text_atomic(example_path(name), json.dumps(workflow, indent=2) + "\n")

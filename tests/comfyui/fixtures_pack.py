@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from sidestep.testing import BASE_FOLDER, TURBO_FOLDER
+from sidestep.testing import BASE_FOLDER, COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, TURBO_FOLDER
 
 from .host import REPO_ROOT
 
@@ -28,6 +28,9 @@ TRIGGER = "my_style"
 LORA_RUN = "my_lora_turbo"
 LOKR_RUN = "my_lokr_base"
 CAPTION = f"{TRIGGER}, upbeat synthwave with airy female vocals, driving bassline"
+COMFY_RUN = "my_lora_comfyui_files"
+COMFY_LM_FILE = "qwen_1.7b_ace15.safetensors"
+COMFY_TURBO = f"{COMFY_DIT_FILES['turbo']} · ComfyUI diffusion model · turbo"
 
 
 def _node(class_type: str, title: str, **inputs: Any) -> dict[str, Any]:
@@ -38,7 +41,7 @@ def _node(class_type: str, title: str, **inputs: Any) -> dict[str, Any]:
 def _checkpoint(label: str) -> dict[str, Any]:
     return _node(
         "SideStepLoadCheckpoint", "Load ACE-Step Checkpoint",
-        model=label, base_model="auto", model_path="", dtype="auto", device="auto",
+        model=label, base_model="auto", model_path="", dtype="auto", device="auto", text_encoder="auto", vae="auto",
     )
 
 
@@ -101,6 +104,39 @@ def _train_and_listen(label: str, kind: str, dataset: str, train: dict[str, Any]
     }
 
 
+def _train_on_comfyui_models() -> dict[str, Any]:
+    """ComfyUI's stock loaders → Side-Step training → the adapter patched onto ComfyUI's MODEL → native generation."""
+    train = _train(COMFY_RUN, epochs=20)
+    train["inputs"].update(model=["4", 0], dataset=["5", 0], adapter_config=["6", 0])
+    return {
+        "1": _node("UNETLoader", "Load Diffusion Model", unet_name=COMFY_DIT_FILES["turbo"], weight_dtype="default"),
+        "2": _node(
+            "DualCLIPLoader", "DualCLIPLoader", clip_name1=COMFY_TEXT_ENCODER_FILE, clip_name2=COMFY_LM_FILE, type="ace",
+            device="default",
+        ),
+        "3": _node("VAELoader", "Load VAE", vae_name=COMFY_VAE_FILE),
+        "4": _node("SideStepFromComfyModels", "ACE-Step from ComfyUI models", model=["1", 0], base_model="turbo", clip=["2", 0], vae=["3", 0]),
+        "5": _encode("4", "sidestep/datasets/my_songs_comfyui"),
+        "6": _configure("lora"),
+        "7": train,
+        "8": _node("SideStepApplyAdapterToModel", "Apply Adapter to ComfyUI MODEL", model=["1", 0], adapter_file="none", strength=1.0, adapter=["7", 0]),
+        "9": _node(
+            "TextEncodeAceStepAudio1.5", "TextEncodeAceStepAudio1.5", clip=["2", 0], tags=CAPTION, lyrics="[Instrumental]",
+            seed=42, bpm=120, duration=30.0, timesignature="4", language="en", keyscale="E minor", generate_audio_codes=True,
+            cfg_scale=2.0, temperature=0.85, top_p=0.9, top_k=0, min_p=0.0,
+        ),
+        "10": _node("ConditioningZeroOut", "ConditioningZeroOut", conditioning=["9", 0]),
+        "11": _node("EmptyAceStep1.5LatentAudio", "Empty Ace Step 1.5 Latent Audio", seconds=30.0, batch_size=1),
+        "12": _node("ModelSamplingAuraFlow", "ModelSamplingAuraFlow", model=["8", 0], shift=3.0),
+        "13": _node(
+            "KSampler", "KSampler", model=["12", 0], positive=["9", 0], negative=["10", 0], latent_image=["11", 0], seed=42,
+            steps=8, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0,
+        ),
+        "14": _node("VAEDecodeAudio", "VAE Decode Audio", samples=["13", 0], vae=["3", 0]),
+        "15": _node("SaveAudio", "Save Audio", audio=["14", 0], filename_prefix=f"sidestep/{COMFY_RUN}"),
+    }
+
+
 EXAMPLE_GRAPHS: dict[str, dict[str, Any]] = {
     "train_lora_turbo": _train_and_listen(
         TURBO, "lora", "sidestep/datasets/my_songs_turbo", _train(LORA_RUN, epochs=20), f"sidestep/{LORA_RUN}"
@@ -119,13 +155,16 @@ EXAMPLE_GRAPHS: dict[str, dict[str, Any]] = {
         TURBO, "lora", "sidestep/datasets/my_songs_turbo", _train(LORA_RUN, epochs=40, resume_from="latest"),
         f"sidestep/{LORA_RUN}_resumed",
     ),
+    "train_on_comfyui_models": _train_on_comfyui_models(),
 }
 
 
 _SONGS_NOTE = (
     "Put your songs (.wav/.flac/.mp3/...) in ComfyUI/input/sidestep/songs, each with an optional song.txt sidecar "
     "('caption: ...', 'bpm: ...', then 'lyrics:' and the lyrics), or type another folder into Encode Dataset. "
-    "The checkpoints go in ComfyUI/models/acestep (acestep-v15-turbo, acestep-v15-base, vae, Qwen3-Embedding-0.6B)."
+    "Pick any ACE-Step 1.5 model in Load ACE-Step Checkpoint: ComfyUI's own files (diffusion_models/"
+    "acestep_v1.5_turbo.safetensors with text_encoders/qwen_0.6b_ace15 and vae/ace_1.5_vae, or an all-in-one checkpoint) "
+    "or the official download tree in ComfyUI/models/acestep."
 )
 EXAMPLE_NOTES: dict[str, str] = {
     "train_lora_turbo": (
@@ -148,6 +187,15 @@ EXAMPLE_NOTES: dict[str, str] = {
     "resume_training": (
         f"Continue the run '{LORA_RUN}' from its newest checkpoint (resume_from 'latest') up to 40 epochs. Keep the "
         "model, dataset and adapter settings of the original run."
+    ),
+    "train_on_comfyui_models": (
+        "Train a LoRA on the ACE-Step 1.5 files ComfyUI already has (the ones its own ACE-Step 1.5 template downloads: "
+        "diffusion_models/acestep_v1.5_turbo.safetensors, text_encoders/qwen_0.6b_ace15.safetensors with the "
+        "qwen_1.7b_ace15 (or 4b) language model, vae/ace_1.5_vae.safetensors) and hear it through ComfyUI's own "
+        "ACE-Step 1.5 generation.\n\nPut your songs in ComfyUI/input/sidestep/songs (optional song.txt sidecars). "
+        "'ACE-Step from ComfyUI models' hands the loaded models to Side-Step without reading them again; 'Apply "
+        "Adapter to ComfyUI MODEL' patches the trained adapter onto the MODEL that KSampler uses (turbo: 8 steps, "
+        f"cfg 1, shift 3). The run goes to ComfyUI/output/sidestep/{COMFY_RUN}."
     ),
 }
 

@@ -264,6 +264,26 @@ class ComfyUIHost:
             time.sleep(0.2)
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s; log tail:\n{self.log_tail()}")
 
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        assert self._process is not None, "the server is not running"
+        return self._process.pid
+
+    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = 900.0) -> None:
+        """Poll `condition` until it holds; the long limit only catches a server that stopped making progress."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self._process is None or self._process.poll() is not None:
+                raise ComfyUIStartError(f"ComfyUI exited while waiting for {what}; log tail:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {timeout:.0f} s; log tail:\n{self.log_tail()}")
+            time.sleep(0.5)
+
+    def wait_for_log(self, condition: Callable[[str], bool], timeout: float = 900.0) -> None:
+        """Wait until the server's log satisfies `condition`."""
+        self.wait_until(lambda: condition(self.log_text()), "expected log lines", timeout)
+
     def interrupt(self) -> None:
         """POST /interrupt: cancel the prompt that is running now."""
         requests.post(f"{self.url}/interrupt", timeout=30).raise_for_status()

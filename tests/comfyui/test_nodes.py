@@ -20,6 +20,7 @@ from sidestep.training.config import TrainConfig
 
 from .fixtures_pack import (
     BASE,
+    COMFY_TURBO,
     EXAMPLE_GRAPHS,
     LOKR_RUN,
     LORA_RUN,
@@ -34,7 +35,8 @@ from .host import ComfyUIHost, Frontend, PromptRejected
 
 # Every node and its documented inputs, in widget order.
 NODE_INPUTS = {
-    "SideStepLoadCheckpoint": ["model", "base_model", "model_path", "dtype", "device"],
+    "SideStepLoadCheckpoint": ["model", "base_model", "model_path", "dtype", "device", "text_encoder", "vae"],
+    "SideStepFromComfyModels": ["model", "base_model", "clip", "vae"],
     "SideStepEncodeDataset": [
         "model", "audio_folder", "dataset_folder", "max_duration", "normalize", "skip_existing", "trigger_word",
         "trigger_position",
@@ -57,6 +59,7 @@ NODE_INPUTS = {
 }
 NODE_OUTPUTS = {
     "SideStepLoadCheckpoint": ["ACESTEP_MODEL"],
+    "SideStepFromComfyModels": ["ACESTEP_MODEL"],
     "SideStepEncodeDataset": ["ACESTEP_DATASET"],
     "SideStepConfigureAdapter": ["ADAPTER_CONFIG"],
     "SideStepTrainAdapter": ["ADAPTER"],
@@ -186,7 +189,7 @@ def test_object_info_lists_every_node_with_documented_inputs(pack: ComfyUIHost) 
             for name, (_, options) in node["input"].get(section, {}).items():
                 assert len(options.get("tooltip", "")) > 20, f"{node_id}.{name} has no tooltip"
     models = info["SideStepLoadCheckpoint"]["input"]["required"]["model"][1]["options"]
-    assert models == [TURBO, BASE, "my-custom-finetune  [custom, base: turbo]"]
+    assert models == [COMFY_TURBO, TURBO, BASE, "my-custom-finetune  [custom, base: turbo]"]
 
 
 def test_widget_defaults_are_the_core_defaults(pack: ComfyUIHost) -> None:
