@@ -1,10 +1,12 @@
-"""ComfyUI's ACE-Step 1.5 file layouts converted to ours, checked against ComfyUI 0.20.1's own code where it runs here."""
+"""ComfyUI's ACE-Step 1.5 file layouts converted to ours, checked against ComfyUI 0.20.1's own code where it runs."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import sys
+import tomllib
 import unicodedata
 from functools import cache
 from pathlib import Path
@@ -13,9 +15,8 @@ from types import ModuleType
 import pytest
 import regex
 import torch
-from safetensors.torch import save_file
-
 from diffusers import AutoencoderOobleck
+from safetensors.torch import save_file
 from transformers import Qwen3Config, Qwen3Model
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -40,7 +41,6 @@ from sidestep.errors import CheckpointError
 from sidestep.testing import tiny_tokenizer, write_tiny_text_encoder, write_tiny_vae
 from sidestep.text import TOKEN_LIMITS, TextEncoder
 from sidestep.vae import decode_latents, encode_waveform, load_vae
-
 from tests.comfyui.host import ComfyUINotInstalled, find_comfyui
 
 
@@ -88,6 +88,13 @@ def test_silence_latent_equals_comfyuis_for_every_length(comfy: ModuleType) -> N
 def test_silence_latent_refuses_fewer_frames_than_its_head() -> None:
     with pytest.raises(ValueError, match="at least 4 frames"):
         comfy_silence_latent(3)
+
+
+def test_silence_data_ships_in_the_package() -> None:
+    root = Path(__file__).parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    data = [path.relative_to(root / "sidestep").as_posix() for path in (root / "sidestep" / "data").iterdir()]
+    assert data and all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns["sidestep"]) for name in data)
 
 
 def test_read_prefixed_returns_only_that_part_with_the_prefix_stripped(tmp_path: Path) -> None:
@@ -330,9 +337,14 @@ def test_wrong_text_encoder_files_and_tokenizer_folders_are_refused(tiny_text_en
     with pytest.raises(CheckpointError, match=r"ace_1\.5_vae\.safetensors holds no tensors named model\.\*"):
         load_text_encoder_file(vae, tokenizer_dir)
     weights = {name.removeprefix("model."): t for name, t in comfy_text_encoder_state_dict(tiny_text_encoder.model).items()}
-    lm = dict(weights, **{"lm_head.weight": weights["embed_tokens.weight"]})
-    with pytest.raises(CheckpointError, match=r"qwen_4b_ace15\.safetensors is not ACE-Step 1\.5's Qwen3-Embedding.*lm_head"):
-        text_encoder_from_state_dict(lm, tiny_text_encoder.tokenizer, "qwen_4b_ace15.safetensors")
+    with_head = dict(weights, **{"lm_head.weight": weights["embed_tokens.weight"]})
+    with pytest.raises(CheckpointError, match=r"head\.safetensors is not ACE-Step 1\.5's Qwen3-Embedding.*lm_head"):
+        text_encoder_from_state_dict(with_head, tiny_text_encoder.tokenizer, "head.safetensors")
+    tokens = len(tiny_text_encoder.tokenizer)
+    audio_codes = torch.zeros(64, weights["embed_tokens.weight"].shape[1])
+    language_model = {**weights, "embed_tokens.weight": torch.cat([weights["embed_tokens.weight"], audio_codes])}
+    with pytest.raises(CheckpointError, match=rf"qwen_1\.7b_ace15.* embeds {tokens + 64} tokens where the tokenizer has {tokens}"):
+        text_encoder_from_state_dict(language_model, tiny_text_encoder.tokenizer, "qwen_1.7b_ace15.safetensors")
     del weights["layers.0.self_attn.q_norm.weight"]
     with pytest.raises(CheckpointError, match=r"q_norm.*qwen_0\.6b_ace15"):
         text_encoder_from_state_dict(weights, tiny_text_encoder.tokenizer, "old.safetensors")
