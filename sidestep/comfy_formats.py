@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from tokenizers import processors
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase, Qwen2Tokenizer, Qwen3Config, Qwen3Model
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from .atomic import write_text_atomic
@@ -248,7 +248,7 @@ def load_comfy_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
             "folder inside your ComfyUI installation."
         )
     try:
-        tokenizer = Qwen2Tokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"Cannot read the tokenizer in {folder}: {exc}. Use your ComfyUI installation's {COMFY_TOKENIZER_DIR}."
