@@ -311,10 +311,10 @@ def text_encoder_from_state_dict(
         raise _text_encoder_error(
             source, f"it embeds {config.vocab_size} tokens where the tokenizer has {len(tokenizer)}"
         )
+    converted = {name: tensor.to(device=device, dtype=dtype) for name, tensor in tensors.items()}
     with torch.device("meta"):
         model = Qwen3Model(config)
     try:
-        converted = {name: tensor.to(device=device, dtype=dtype) for name, tensor in tensors.items()}
         model.load_state_dict(converted, strict=True, assign=True)
     except RuntimeError as exc:
         raise _text_encoder_error(source, str(exc).replace("\n", " ")) from exc
