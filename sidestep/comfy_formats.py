@@ -109,7 +109,7 @@ def _block_count(tensors: dict[str, Tensor], side: str) -> int:
 
 
 def _our_vae_name(match: re.Match, blocks: int) -> str | None:
-    """The diffusers name of a matched ComfyUI VAE key, None if it has no counterpart (strict loading checks the rest)."""
+    """The diffusers name of a matched ComfyUI VAE key, or None (strict loading then refuses names that fit no slot)."""
     side, index, part, unit = match["side"], int(match["index"]), match["part"], match["unit"]
     if 1 <= index <= blocks:
         path = [f"block.{index - 1}", _BLOCK[side].get(part or "")]
