@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from tokenizers import processors
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase, Qwen2Tokenizer, Qwen3Config, Qwen3Model
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from .atomic import write_text_atomic
@@ -32,6 +32,7 @@ AIO_VAE_PREFIX = "vae."
 AIO_TEXT_ENCODER_PREFIX = "text_encoders.qwen3_06b.transformer.model."
 TEXT_ENCODER_PREFIX = "model."
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+COMFY_TOKENIZER_DIR = "comfy/text_encoders/qwen25_tokenizer"  # inside a ComfyUI installation
 END_OF_TEXT = "<|endoftext|>"
 
 _SILENCE_DATA = Path(__file__).parent / "data" / "comfy_silence_latent.safetensors"
@@ -43,7 +44,7 @@ def read_prefixed(path: str | Path, prefix: str) -> dict[str, Tensor]:
     path = Path(path)
     try:
         with safe_open(path, framework="pt") as handle:
-            names = [name for name in handle.keys() if name.startswith(prefix)]
+            names = [name for name in handle.keys() if name.startswith(prefix)]  # noqa: SIM118 (not a dict)
             tensors = {name[len(prefix) :]: handle.get_tensor(name) for name in names}
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(
@@ -58,11 +59,11 @@ def read_prefixed(path: str | Path, prefix: str) -> dict[str, Tensor]:
 
 
 def comfy_silence_latent(frames: int = COMFY_SILENCE_FRAMES) -> Tensor:
-    """ComfyUI's silence latent for `frames` (>= 4) frames as [1, frames, 64] float32: head frames, then one repeated."""
+    """ComfyUI's silence latent of `frames` (>= 4) frames, [1, frames, 64] float32: head frames, then one repeated."""
     data = load_file(_SILENCE_DATA)
     head, frame = data["head"], data["frame"]
     if frames < head.shape[0]:
-        raise ValueError(f"ComfyUI's silence latent has at least {head.shape[0]} frames; {frames} were asked for.")
+        raise ValueError(f"ComfyUI's silence latent has at least {head.shape[0]} frames, not {frames}.")
     silence = frame.expand(frames, -1).clone()
     silence[: head.shape[0]] = head
     return silence.unsqueeze(0)
@@ -85,7 +86,8 @@ _COMFY_VAE_KEY = re.compile(
     r"(?P<param>parametrizations\.weight\.original[01]|weight_[gv]|bias|alpha|beta)"
 )
 _OUR_VAE_KEY = re.compile(
-    r"(?P<side>encoder|decoder)\.(?:(?P<top>conv1|snake1|conv2)|block\.(?P<block>\d+)\.(?P<part>\w+?)(?:\.(?P<unit>\w+))?)"
+    r"(?P<side>encoder|decoder)\."
+    r"(?:(?P<top>conv1|snake1|conv2)|block\.(?P<block>\d+)\.(?P<part>\w+?)(?:\.(?P<unit>\w+))?)"
     r"\.(?P<param>weight_[gv]|bias|alpha|beta)"
 )
 _VAE_FIX = f"Use ComfyUI's models/vae/ace_1.5_vae.safetensors from {COMFY_FILES}."
@@ -101,28 +103,23 @@ def _vae_error(source: str, problem: str) -> CheckpointError:
 
 def _block_count(tensors: dict[str, Tensor], side: str) -> int:
     """Number of encoder/decoder blocks: top-level layers are conv, blocks..., snake, conv (then a weightless tanh)."""
-    indices = {int(match["index"]) for name in tensors if (match := _COMFY_VAE_KEY.fullmatch(name)) and match["side"] == side}
+    matches = (_COMFY_VAE_KEY.fullmatch(name) for name in tensors)
+    indices = {int(match["index"]) for match in matches if match and match["side"] == side}
     return max(indices, default=2) - 2
 
 
 def _our_vae_name(match: re.Match, blocks: int) -> str | None:
-    """The diffusers parameter name of a matched ComfyUI VAE key, or None when the key fits no Oobleck slot."""
-    side, index = match["side"], int(match["index"])
-    param = _WEIGHT_NORM.get(match["param"], match["param"])
+    """The diffusers name of a matched ComfyUI VAE key, or None (strict loading then refuses names that fit no slot)."""
+    side, index, part, unit = match["side"], int(match["index"]), match["part"], match["unit"]
     if 1 <= index <= blocks:
-        part = _BLOCK[side].get(match["part"] or "")
-        if part is None or (match["unit"] is None) != (not part.startswith("res_unit")):
-            return None
-        if match["unit"] is not None:
-            unit = _RESIDUAL_UNIT.get(match["unit"])
-            if unit is None:
-                return None
-            part = f"{part}.{unit}"
-        return f"{side}.block.{index - 1}.{part}.{param}"
-    top = {0: "conv1", blocks + 1: "snake1", blocks + 2: "conv2"}.get(index)
-    if top is None or match["part"] is not None:
+        path = [f"block.{index - 1}", _BLOCK[side].get(part or "")]
+        if unit is not None:
+            path.append(_RESIDUAL_UNIT.get(unit))
+    else:
+        path = [{0: "conv1", blocks + 1: "snake1", blocks + 2: "conv2"}.get(index) if part is None else None]
+    if None in path:
         return None
-    return f"{side}.{top}.{param}"
+    return ".".join([side, *path, _WEIGHT_NORM.get(match["param"], match["param"])])
 
 
 def _vae_config(tensors: dict[str, Tensor], source: str) -> dict:
@@ -213,7 +210,9 @@ _TEXT_ENCODER_FIX = f"Use ComfyUI's models/text_encoders/qwen_0.6b_ace15.safeten
 
 def _text_encoder_error(source: str, problem: str) -> CheckpointError:
     """A CheckpointError saying `source` is not ACE-Step 1.5's Qwen3-Embedding text encoder, and where to get it."""
-    return CheckpointError(f"{source} is not ACE-Step 1.5's Qwen3-Embedding-0.6B text encoder: {problem}. {_TEXT_ENCODER_FIX}")
+    return CheckpointError(
+        f"{source} is not ACE-Step 1.5's Qwen3-Embedding-0.6B text encoder: {problem}. {_TEXT_ENCODER_FIX}"
+    )
 
 
 def _qwen3_config(tensors: dict[str, Tensor], source: str, pad_token_id: int) -> Qwen3Config:
@@ -245,16 +244,20 @@ def load_comfy_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
     missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
     if missing:
         raise CheckpointError(
-            f"No Qwen tokenizer at {folder}: {', '.join(missing)} missing. Point at ComfyUI's "
-            "comfy/text_encoders/qwen25_tokenizer folder (inside your ComfyUI installation)."
+            f"No Qwen tokenizer at {folder}: {', '.join(missing)} missing. Point at the {COMFY_TOKENIZER_DIR} "
+            "folder inside your ComfyUI installation."
         )
     try:
-        tokenizer = Qwen2Tokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"Cannot read the tokenizer in {folder}: {exc}. Reinstall ComfyUI's qwen25_tokenizer.") from exc
+        raise CheckpointError(
+            f"Cannot read the tokenizer in {folder}: {exc}. Use your ComfyUI installation's {COMFY_TOKENIZER_DIR}."
+        ) from exc
     end = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
     if end is None or tokenizer.convert_ids_to_tokens(end) != END_OF_TEXT:
-        raise CheckpointError(f"The tokenizer in {folder} has no {END_OF_TEXT} token; use ComfyUI's qwen25_tokenizer.")
+        raise CheckpointError(
+            f"The tokenizer in {folder} has no {END_OF_TEXT} token; use your ComfyUI's {COMFY_TOKENIZER_DIR}."
+        )
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=f"$A {END_OF_TEXT}", pair=f"$A {END_OF_TEXT} $B:1 {END_OF_TEXT}:1", special_tokens=[(END_OF_TEXT, end)]
     )
@@ -269,8 +272,14 @@ def write_comfy_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     merges = [" ".join(pair) if isinstance(pair, list) else pair for pair in model["merges"]]
     added = {
-        str(index): {"content": token.content, "special": token.special, "normalized": token.normalized,
-                     "lstrip": token.lstrip, "rstrip": token.rstrip, "single_word": token.single_word}
+        str(index): {
+            "content": token.content,
+            "special": token.special,
+            "normalized": token.normalized,
+            "lstrip": token.lstrip,
+            "rstrip": token.rstrip,
+            "single_word": token.single_word,
+        }
         for index, token in sorted(tokenizer.added_tokens_decoder.items())
     }
     config = {
@@ -298,12 +307,15 @@ def text_encoder_from_state_dict(
 ) -> TextEncoder:
     """Our TextEncoder from Qwen3Model tensors (ComfyUI's names without `model.`), shared when dtype and device fit."""
     config = _qwen3_config(tensors, source, tokenizer.pad_token_id)
-    if len(tokenizer) > config.vocab_size:
-        raise _text_encoder_error(source, f"its {config.vocab_size} embeddings are fewer than the tokenizer's {len(tokenizer)} tokens")
+    if config.vocab_size != len(tokenizer):  # the 5 Hz LM files (qwen_1.7b/4b_ace15) have audio-code tokens too
+        raise _text_encoder_error(
+            source, f"it embeds {config.vocab_size} tokens where the tokenizer has {len(tokenizer)}"
+        )
+    converted = {name: tensor.to(device=device, dtype=dtype) for name, tensor in tensors.items()}
     with torch.device("meta"):
         model = Qwen3Model(config)
     try:
-        model.load_state_dict({name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}, strict=True, assign=True)
+        model.load_state_dict(converted, strict=True, assign=True)
     except RuntimeError as exc:
         raise _text_encoder_error(source, str(exc).replace("\n", " ")) from exc
     with torch.device(device):
@@ -318,7 +330,7 @@ def load_text_encoder_file(
     device: str | torch.device = "cpu",
     prefix: str = TEXT_ENCODER_PREFIX,
 ) -> TextEncoder:
-    """Load qwen_0.6b_ace15.safetensors (or an all-in-one file with prefix=AIO_TEXT_ENCODER_PREFIX) + ComfyUI's tokenizer."""
+    """Load qwen_0.6b_ace15.safetensors (or an all-in-one file: prefix=AIO_TEXT_ENCODER_PREFIX) + a tokenizer folder."""
     tokenizer = load_comfy_tokenizer(tokenizer_dir)
     return text_encoder_from_state_dict(read_prefixed(path, prefix), tokenizer, str(path), dtype, device)
 

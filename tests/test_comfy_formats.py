@@ -1,10 +1,12 @@
-"""ComfyUI's ACE-Step 1.5 file layouts converted to ours, checked against ComfyUI 0.20.1's own code where it runs here."""
+"""ComfyUI's ACE-Step 1.5 file layouts converted to ours, checked against ComfyUI 0.20.1's own code where it runs."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import sys
+import tomllib
 import unicodedata
 from functools import cache
 from pathlib import Path
@@ -13,9 +15,8 @@ from types import ModuleType
 import pytest
 import regex
 import torch
-from safetensors.torch import save_file
-
 from diffusers import AutoencoderOobleck
+from safetensors.torch import save_file
 from transformers import Qwen3Config, Qwen3Model
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -40,7 +41,6 @@ from sidestep.errors import CheckpointError
 from sidestep.testing import tiny_tokenizer, write_tiny_text_encoder, write_tiny_vae
 from sidestep.text import TOKEN_LIMITS, TextEncoder
 from sidestep.vae import decode_latents, encode_waveform, load_vae
-
 from tests.comfyui.host import ComfyUINotInstalled, find_comfyui
 
 
@@ -88,6 +88,15 @@ def test_silence_latent_equals_comfyuis_for_every_length(comfy: ModuleType) -> N
 def test_silence_latent_refuses_fewer_frames_than_its_head() -> None:
     with pytest.raises(ValueError, match="at least 4 frames"):
         comfy_silence_latent(3)
+
+
+def test_silence_data_ships_in_the_package() -> None:
+    root = Path(__file__).parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-data"
+    ]
+    data = [path.relative_to(root / "sidestep").as_posix() for path in (root / "sidestep" / "data").iterdir()]
+    assert data and all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns["sidestep"]) for name in data)
 
 
 def test_read_prefixed_returns_only_that_part_with_the_prefix_stripped(tmp_path: Path) -> None:
@@ -160,12 +169,16 @@ def test_vae_file_decodes_and_encodes_like_comfyuis_own_vae(comfy: ModuleType, t
     torch.testing.assert_close(encode_waveform(ours, waveform), mean, rtol=0, atol=1e-4)
 
 
-def test_comfy_layout_round_trips_through_both_weight_norm_spellings(tiny_vae: AutoencoderOobleck, tmp_path: Path) -> None:
+def test_comfy_layout_round_trips_through_both_weight_norm_spellings(
+    tiny_vae: AutoencoderOobleck, tmp_path: Path
+) -> None:
     comfy_layout = comfy_vae_state_dict(tiny_vae)
     assert "decoder.layers.1.layers.0.beta" in comfy_layout  # the key comfy/sd.py recognises an Oobleck VAE by
     assert comfy_layout["decoder.layers.1.layers.0.beta"].shape == (tiny_vae.config.decoder_channels,)
     old_spelling = {
-        name.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v"): t
+        name.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): t
         for name, t in comfy_layout.items()
     }
     path = tmp_path / "aio.safetensors"
@@ -189,14 +202,19 @@ def test_conversion_shares_tensors_instead_of_copying(tiny_vae: AutoencoderOoble
 def test_files_that_are_not_acestep_vaes_are_refused_with_the_fix(tiny_vae: AutoencoderOobleck, tmp_path: Path) -> None:
     dit = tmp_path / "acestep_v1.5_turbo.safetensors"
     save_file({"decoder.proj_in.1.weight": torch.zeros(2, 2)}, str(dit))
-    with pytest.raises(CheckpointError, match=r"acestep_v1\.5_turbo\.safetensors is not ACE-Step 1\.5's VAE.*ace_1\.5_vae"):
+    with pytest.raises(
+        CheckpointError, match=r"acestep_v1\.5_turbo\.safetensors is not ACE-Step 1\.5's VAE.*ace_1\.5_vae"
+    ):
         load_vae_file(dit)
     truncated = dict(comfy_vae_state_dict(tiny_vae))
     del truncated["decoder.layers.2.layers.2.layers.1.parametrizations.weight.original1"]
     with pytest.raises(CheckpointError, match="Missing key"):
         vae_from_state_dict(truncated, "truncated.safetensors")
     stable_audio = AutoencoderOobleck(
-        encoder_hidden_size=128, downsampling_ratios=[2, 4, 4, 8, 8], channel_multiples=[1, 1, 1, 1, 1], decoder_channels=8
+        encoder_hidden_size=128,
+        downsampling_ratios=[2, 4, 4, 8, 8],
+        channel_multiples=[1, 1, 1, 1, 1],
+        decoder_channels=8,
     )
     with pytest.raises(CheckpointError, match=r"stable\.safetensors is not ACE-Step 1\.5's .*hop 2048"):
         vae_from_state_dict(comfy_vae_state_dict(stable_audio), "stable.safetensors")
@@ -231,7 +249,8 @@ def _reference_bpe(folder: Path) -> tuple[dict[str, int], dict[tuple[str, str], 
     """vocab, merge ranks and special tokens read straight from the three files, for a plain-Python BPE."""
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-    ranks = {tuple(line.split(" ")): rank for rank, line in enumerate(l for l in lines if l and not l.startswith("#"))}
+    merges = [line for line in lines if line and not line.startswith("#")]
+    ranks = {tuple(line.split(" ")): rank for rank, line in enumerate(merges)}
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     specials = {token["content"]: int(index) for index, token in config["added_tokens_decoder"].items()}
     return vocab, ranks, specials
@@ -260,8 +279,13 @@ def _reference_ids(folder: Path, text: str) -> list[int]:
 def _encoder_for(tokenizer) -> TextEncoder:
     """A TextEncoder around a one-layer Qwen3 wide enough for every id of `tokenizer` (only its tokenizing is used)."""
     config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+        vocab_size=len(tokenizer),
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=4,
     )
     return TextEncoder(Qwen3Model(config), tokenizer)
 
@@ -280,6 +304,37 @@ def test_comfyuis_tokenizer_files_give_the_official_prompt_ids() -> None:
         assert mask[0].sum() == length and (ids[0, length:] == tokenizer.pad_token_id).all()
         assert ids.shape[1] == (max_length if padded else length)
     assert _reference_ids(COMFY_TOKENIZER, "# Caption")[0] == 2  # '#' is id 2 in Qwen's vocabulary
+
+
+@pytest.mark.slow
+@needs_comfyui
+def test_all_in_one_prefixes_and_text_encoder_layout_are_comfyuis(comfy: ModuleType) -> None:
+    import comfy.supported_models
+    from comfy.text_encoders.ace15 import ACE15TEModel
+
+    with torch.device("meta"):  # ComfyUI's own ACE-Step 1.5 text-encoder module at full size, without memory
+        text_encoder = ACE15TEModel(device="meta", dtype=torch.float32, lm_model=None)
+    checkpoint = comfy.supported_models.ACEStep15({"audio_model": "ace1.5"})  # what ComfyUI saves an AIO file with
+    saved = checkpoint.process_clip_state_dict_for_saving(text_encoder.state_dict())
+    assert set(saved) - {name for name in saved if name.startswith(AIO_TEXT_ENCODER_PREFIX)} == {
+        "text_encoders.qwen3_06b.logit_scale"
+    }
+    assert list(checkpoint.process_vae_state_dict_for_saving({"decoder.layers.0.bias": 0})) == [
+        f"{AIO_VAE_PREFIX}decoder.layers.0.bias"
+    ]
+    assert list(checkpoint.process_unet_state_dict_for_saving({"decoder.proj_in.1.bias": 0})) == [
+        f"{AIO_DIT_PREFIX}decoder.proj_in.1.bias"
+    ]
+    weights = {
+        name.removeprefix(AIO_TEXT_ENCODER_PREFIX): t
+        for name, t in saved.items()
+        if name.startswith(AIO_TEXT_ENCODER_PREFIX)
+    }
+    loaded = text_encoder_from_state_dict(weights, load_comfy_tokenizer(COMFY_TOKENIZER), "ComfyUI", device="meta")
+    config = loaded.model.config  # loading is strict: every name and shape matched
+    assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (1024, 28, 3072)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (16, 8, 128)
+    assert config.vocab_size == QWEN3_EMBEDDING_VOCAB
 
 
 def test_tiny_tokenizer_round_trips_through_comfyuis_three_file_form(tmp_path: Path) -> None:
@@ -308,7 +363,10 @@ def test_text_encoder_file_encodes_like_the_official_folder(tiny_text_encoder: T
     aio = tmp_path / "ace_step_1.5_turbo_aio.safetensors"
     save_file({f"text_encoders.qwen3_06b.transformer.{name}": t.contiguous() for name, t in weights.items()}, str(aio))
     prompts = [text for _, _, text in _recorded_prompts()[:4]]
-    for loaded in (load_text_encoder_file(split, tokenizer_dir), load_text_encoder_file(aio, tokenizer_dir, prefix=AIO_TEXT_ENCODER_PREFIX)):
+    for loaded in (
+        load_text_encoder_file(split, tokenizer_dir),
+        load_text_encoder_file(aio, tokenizer_dir, prefix=AIO_TEXT_ENCODER_PREFIX),
+    ):
         assert loaded.model.config.num_key_value_heads == tiny_text_encoder.model.config.num_key_value_heads
         for encode in ("encode_captions", "encode_lyrics"):
             expected, expected_mask = getattr(tiny_text_encoder, encode)(prompts)
@@ -318,21 +376,34 @@ def test_text_encoder_file_encodes_like_the_official_folder(tiny_text_encoder: T
 
 
 def test_text_encoder_shares_the_given_tensors(tiny_text_encoder: TextEncoder) -> None:
-    weights = {name.removeprefix("model."): t for name, t in comfy_text_encoder_state_dict(tiny_text_encoder.model).items()}
+    weights = {
+        name.removeprefix("model."): t for name, t in comfy_text_encoder_state_dict(tiny_text_encoder.model).items()
+    }
     loaded = text_encoder_from_state_dict(weights, tiny_text_encoder.tokenizer, "memory")
     assert loaded.model.embed_tokens.weight.data_ptr() == tiny_text_encoder.model.embed_tokens.weight.data_ptr()
 
 
-def test_wrong_text_encoder_files_and_tokenizer_folders_are_refused(tiny_text_encoder: TextEncoder, tmp_path: Path) -> None:
+def test_wrong_text_encoder_files_and_tokenizer_folders_are_refused(
+    tiny_text_encoder: TextEncoder, tmp_path: Path
+) -> None:
     tokenizer_dir = write_comfy_tokenizer(tiny_text_encoder.tokenizer, tmp_path / "qwen25_tokenizer")
     vae = tmp_path / "ace_1.5_vae.safetensors"
     save_file({"decoder.layers.0.bias": torch.zeros(2)}, str(vae))
     with pytest.raises(CheckpointError, match=r"ace_1\.5_vae\.safetensors holds no tensors named model\.\*"):
         load_text_encoder_file(vae, tokenizer_dir)
-    weights = {name.removeprefix("model."): t for name, t in comfy_text_encoder_state_dict(tiny_text_encoder.model).items()}
-    lm = dict(weights, **{"lm_head.weight": weights["embed_tokens.weight"]})
-    with pytest.raises(CheckpointError, match=r"qwen_4b_ace15\.safetensors is not ACE-Step 1\.5's Qwen3-Embedding.*lm_head"):
-        text_encoder_from_state_dict(lm, tiny_text_encoder.tokenizer, "qwen_4b_ace15.safetensors")
+    weights = {
+        name.removeprefix("model."): t for name, t in comfy_text_encoder_state_dict(tiny_text_encoder.model).items()
+    }
+    with_head = dict(weights, **{"lm_head.weight": weights["embed_tokens.weight"]})
+    with pytest.raises(CheckpointError, match=r"head\.safetensors is not ACE-Step 1\.5's Qwen3-Embedding.*lm_head"):
+        text_encoder_from_state_dict(with_head, tiny_text_encoder.tokenizer, "head.safetensors")
+    tokens = len(tiny_text_encoder.tokenizer)
+    audio_codes = torch.zeros(64, weights["embed_tokens.weight"].shape[1])
+    language_model = {**weights, "embed_tokens.weight": torch.cat([weights["embed_tokens.weight"], audio_codes])}
+    with pytest.raises(
+        CheckpointError, match=rf"qwen_1\.7b_ace15.* embeds {tokens + 64} tokens where the tokenizer has {tokens}"
+    ):
+        text_encoder_from_state_dict(language_model, tiny_text_encoder.tokenizer, "qwen_1.7b_ace15.safetensors")
     del weights["layers.0.self_attn.q_norm.weight"]
     with pytest.raises(CheckpointError, match=r"q_norm.*qwen_0\.6b_ace15"):
         text_encoder_from_state_dict(weights, tiny_text_encoder.tokenizer, "old.safetensors")
