@@ -12,14 +12,14 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from .checkpoints import BASE_MODELS, ModelEntry, SharedParts
-from .comfy_formats import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX, TEXT_ENCODER_PREFIX
+from .comfy_formats import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX, COMFY_TOKENIZER_DIR, TEXT_ENCODER_PREFIX
 from .errors import CheckpointError, ConfigError
 from .model.config import config_from_shapes
 from .model.weights import WeightIndex, file_index
 
 PREFERRED_TEXT_ENCODER_FILE = "qwen_0.6b_ace15.safetensors"
 PREFERRED_VAE_FILE = "ace_1.5_vae.safetensors"
-TOKENIZER_IN_COMFYUI = Path("comfy") / "text_encoders" / "qwen25_tokenizer"
+TOKENIZER_IN_COMFYUI = Path(COMFY_TOKENIZER_DIR)
 SOURCE_DIFFUSION_MODEL = "ComfyUI diffusion model"
 SOURCE_CHECKPOINT = "ComfyUI checkpoint"
 SOURCE_LOADED = "ComfyUI MODEL"
