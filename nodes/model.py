@@ -39,12 +39,11 @@ def _searched() -> str:
 
 def _no_model_message(choice: str) -> str:
     """Why a dropdown value names no model: where we looked and what belongs there."""
-    from sidestep.comfy_models import no_comfy_models_message
+    from sidestep.comfy_models import WHERE_FILES_GO
 
     return (
-        f"No ACE-Step 1.5 model {model_name_of(choice)!r} in ComfyUI's model folders ({_searched()}). "
-        + no_comfy_models_message(comfy_folders()).split(". ", 1)[1]
-        + " The official download tree (acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/) goes in models/acestep."
+        f"No ACE-Step 1.5 model {model_name_of(choice)!r} in ComfyUI's model folders ({_searched()}). {WHERE_FILES_GO} "
+        "The official download tree (acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/) goes in models/acestep."
     )
 
 

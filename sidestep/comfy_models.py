@@ -31,7 +31,7 @@ _VAE_MARKER = "decoder.layers.1.layers.0.beta"
 # Comfy-Org's repackaged names: acestep_v1.5_turbo, acestep_v1.5_xl_sft_bf16, ace_step_1.5_turbo_aio, ...
 _REPACKAGED_NAME = re.compile(r"ace_?step_?v?1[._]5_(?P<xl>xl_)?(?P<family>turbo|base|sft)(?:_.*)?", re.I)
 _WEIGHT_SUFFIX = ".safetensors"
-_WHERE_FILES_GO = (
+WHERE_FILES_GO = (
     "ComfyUI keeps ACE-Step 1.5 as models/diffusion_models/acestep_v1.5_turbo.safetensors (or _base, "
     "acestep_v1.5_xl_*_bf16), models/text_encoders/qwen_0.6b_ace15.safetensors and models/vae/ace_1.5_vae.safetensors, "
     "or one all-in-one file in models/checkpoints (ace_step_1.5_turbo_aio.safetensors)."
@@ -101,10 +101,10 @@ def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]
 
 def _family_of(name: str, metadata: dict[str, str]) -> tuple[str | None, bool]:
     """(base family, named like Comfy-Org's repackaged files) from the file name, else the file's metadata."""
-    stem = Path(name).name.removesuffix(_WEIGHT_SUFFIX)
-    match = _REPACKAGED_NAME.fullmatch(stem)
+    match = _repackaged(name)
     if match:
         return match["family"].lower(), True
+    stem = Path(name).name.removesuffix(_WEIGHT_SUFFIX)
     tokens = {token for token in re.split(r"[-_.\s]+", stem.lower()) if token}
     named = [family for family in BASE_MODELS if family in tokens]
     if len(named) == 1:
@@ -118,17 +118,24 @@ def _family_of(name: str, metadata: dict[str, str]) -> tuple[str | None, bool]:
     return None, False
 
 
+def _repackaged(name: str) -> re.Match | None:
+    """The match of a Comfy-Org repackaged file name (its family and whether it says xl), else None."""
+    return _REPACKAGED_NAME.fullmatch(Path(name).name.removesuffix(_WEIGHT_SUFFIX))
+
+
 def _classified(
     name: str, path: Path, shapes: dict[str, tuple[int, ...]], family: str | None, repackaged: bool, source: str, prefix: str
 ) -> ModelEntry:
     """A ModelEntry for an ACE-Step 1.5 state dict of known shapes (official names) and base family."""
     config = config_from_shapes(shapes, str(path), family == "turbo" if family else None, family)
     is_xl = config.condition_config is not config
+    named = _repackaged(name)
+    says_xl = bool(named["xl"]) if named else is_xl
     return ModelEntry(
         name=name,
         path=path,
         official=repackaged,
-        variant=(("xl-" if is_xl else "") + family) if repackaged and family else None,
+        variant=(("xl-" if says_xl else "") + family) if repackaged and family else None,
         base=family,
         is_xl=is_xl,
         is_turbo=config.is_turbo,
@@ -154,8 +161,9 @@ def _entry(name: str, path: Path, prefix: str, source: str) -> ModelEntry | None
 
 
 def entry_for_state_dict(shapes: dict[str, tuple[int, ...]], base: str, name: str = SOURCE_LOADED) -> ModelEntry:
-    """A ModelEntry for an ACE-Step 1.5 model another program holds in memory, whose base the user named."""
-    return _classified(name, Path(name), shapes, base, False, SOURCE_LOADED, "")
+    """A ModelEntry for an ACE-Step 1.5 model another program holds in memory, whose variant the user named (so
+    datasets and adapters record the same variant as for the file it was loaded from)."""
+    return _classified(name, Path(name), shapes, base, True, SOURCE_LOADED, "")
 
 
 def scan_comfy_models(folders: ComfyFolders) -> list[ModelEntry]:
@@ -175,7 +183,7 @@ def scan_comfy_models(folders: ComfyFolders) -> list[ModelEntry]:
 
 def no_comfy_models_message(folders: ComfyFolders) -> str:
     """What was searched and what is expected, for a ComfyUI install without any ACE-Step 1.5 model."""
-    return f"No ACE-Step 1.5 model found in ComfyUI's model folders ({folders.searched()}). {_WHERE_FILES_GO}"
+    return f"No ACE-Step 1.5 model found in ComfyUI's model folders ({folders.searched()}). {WHERE_FILES_GO}"
 
 
 def text_encoder_files(folders: ComfyFolders) -> list[tuple[str, Path]]:

@@ -125,7 +125,8 @@ def test_tiny_configs_per_variant_and_refusals(tree: Path) -> None:
     turbo, base, sft = (tiny_model_config(v) for v in ("turbo", "base", "sft"))
     assert (turbo.is_turbo, turbo.model_version) == (True, "turbo")
     assert (base.is_turbo, base.model_version, sft.model_version) == (False, "base", "sft")
-    assert turbo.hidden_size == 64 and turbo.text_hidden_dim == TINY_TEXT_HIDDEN and turbo.sliding_window == 8
+    # The official sliding window (128): config-less ComfyUI-layout files of the same weights infer the same model.
+    assert turbo.hidden_size == 64 and turbo.text_hidden_dim == TINY_TEXT_HIDDEN and turbo.sliding_window == 128
     assert (turbo.timestep_mu, turbo.timestep_sigma) == (-0.4, 1.0)
     with pytest.raises(ValueError, match="xl"):
         tiny_model_config("xl")

@@ -1,0 +1,94 @@
+"""ACE-Step from ComfyUI models, in-process: ComfyUI's own loaders build MODEL, CLIP and VAE from ComfyUI-layout files,
+and the node's ACESTEP_MODEL computes exactly what the same files read by our loader compute, sharing ComfyUI's
+weights instead of copying them."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
+import torch
+
+from sidestep.bundle import AceStepBundle, open_checkpoint
+from sidestep.errors import CheckpointError
+from sidestep.testing import COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE
+from sidestep.vae import decode_latents
+
+from .fixtures_pack import COMFY_LM_FILE
+from .test_model_patches import PACK_MODULE, comfy  # noqa: F401  (the in-process ComfyUI fixture)
+
+
+@pytest.fixture(scope="module")
+def node(comfy: ModuleType) -> type:  # noqa: F811
+    """The AceStepFromComfyModels node class."""
+    return importlib.import_module(f"{PACK_MODULE}.nodes.model").AceStepFromComfyModels
+
+
+@pytest.fixture(scope="module")
+def comfy_objects(comfy: ModuleType, comfyui_files: dict[str, Path]) -> SimpleNamespace:  # noqa: F811
+    """MODEL, CLIP and VAE as ComfyUI's own UNETLoader, DualCLIPLoader (type ace) and VAELoader build them."""
+    import comfy.sd
+    import comfy.utils
+
+    models = comfyui_files["diffusion_models"].parent
+    return SimpleNamespace(
+        model=comfy.sd.load_diffusion_model(str(models / "diffusion_models" / COMFY_DIT_FILES["turbo"])),
+        clip=comfy.sd.load_clip(
+            [str(models / "text_encoders" / COMFY_TEXT_ENCODER_FILE), str(models / "text_encoders" / COMFY_LM_FILE)],
+            clip_type=comfy.sd.CLIPType.ACE,
+        ),
+        vae=comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models / "vae" / COMFY_VAE_FILE))),
+        models=models,
+    )
+
+
+def _outputs(bundle: AceStepBundle) -> dict[str, torch.Tensor]:
+    """Condition-encoder and decoder outputs, caption embeddings and a VAE decode on fixed inputs."""
+    model = bundle.dit()
+    generator = torch.Generator().manual_seed(3)
+    frames = 10
+    x = torch.randn(1, frames, 64, generator=generator)
+    silence = bundle.silence_latent()
+    with torch.no_grad():
+        states, mask, context = model.prepare_condition(
+            torch.randn(1, 8, 1024, generator=generator), torch.ones(1, 8), torch.randn(1, 6, 1024, generator=generator),
+            torch.ones(1, 6), torch.randn(1, 30, 64, generator=generator), torch.zeros(1, dtype=torch.long), x, None,
+            silence, silence[:, :frames].clone(), torch.ones(1, frames, 64), torch.zeros(1, dtype=torch.long),
+        )
+        velocity = model.decoder(
+            hidden_states=x.to(model.decoder.proj_in[1].weight.dtype), timestep=torch.tensor([0.6]), timestep_r=torch.tensor([0.6]),
+            attention_mask=torch.ones(1, frames), encoder_hidden_states=states, encoder_attention_mask=mask,
+            context_latents=context,
+        )[0]
+    captions, _ = bundle.text_encoder().encode_captions(["# Caption\nlo-fi beat"], form="inference")
+    return {"condition": states, "velocity": velocity, "captions": captions, "audio": decode_latents(bundle.vae(), x[:, :2])}
+
+
+def test_comfyui_objects_compute_what_the_files_compute(node: type, comfy_objects: SimpleNamespace) -> None:
+    handle = node.execute(model=comfy_objects.model, base_model="turbo", clip=comfy_objects.clip, vae=comfy_objects.vae).args[0]
+    from_objects = handle.bundle
+    assert from_objects.base == "turbo" and from_objects.entry.config.hidden_size == 256
+    from_files = open_checkpoint(comfy_objects.models, "turbo", dtype=from_objects.dtype)
+    expected, got = _outputs(from_files), _outputs(from_objects)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-5, msg=f"{key} differs")
+
+
+def test_the_dit_shares_comfyuis_weights(node: type, comfy_objects: SimpleNamespace) -> None:
+    handle = node.execute(model=comfy_objects.model, base_model="base").args[0]
+    ours = handle.bundle.dit().decoder.layers[0].self_attn.q_proj.weight
+    theirs = comfy_objects.model.model.diffusion_model.decoder.layers[0].self_attn.q_proj.weight
+    assert ours.data_ptr() == theirs.data_ptr() and handle.bundle.base == "base"
+    with pytest.raises(CheckpointError, match="No VAE was connected"):
+        handle.bundle.vae()
+
+
+def test_a_model_that_is_not_ace_step_is_refused(comfy: ModuleType, node: type) -> None:  # noqa: F811
+    wrapper = torch.nn.Module()
+    wrapper.diffusion_model = torch.nn.Linear(4, 4)
+    cpu = torch.device("cpu")
+    other = comfy.model_patcher.ModelPatcher(wrapper, load_device=cpu, offload_device=cpu)
+    with pytest.raises(CheckpointError, match="The MODEL is a Linear, not ACE-Step 1.5.*Load Diffusion Model"):
+        node.execute(model=other, base_model="turbo")
