@@ -60,7 +60,7 @@ def comfy_tokenizer_dir() -> Path:
 
     from sidestep.comfy_models import TOKENIZER_IN_COMFYUI
 
-    return Path(comfy.__file__).resolve().parents[1] / TOKENIZER_IN_COMFYUI
+    return Path(next(iter(comfy.__path__))).resolve().parent / TOKENIZER_IN_COMFYUI
 
 
 def discover_models() -> list[ModelEntry]:

@@ -26,7 +26,6 @@ SOURCE_LOADED = "ComfyUI MODEL"
 
 _DIT_MARKERS = ("decoder.layers.0.self_attn_norm.weight", "encoder.lyric_encoder.layers.0.input_layernorm.weight")
 _TEXT_ENCODER_MARKER = "layers.0.post_attention_layernorm.weight"
-_TEXT_ENCODER_WIDTH = "embed_tokens.weight"
 _VAE_MARKER = "decoder.layers.1.layers.0.beta"
 # Comfy-Org's repackaged names: acestep_v1.5_turbo, acestep_v1.5_xl_sft_bf16, ace_step_1.5_turbo_aio, ...
 _REPACKAGED_NAME = re.compile(r"ace_?step_?v?1[._]5_(?P<xl>xl_)?(?P<family>turbo|base|sft)(?:_.*)?", re.I)
@@ -217,9 +216,9 @@ def _pick(choice: str | None, files: list[tuple[str, Path]], kind: str, expected
 
 
 def _text_encoder_width(path: Path, prefix: str) -> int | None:
-    """The embedding width of a Qwen3 text-encoder file (or the text-encoder part of a checkpoint)."""
-    shape = read_header(path)[0].get(prefix + _TEXT_ENCODER_WIDTH)
-    return shape[1] if shape else None
+    """The hidden width of a Qwen3 text-encoder file (or of the text-encoder part of a checkpoint); None if it holds none."""
+    shape = read_header(path)[0].get(prefix + _TEXT_ENCODER_MARKER)
+    return shape[0] if shape else None
 
 
 def find_tokenizer(folders: ComfyFolders) -> Path | None:
@@ -258,6 +257,10 @@ def comfy_shared_parts(
         )
         vae_prefix = ""
     width = _text_encoder_width(text_path, text_prefix)
+    if width is None:
+        raise CheckpointError(
+            f"{text_path} holds no Qwen3 text encoder: choose {PREFERRED_TEXT_ENCODER_FILE} from ComfyUI's text_encoders folder."
+        )
     if width != entry.config.text_hidden_dim:
         raise CheckpointError(
             f"The text encoder {text_path} gives {width}-wide features, but {entry.name} needs "
