@@ -194,6 +194,7 @@ class ComfyMemory:
 
     def __init__(self) -> None:
         self._patchers: dict[tuple[int, str], Any] = {}
+        self._emptied: list[Any] = []
 
     def loaded(self, bundle: AceStepBundle, part: str, module: torch.nn.Module) -> None:
         """Register `module` with ComfyUI's loaded models (on the device it already is on; nothing is moved)."""
@@ -202,7 +203,10 @@ class ComfyMemory:
 
         key = (id(bundle), part)
         self._forget(key)
-        patcher = comfy.model_patcher.ModelPatcher(module, load_device=bundle.device, offload_device=bundle.device)
+        self._emptied.clear()
+        holder = torch.nn.Module()  # ModelPatcher sets attributes (device, ...) on what it manages; keep ours intact
+        holder.part = module
+        patcher = comfy.model_patcher.ModelPatcher(holder, load_device=bundle.device, offload_device=bundle.device)
         patcher.add_callback(CallbacksMP.ON_DETACH, lambda _patcher, _unpatch: self._unloaded_by_comfyui(bundle, part))
         self._patchers[key] = patcher
         model_management.load_models_gpu([patcher], force_full_load=True)
@@ -212,8 +216,13 @@ class ComfyMemory:
         self._forget((id(bundle), part))
 
     def _unloaded_by_comfyui(self, bundle: AceStepBundle, part: str) -> None:
-        """ComfyUI unloaded the part (Unload Models, /free, or room for another model): drop it from the bundle."""
-        self._patchers.pop((id(bundle), part), None)
+        """ComfyUI unloaded the part (Unload Models, /free, or room for another model): drop it from the bundle.
+
+        ComfyUI is still walking its list of loaded models, so the (now empty) holder stays alive until our next load."""
+        patcher = self._patchers.pop((id(bundle), part), None)
+        if patcher is not None:
+            del patcher.model.part
+            self._emptied.append(patcher)
         bundle.release(**{part: True})
         logging.info("Side-Step: ComfyUI unloaded the %s of %s", part, bundle.entry.name)
 
