@@ -258,7 +258,10 @@ class ComfyUIHost:
         """Wait until a prompt has finished (success, error or interrupted) and return its history entry."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            entry = self.history(prompt_id)
+            try:
+                entry = self.history(prompt_id)
+            except requests.Timeout:  # a busy server answers late; only a dead or silent one is a failure
+                entry = None
             if entry is not None:
                 return entry
             time.sleep(0.2)
