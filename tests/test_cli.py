@@ -54,6 +54,15 @@ def test_demo_runs_the_whole_job_on_the_embedded_default(tmp_path):
     audio, rate = soundfile.read(tmp_path / "demo" / "demo_sample.flac")
     assert rate == 48_000 and audio.shape[1] == 2
     assert "TensorBoard logs:" in done.stdout and "step 6/6" in done.stdout
+    assert "its loss is noise around ~2 and may well rise" in done.stdout
+    assert "`sidestep train` defaults to rank 64, alpha 128, lr 1e-4" in done.stdout
+    assert f"checkpoints:      {tmp_path / 'demo' / 'runs' / 'demo-lora' / 'checkpoints'}" in done.stdout
+    assert f"model tree:       {tmp_path / 'demo' / 'checkpoints'}" in done.stdout
+    assert "FutureWarning" not in done.stderr  # torch's weight_norm deprecation, from the VAE
+    again = run_cli("demo", "--workdir", str(tmp_path / "demo"), "--epochs", "1", timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Replacing the previous demo run" in again.stdout
+    assert len(list((tmp_path / "demo" / "runs" / "demo-lora" / "runs").glob("events.out.tfevents.*"))) == 1
 
 
 # ---------------------------------------------------------------- answers to a new user's mistakes and questions
