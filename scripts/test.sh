@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Set up (fast when already done), then run pytest; arguments go to pytest (default: tests/).
+# Set up the test stack (fast when already done), then run pytest; arguments go to pytest (default: tests/).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh
+bash scripts/setup.sh test
 
 if [[ $# -eq 0 ]]; then
     set -- tests

@@ -318,15 +318,21 @@ def integrated_loudness(waveform: torch.Tensor, rate: int) -> float:
     return float(_block_lufs(blocks.mean()))
 
 
+def check_save_path(path: str | Path) -> str:
+    """The soundfile format `save_audio` writes `path` in; AudioError for an extension it cannot write."""
+    fmt = _SAVE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise _audio_error(Path(path), "cannot save this format", "Use a file name ending in .flac or .wav.")
+    return fmt
+
+
 def save_audio(path: str | Path, waveform: torch.Tensor, rate: int) -> Path:
     """Write a [C, N] (or [1, C, N]) clip as 24-bit FLAC or WAV, chosen by extension, atomically.
 
     Samples beyond ±1.0 are clipped, as integer PCM cannot hold them.
     """
     path = Path(path)
-    fmt = _SAVE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise _audio_error(path, "cannot save this format", "Use a file name ending in .flac or .wav.")
+    fmt = check_save_path(path)
     data = waveform.detach().cpu().float()
     if data.dim() == 3 and data.shape[0] == 1:
         data = data[0]

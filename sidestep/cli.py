@@ -30,6 +30,15 @@ def cmd_make_tiny_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, left out where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if any(action.default is empty for empty in (None, False, argparse.SUPPRESS)) or action.default == "" or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -103,6 +112,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.config import TrainConfig
     from .training.loop import RunIdentity, Trainer
 
+    _check_dataset_dir(Path(args.dataset_dir))
+    if args.resume_from:
+        _check_resume_from(Path(args.resume_from), Path(args.output_dir))
     adapter = _adapter_config(args)
     config = TrainConfig(
         output_dir=args.output_dir,
@@ -139,6 +151,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_dataset_dir(folder: Path) -> None:
+    """A folder of songs instead of an encoded dataset gets the `encode` command to run first."""
+    from .audio import AUDIO_EXTENSIONS
+    from .errors import DatasetError
+
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.pt")) or (folder / "manifest.json").is_file():
+        return
+    if any(path.suffix.lower() in AUDIO_EXTENSIONS for path in folder.rglob("*")):
+        raise DatasetError(
+            f"{folder} holds songs, not an encoded dataset: run `python -m sidestep encode --checkpoint-dir ... "
+            f"--dataset-dir {folder} --output-dir TENSORS` first, then train with --dataset-dir TENSORS."
+        )
+
+
+def _check_resume_from(path: Path, output_dir: Path) -> None:
+    """A --resume-from path that does not exist is named, with the checkpoints that do."""
+    from .errors import TrainingError
+    from .training.state import STATE_FILE
+
+    if path.exists():
+        return
+    folders = [path.parent, output_dir / "checkpoints"]
+    found = sorted(
+        {
+            child.resolve()
+            for folder in folders
+            for child in folder.glob("epoch_*")
+            if child.name.removeprefix("epoch_").isdigit() and (child / STATE_FILE).is_file()
+        },
+        key=lambda child: int(child.name.removeprefix("epoch_")),
+    )
+    where = " or ".join(dict.fromkeys(str(folder) for folder in folders))
+    listing = f"Checkpoints there: {', '.join(str(child) for child in found)}." if found else f"There are no epoch_N checkpoints in {where}."
+    raise TrainingError(f"--resume-from {path} does not exist. {listing} Resume from one of them, or leave out --resume-from.")
+
+
 def _init_distributed() -> None:
     """Join the process group torchrun describes (one process per device; gloo on CPU, NCCL on CUDA)."""
     import os
@@ -163,46 +211,46 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                         "--checkpoint-dir when omitted); only for ComfyUI's text-encoder files")
     parser.add_argument("--base-model", choices=["turbo", "base", "sft"], default=None,
                         help="the base of a custom fine-tune when its config does not say")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="weight dtype (auto: bf16 on CUDA, fp32 on CPU)")
 
 
 def _add_train_parser(commands, name: str, help_text: str) -> None:
-    train = commands.add_parser(name, help=help_text)
+    train = commands.add_parser(name, help=help_text, formatter_class=HelpFormatter)
     _add_model_flags(train)
     train.add_argument("--dataset-dir", required=True, help="encoded dataset (ours, or Side-Step .pt files)")
     train.add_argument("--output-dir", required=True, help="run folder: final/, checkpoints/epoch_N/, runs/")
-    train.add_argument("--adapter", "--adapter-type", default="lora", choices=["lora", "lokr"])
-    train.add_argument("--rank", type=int, default=64)
-    train.add_argument("--alpha", type=float, default=128)
-    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--adapter", "--adapter-type", default="lora", choices=["lora", "lokr"], help="adapter type")
+    train.add_argument("--rank", type=int, default=64, help="LoRA rank")
+    train.add_argument("--alpha", type=float, default=128, help="LoRA alpha (scale = alpha / rank)")
+    train.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
     train.add_argument("--dora", action="store_true", help="weight-decomposed LoRA")
-    train.add_argument("--lokr-linear-dim", type=int, default=64)
-    train.add_argument("--lokr-linear-alpha", type=float, default=128)
-    train.add_argument("--lokr-factor", type=int, default=-1)
-    train.add_argument("--lokr-decompose-both", action="store_true")
-    train.add_argument("--lokr-use-tucker", action="store_true")
-    train.add_argument("--lokr-weight-decompose", action="store_true")
-    train.add_argument("--target", default="attention", choices=["attention", "attention_mlp", "self_attention", "cross_attention"])
+    train.add_argument("--lokr-linear-dim", type=int, default=64, help="LoKR dimension")
+    train.add_argument("--lokr-linear-alpha", type=float, default=128, help="LoKR alpha")
+    train.add_argument("--lokr-factor", type=int, default=-1, help="LoKR Kronecker factor (-1 = automatic)")
+    train.add_argument("--lokr-decompose-both", action="store_true", help="LoKR: decompose both Kronecker factors")
+    train.add_argument("--lokr-use-tucker", action="store_true", help="LoKR: Tucker decomposition")
+    train.add_argument("--lokr-weight-decompose", action="store_true", help="LoKR: weight decomposition (DoRA-style)")
+    train.add_argument("--target", default="attention", choices=["attention", "attention_mlp", "self_attention", "cross_attention"], help="which decoder layers get the adapter")
     train.add_argument("--target-modules", nargs="+", help="custom module list (overrides --target)")
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--lr", "--learning-rate", type=float, default=1e-4)
-    train.add_argument("--optimizer", "--optimizer-type", default="adamw", choices=["adamw", "adamw8bit", "prodigy", "adafactor"])
-    train.add_argument("--scheduler", "--scheduler-type", default="cosine", choices=["constant", "linear", "cosine", "cosine_restarts"])
-    train.add_argument("--warmup-steps", type=int, default=0)
-    train.add_argument("--batch-size", type=int, default=1)
-    train.add_argument("--gradient-accumulation", type=int, default=1)
-    train.add_argument("--max-grad-norm", type=float, default=1.0)
-    train.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    train.add_argument("--no-gradient-checkpointing", action="store_true")
-    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--epochs", type=int, default=100, help="passes over the dataset")
+    train.add_argument("--lr", "--learning-rate", type=float, default=1e-4, help="learning rate (on resume the checkpoint's is kept)")
+    train.add_argument("--optimizer", "--optimizer-type", default="adamw", choices=["adamw", "adamw8bit", "prodigy", "adafactor"], help="optimiser")
+    train.add_argument("--scheduler", "--scheduler-type", default="cosine", choices=["constant", "linear", "cosine", "cosine_restarts"], help="learning-rate schedule over all epochs")
+    train.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
+    train.add_argument("--batch-size", type=int, default=1, help="clips per batch")
+    train.add_argument("--gradient-accumulation", type=int, default=1, help="batches per optimiser step")
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm")
+    train.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="compute precision (auto: bf16 on CUDA, fp32 on CPU)")
+    train.add_argument("--no-gradient-checkpointing", action="store_true", help="faster steps, more memory")
+    train.add_argument("--seed", type=int, default=42, help="random seed (noise, timesteps, crops, order)")
     train.add_argument("--save-every", type=int, default=10, help="write checkpoints/epoch_N every N epochs")
-    train.add_argument("--timestep-mode", default="auto", choices=["auto", "discrete", "continuous"])
-    train.add_argument("--continuous-draws", default="max_of_two", choices=["max_of_two", "single"])
+    train.add_argument("--timestep-mode", default="auto", choices=["auto", "discrete", "continuous"], help="auto: discrete for turbo, continuous for base/sft")
+    train.add_argument("--continuous-draws", default="max_of_two", choices=["max_of_two", "single"], help="continuous timesteps: the larger of two draws (official) or one")
     train.add_argument("--cfg-ratio", type=float, default=None, help="condition dropout (default 0.15 for base/sft, 0 for turbo)")
-    train.add_argument("--min-snr-gamma", type=float, default=None)
+    train.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting gamma (off when not given)")
     train.add_argument("--max-latent-frames", type=int, default=1500, help="random crop length in 25 Hz frames (0 = whole clips)")
-    train.add_argument("--num-workers", type=int, default=0)
+    train.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     train.add_argument("--shift", type=float, default=None, help="recorded for inference (turbo 3.0, base/sft 1.0)")
     train.add_argument("--num-inference-steps", type=int, default=None, help="recorded for inference (turbo 8, base/sft 50)")
     train.add_argument("--resume-from", default=None, help="checkpoints/epoch_N folder or the training_state.pt inside it")
@@ -212,9 +260,10 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Generate music (optionally with adapters) and write FLAC/WAV files."""
-    from .audio import save_audio
+    from .audio import check_save_path, save_audio
     from .generate import GenerationRequest, generate
 
+    check_save_path(args.out)
     bundle = _bundle(args)
     adapters, metadata = [], None
     if args.adapter:
@@ -278,20 +327,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5.")
+    parser = argparse.ArgumentParser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5.", formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    models = commands.add_parser("models", help="list the models in a ComfyUI models/ folder or an official checkpoint folder")
+    models = commands.add_parser(
+        "models", help="list the models in a ComfyUI models/ folder or an official checkpoint folder", formatter_class=HelpFormatter
+    )
     models.add_argument("checkpoint_dir", help="a ComfyUI models/ folder, or a folder holding acestep-v15-turbo/, vae/, ...")
     models.add_argument("--filter", default="", help="show only models whose name matches (substring, then close matches)")
     models.set_defaults(run=cmd_models)
 
-    tiny = commands.add_parser("make-tiny-checkpoints", help="write a tiny random checkpoint tree for smoke tests")
-    tiny.add_argument("directory")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny = commands.add_parser("make-tiny-checkpoints", help="write a tiny random checkpoint tree for smoke tests", formatter_class=HelpFormatter)
+    tiny.add_argument("directory", help="where to write the tree")
+    tiny.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     tiny.set_defaults(run=cmd_make_tiny_checkpoints)
 
-    encode = commands.add_parser("encode", help="encode a folder of songs into a training dataset")
+    encode = commands.add_parser("encode", help="encode a folder of songs into a training dataset", formatter_class=HelpFormatter)
     _add_model_flags(encode)
     encode.add_argument("--dataset-dir", required=True, help="folder of songs (searched recursively) with optional sidecars")
     encode.add_argument("--output-dir", required=True, help="where the clip tensors and manifest.json go")
@@ -306,37 +357,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands, "train", "train a LoRA or LoKR adapter")
     _add_train_parser(commands, "fixed", "alias of train (Side-Step's name)")
 
-    sample = commands.add_parser("sample", help="generate music, optionally with trained adapters")
+    sample = commands.add_parser("sample", help="generate music, optionally with trained adapters", formatter_class=HelpFormatter)
     _add_model_flags(sample)
     sample.add_argument("--adapter", action="append", help="adapter folder/file (repeat to stack two)")
     sample.add_argument("--strength", type=float, action="append", help="strength per --adapter (default 1.0)")
-    sample.add_argument("--caption", required=True)
-    sample.add_argument("--lyrics", default="")
-    sample.add_argument("--language", default="unknown")
+    sample.add_argument("--caption", required=True, help="what the music should be")
+    sample.add_argument("--lyrics", default="", help="lyrics (empty: instrumental)")
+    sample.add_argument("--language", default="unknown", help="lyrics language code")
     sample.add_argument("--duration", type=float, default=30.0, help="seconds")
-    sample.add_argument("--bpm", type=int, default=None)
-    sample.add_argument("--keyscale", default="")
-    sample.add_argument("--timesignature", default="")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--batch-size", type=int, default=1)
+    sample.add_argument("--bpm", type=int, default=None, help="tempo")
+    sample.add_argument("--keyscale", default="", help="key and scale, e.g. 'C major'")
+    sample.add_argument("--timesignature", default="", help="time signature, e.g. 4")
+    sample.add_argument("--seed", type=int, default=0, help="random seed")
+    sample.add_argument("--batch-size", type=int, default=1, help="songs to generate (NAME_1, NAME_2, ...)")
     sample.add_argument("--steps", type=int, default=0, help="0 = from the adapter, else the variant (turbo 8, base/sft 50)")
     sample.add_argument("--shift", type=float, default=0.0, help="0 = from the adapter, else the variant (turbo 3, base/sft 1)")
     sample.add_argument("--guidance", type=float, default=None, help="default: none for turbo, 7.0 for base/sft")
-    sample.add_argument("--guidance-mode", default="apg", choices=["apg", "cfg"])
+    sample.add_argument("--guidance-mode", default="apg", choices=["apg", "cfg"], help="guidance for base/sft")
     sample.add_argument("--out", default="song.flac", help=".flac or .wav")
     sample.set_defaults(run=cmd_sample)
 
-    export = commands.add_parser("export-comfy", help="export an adapter as one ComfyUI-native .safetensors")
+    export = commands.add_parser("export-comfy", help="export an adapter as one ComfyUI-native .safetensors", formatter_class=HelpFormatter)
     export.add_argument("adapter", help="adapter folder, LoKR file, checkpoint folder or training_state.pt")
     export.add_argument("out", help="output .safetensors (e.g. ComfyUI/models/loras/my_lora.safetensors)")
     export.set_defaults(run=cmd_export_comfy)
 
-    demo = commands.add_parser("demo", help="songs → dataset → LoRA → music on a tiny model tree (or real checkpoints)")
+    demo = commands.add_parser("demo", help="songs → dataset → LoRA → music on a tiny model tree (or real checkpoints)", formatter_class=HelpFormatter)
     demo.add_argument("--workdir", default="sidestep-demo", help="where everything the demo makes goes")
     demo.add_argument("--checkpoint-dir", default=None, help="use real checkpoints instead of a tiny random tree")
-    demo.add_argument("--model-variant", default="turbo")
+    demo.add_argument("--model-variant", default="turbo", help="model to use with --checkpoint-dir")
     demo.add_argument("--audio-dir", default=None, help="your songs (default: a few synthetic ones)")
-    demo.add_argument("--epochs", type=int, default=4)
+    demo.add_argument("--epochs", type=int, default=4, help="training epochs")
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from .training.loop import RunIdentity, Trainer
 
 SAMPLE_RATE = 48_000
 DEMO_SONGS = (("warm pad", 110.0), ("bright arpeggio", 440.0), ("pulsing bass", 55.0))
+# A small, fast LoRA with a bigger step than `train`'s defaults (rank 64, alpha 128, lr 1e-4), which suit real models
+# and real datasets over many epochs: the demo only has a few epochs on a few short clips.
+DEMO_RANK, DEMO_ALPHA, DEMO_LR = 8, 16.0, 1e-3
 
 
 @dataclass
@@ -27,8 +31,21 @@ class DemoResult:
     checkpoint_dir: Path
     dataset_dir: Path
     adapter_dir: Path
+    checkpoints_dir: Path
     log_dir: Path
     audio_path: Path
+
+    def summary(self) -> str:
+        """Where everything went, and the command line to try next on the same model tree."""
+        return (
+            f"\nDone.\n  adapter:          {self.adapter_dir}\n  checkpoints:      {self.checkpoints_dir}\n"
+            f"  TensorBoard logs: {self.log_dir}\n  audio:            {self.audio_path}\n"
+            f"  dataset:          {self.dataset_dir}\n  model tree:       {self.checkpoint_dir}\n"
+            f"Next, on the same model tree:\n"
+            f"  python -m sidestep models {self.checkpoint_dir}\n"
+            f"  python -m sidestep sample --checkpoint-dir {self.checkpoint_dir} --adapter {self.adapter_dir} "
+            f"--caption \"warm pad\" --duration 5 --out song.flac"
+        )
 
 
 def write_demo_songs(folder: Path, seconds: float) -> Path:
@@ -60,6 +77,7 @@ def run_demo(
     from .testing import make_tiny_checkpoints
 
     workdir = Path(workdir)
+    tiny = checkpoint_dir is None
     if checkpoint_dir is None:
         checkpoint_dir = workdir / "checkpoints"
         if not checkpoint_dir.exists():
@@ -79,12 +97,26 @@ def run_demo(
     from .adapters.config import AdapterConfig
 
     run_dir = workdir / "runs" / "demo-lora"
-    config = TrainConfig(output_dir=str(run_dir), epochs=epochs, learning_rate=1e-3, save_every=max(1, epochs // 2))
+    if run_dir.exists():
+        print(f"Replacing the previous demo run in {run_dir} (a fresh run, so TensorBoard shows each step once) ...")
+        shutil.rmtree(run_dir)
+    config = TrainConfig(output_dir=str(run_dir), epochs=epochs, learning_rate=DEMO_LR, save_every=max(1, epochs // 2))
     identity = RunIdentity(variant=bundle.variant, base=bundle.base, model_name=bundle.entry.name)
-    print(f"Training a LoRA on {len(encoded.manifest.clips)} clips for {epochs} epochs ...", flush=True)
+    print(
+        f"Training a LoRA (rank {DEMO_RANK}, alpha {DEMO_ALPHA:g}, lr {DEMO_LR:g}: small and quick for a demo; `sidestep "
+        f"train` defaults to rank 64, alpha 128, lr 1e-4 for real runs) on {len(encoded.manifest.clips)} clips for "
+        f"{epochs} epochs ...",
+        flush=True,
+    )
+    if tiny:
+        print(
+            "The tiny model has random weights, so its loss is noise around ~2 and may well rise: this run checks that "
+            "the whole job works, not what it learns.",
+            flush=True,
+        )
     trainer = Trainer(
-        bundle.dit(parts=TRAINING_PARTS), dataset_dir, AdapterConfig(kind="lora", rank=8, alpha=16), config, identity,
-        callback=ProgressPrinter(),
+        bundle.dit(parts=TRAINING_PARTS), dataset_dir, AdapterConfig(kind="lora", rank=DEMO_RANK, alpha=DEMO_ALPHA), config,
+        identity, callback=ProgressPrinter(),
     )
     result = trainer.run()
     bundle.release(dit=True)
@@ -95,9 +127,6 @@ def run_demo(
     for warning in song.warnings:
         print(f"warning: {warning}")
     audio_path = save_audio(workdir / "demo_sample.flac", song.waveform[0], song.sample_rate)
-    demo = DemoResult(checkpoint_dir, dataset_dir, result.adapter_dir, run_dir / "runs", audio_path)
-    print(
-        f"\nDone.\n  adapter:          {demo.adapter_dir}\n  TensorBoard logs: {demo.log_dir}\n"
-        f"  audio:            {demo.audio_path}\n  dataset:          {demo.dataset_dir}"
-    )
+    demo = DemoResult(checkpoint_dir, dataset_dir, result.adapter_dir, run_dir / "checkpoints", run_dir / "runs", audio_path)
+    print(demo.summary())
     return demo

@@ -25,7 +25,7 @@ from .atomic import save_safetensors_atomic, staging_folder, torch_save_atomic
 from .errors import CheckpointError
 from .model import AceStepConditionGenerationModel, AceStepConfig
 from .text import CAPTION_TEMPLATE, DEFAULT_INSTRUCTION, LYRICS_TEMPLATE
-from .vae import LATENT_CHANNELS, SAMPLE_RATE
+from .vae import LATENT_CHANNELS, SAMPLE_RATE, quiet_weight_norm
 
 TURBO_FOLDER = "acestep-v15-turbo"
 BASE_FOLDER = "acestep-v15-base"
@@ -144,15 +144,16 @@ def tiny_vae(seed: int = 0) -> AutoencoderOobleck:
     """A narrow AutoencoderOobleck with ACE-Step's 48 kHz, 1920-hop, 64-channel geometry and seeded weights."""
 
     def build() -> AutoencoderOobleck:
-        return AutoencoderOobleck(
-            encoder_hidden_size=2 * LATENT_CHANNELS,
-            downsampling_ratios=[2, 4, 4, 6, 10],
-            channel_multiples=[1, 1, 1, 1, 1],
-            decoder_channels=8,
-            decoder_input_channels=LATENT_CHANNELS,
-            audio_channels=2,
-            sampling_rate=SAMPLE_RATE,
-        )
+        with quiet_weight_norm():
+            return AutoencoderOobleck(
+                encoder_hidden_size=2 * LATENT_CHANNELS,
+                downsampling_ratios=[2, 4, 4, 6, 10],
+                channel_multiples=[1, 1, 1, 1, 1],
+                decoder_channels=8,
+                decoder_input_channels=LATENT_CHANNELS,
+                audio_channels=2,
+                sampling_rate=SAMPLE_RATE,
+            )
 
     vae = _seeded(seed, build)
     _calibrate_latent_scale(vae, seed)

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +55,14 @@ def latent_length(num_samples: int) -> int:
     return math.ceil(num_samples / HOP_LENGTH)
 
 
+@contextmanager
+def quiet_weight_norm() -> Iterator[None]:
+    """Hide torch's FutureWarning about `weight_norm`, which diffusers' Oobleck layers still use (nothing to act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.nn\.utils\.weight_norm.* is deprecated", category=FutureWarning)
+        yield
+
+
 def load_vae(
     vae_dir: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> AutoencoderOobleck:
@@ -73,7 +84,8 @@ def load_vae(
             "Point at the 'vae' folder inside your ACE-Step 1.5 checkpoints folder."
         )
     try:
-        vae = AutoencoderOobleck.from_pretrained(vae_dir, local_files_only=True, torch_dtype=dtype)
+        with quiet_weight_norm():
+            vae = AutoencoderOobleck.from_pretrained(vae_dir, local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise CheckpointError(f"Cannot load the VAE from {vae_dir}: {exc}. Re-download the VAE folder.") from exc
     check_vae_geometry(vae, f"The VAE in {vae_dir}", "Use the 'vae' folder shipped with ACE-Step 1.5.")

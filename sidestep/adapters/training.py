@@ -9,8 +9,11 @@ Both keep working under the decoder's own gradient checkpointing.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -115,6 +118,25 @@ class LoraAdapter(TrainableAdapter):
         self.peft_model.unload()
 
 
+@contextmanager
+def _plain_lycoris_log() -> Iterator[None]:
+    """LyCORIS' warnings as plain text (its own handler writes colour codes into log files), without its chatter.
+
+    Dropped as well: "lora_dim N is too large ... using full matrix mode", which LyCORIS prints for the usual LoKR
+    settings (dimension 64, automatic factor) on every model size, the 2.4 B one included: it is how LoKR runs here.
+    """
+    from lycoris.logging import logger
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("LyCORIS %(levelname)s: %(message)s"))
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING and "using full matrix mode" not in record.getMessage())
+    saved, logger.handlers = logger.handlers, [handler]
+    try:
+        yield
+    finally:
+        logger.handlers = saved
+
+
 class LokrAdapter(TrainableAdapter):
     """LoKR through a LyCORIS network whose preset names exactly the target layers."""
 
@@ -136,18 +158,19 @@ class LokrAdapter(TrainableAdapter):
         self._own_forward = {name for name in modules if "forward" in vars(decoder.get_submodule(name))}
         # Bypass mode adds ΔW·x in the input's dtype (exact with bf16 base weights); weight decomposition needs the
         # merged weight, which only LyCORIS' rebuild mode computes.
-        self.network = create_lycoris(
-            decoder,
-            1.0,
-            linear_dim=config.linear_dim,
-            linear_alpha=config.linear_alpha,
-            algo="lokr",
-            factor=config.factor,
-            decompose_both=config.decompose_both,
-            use_tucker=config.use_tucker,
-            dora_wd=config.weight_decompose,
-            bypass_mode=not config.weight_decompose,
-        )
+        with _plain_lycoris_log():
+            self.network = create_lycoris(
+                decoder,
+                1.0,
+                linear_dim=config.linear_dim,
+                linear_alpha=config.linear_alpha,
+                algo="lokr",
+                factor=config.factor,
+                decompose_both=config.decompose_both,
+                use_tucker=config.use_tucker,
+                dora_wd=config.weight_decompose,
+                bypass_mode=not config.weight_decompose,
+            )
         created = [module.lora_name for module in self.network.loras]
         if created != [lycoris_name(name) for name in modules]:
             raise AdapterError(f"LyCORIS adapted {first_few(created)} instead of the requested {first_few(modules)}.")

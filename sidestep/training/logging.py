@@ -8,13 +8,14 @@ from pathlib import Path
 class RunLogger:
     """Writes scalars under `log_dir`; a disabled logger writes nothing."""
 
-    def __init__(self, log_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, log_dir: Path, enabled: bool = True, purge_step: int | None = None) -> None:
+        """`purge_step` (on resume): TensorBoard drops what earlier event files logged from that step on."""
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             log_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def scalars(self, step: int, **values: float) -> None:
         """Record each named value at `step`."""

@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .events import EventCallback, StopSignal, TrainingEvent
 from .logging import RunLogger
 from .objective import draw_cfg_keep_mask, draw_continuous_timesteps, draw_discrete_timesteps, flow_matching_loss
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, resume_notes
 from .state import (
     Progress,
     capture_rng,
@@ -210,7 +210,7 @@ class Trainer:
         distributed.barrier()
         return folder
 
-    def _resume(self, optimizer, scheduler) -> Path:
+    def _resume(self, optimizer, scheduler, notes: list[str]) -> Path:
         folder = resolve_resume_path(self.config.resume_from)
         state = load_training_state(folder)
         saved = AdapterConfig.from_dict(state["adapter_config"])
@@ -231,6 +231,8 @@ class Trainer:
             restore_rng(state["rng"], self.generator)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise TrainingError(f"Cannot restore everything from {folder} ({exc}); refusing to restart silently.") from exc
+        notes.append(f"resumed from {folder} (epoch {self.progress.epoch}, step {self.progress.global_step})")
+        notes += resume_notes(state["train_config"], self.config, self.progress.global_step, self.steps_per_epoch())
         return folder
 
     # ------------------------------------------------------------------ the loop
@@ -267,9 +269,13 @@ class Trainer:
         optimizer, notes = build_optimizer(self.adapter.parameters(), self.config, self.device)
         total_steps = self.config.epochs * self.steps_per_epoch()
         scheduler = build_scheduler(optimizer, total_steps, self.config)
-        last_checkpoint = self._resume(optimizer, scheduler) if self.config.resume_from else None
+        last_checkpoint = self._resume(optimizer, scheduler, notes) if self.config.resume_from else None
         self._start_step = self.progress.global_step
-        logger = RunLogger(Path(self.config.log_dir) if self.config.log_dir else self.output_dir / "runs", enabled=self.rank == 0)
+        logger = RunLogger(
+            Path(self.config.log_dir) if self.config.log_dir else self.output_dir / "runs",
+            enabled=self.rank == 0,
+            purge_step=self.progress.global_step + 1 if last_checkpoint else None,
+        )
         started = time.monotonic()
         samples = 0
         for note in notes:

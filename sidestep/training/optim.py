@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from collections.abc import Iterable
@@ -56,3 +57,26 @@ def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR following `lr_factor`."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, config))
+
+
+def resume_notes(saved: dict, config: TrainConfig, step: int, steps_per_epoch: int) -> list[str]:
+    """In words, what resuming at `step` does with optimiser and schedule settings that differ from the checkpoint's."""
+    notes = [
+        f"{name} {getattr(config, name):g} was given, but the checkpoint's {saved[name]:g} is kept (it is part of the saved "
+        "optimiser state); start a new run to change it."
+        for name in ("learning_rate", "weight_decay")
+        if name in saved and saved[name] != getattr(config, name)
+    ]
+    changed = [name for name in ("epochs", "scheduler", "warmup_steps", "restarts") if name in saved and saved[name] != getattr(config, name)]
+    if changed:
+        before = dataclasses.replace(config, **{name: saved[name] for name in changed})
+        lr = saved.get("learning_rate", config.learning_rate)
+        old = lr * lr_factor(step + 1, before.epochs * steps_per_epoch, before)
+        new = lr * lr_factor(step + 1, config.epochs * steps_per_epoch, config)
+        settings = ", ".join(f"{name} {saved[name]} → {getattr(config, name)}" for name in changed)
+        notes.append(
+            f"{settings}: the {config.scheduler} schedule is recomputed over {config.epochs} epochs "
+            f"({config.epochs * steps_per_epoch} steps), so the learning rate at step {step + 1} is {new:.2e} "
+            f"instead of the checkpoint's {old:.2e}."
+        )
+    return notes

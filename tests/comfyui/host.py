@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import requests
 import yaml
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +42,11 @@ CHROMIUM_ARGS = (
 )
 _COPY_SKIP_TOP = {"extra_model_paths.yaml", "tests", "tests-unit"}
 _SETUP_HINT = "run `bash scripts/setup.sh` from the repository root"
+# Waiting never fails a slow machine, only a hang: every wait gives up after `quiet` seconds without any sign of progress
+# (the server using CPU or writing to its log, a new websocket message), never sooner than QUIET_FLOOR, or after
+# HANG_CEILING seconds in all. Both can be raised through the environment for an unusually slow machine.
+QUIET_FLOOR = float(os.environ.get("SIDESTEP_TEST_QUIET_S", "300"))
+HANG_CEILING = float(os.environ.get("SIDESTEP_TEST_CEILING_S", "3600"))
 
 
 class ComfyUINotInstalled(RuntimeError):
@@ -58,6 +64,33 @@ class PromptRejected(RuntimeError):
         super().__init__(f"ComfyUI rejected the prompt (HTTP {status}): {json.dumps(body, indent=1)}")
         self.status = status
         self.body = body
+
+
+class Patience:
+    """A deadline that moves on while progress shows: gives up after `quiet` s without progress or `ceiling` s in all."""
+
+    def __init__(self, quiet: float, ceiling: float = HANG_CEILING) -> None:
+        self.quiet = max(quiet, QUIET_FLOOR)
+        self.ceiling = max(ceiling, self.quiet)
+        self.started = self._moved = time.monotonic()
+        self._mark: Any = None
+
+    def observe(self, mark: Any) -> None:
+        """Record the current progress marker; a value different from the last one restarts the quiet period."""
+        if mark != self._mark:
+            self._mark = mark
+            self._moved = time.monotonic()
+
+    def remaining(self) -> float:
+        """Seconds left before the wait counts as a hang (0 when it does)."""
+        now = time.monotonic()
+        return max(0.0, min(self._moved + self.quiet, self.started + self.ceiling) - now)
+
+    def reason(self) -> str:
+        """Why the wait gave up, for its error message."""
+        if time.monotonic() - self.started >= self.ceiling:
+            return f"still not done after {self.ceiling:.0f} s (SIDESTEP_TEST_CEILING_S)"
+        return f"no progress for {self.quiet:.0f} s (SIDESTEP_TEST_QUIET_S)"
 
 
 COMFYUI_SRC_ENV = "COMFYUI_SRC"
@@ -187,20 +220,35 @@ class ComfyUIHost:
         return self
 
     def _wait_until_ready(self) -> None:
-        """Poll /system_stats until it answers, failing with the log tail if the server dies or is slow."""
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._process is None or self._process.poll() is not None:
-                raise ComfyUIStartError(f"ComfyUI exited during start-up; log {self.log_path}:\n{self.log_tail()}")
+        """Poll /system_stats until it answers, failing with the log tail if the server dies or hangs."""
+        patience = Patience(self.startup_timeout)
+        while patience.remaining() > 0:
+            self._check_alive("during start-up")
             try:
-                if requests.get(f"{self.url}/system_stats", timeout=2).ok:
+                if requests.get(f"{self.url}/system_stats", timeout=10).ok:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
+            patience.observe(self.progress_mark())
             time.sleep(0.25)
-        raise ComfyUIStartError(
-            f"ComfyUI did not answer within {self.startup_timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}"
-        )
+        raise ComfyUIStartError(f"ComfyUI did not start: {patience.reason()}; log {self.log_path}:\n{self.log_tail()}")
+
+    def _check_alive(self, when: str) -> None:
+        """ComfyUIStartError with the log tail if the server process has exited."""
+        if self._process is None or self._process.poll() is not None:
+            raise ComfyUIStartError(f"ComfyUI exited {when}; log {self.log_path}:\n{self.log_tail()}")
+
+    def progress_mark(self) -> tuple[int, int]:
+        """What changes while the server works: its log's size and its CPU time (clock ticks; 0 where /proc is absent)."""
+        size = self.log_path.stat().st_size if self.log_path.exists() else 0
+        ticks = 0
+        if self._process is not None:
+            try:
+                fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+            except (OSError, IndexError, ValueError):
+                pass
+        return size, ticks
 
     def stop(self) -> None:
         """Stop the server's whole process group and delete the temporary copy (the log file stays)."""
@@ -255,17 +303,22 @@ class ComfyUIHost:
         return response.json().get(prompt_id)
 
     def wait(self, prompt_id: str, timeout: float = 120.0) -> dict[str, Any]:
-        """Wait until a prompt has finished (success, error or interrupted) and return its history entry."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait until a prompt has finished (success, error or interrupted) and return its history entry.
+
+        `timeout` is how long the server may show no progress at all (at least QUIET_FLOOR), not a limit on the run.
+        """
+        patience = Patience(timeout)
+        while patience.remaining() > 0:
             try:
                 entry = self.history(prompt_id)
             except requests.Timeout:  # a busy server answers late; only a dead or silent one is a failure
                 entry = None
             if entry is not None:
                 return entry
+            self._check_alive(f"while prompt {prompt_id} ran")
+            patience.observe(self.progress_mark())
             time.sleep(0.2)
-        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s; log tail:\n{self.log_tail()}")
+        raise TimeoutError(f"prompt {prompt_id} did not finish: {patience.reason()}; log tail:\n{self.log_tail()}")
 
     @property
     def pid(self) -> int:
@@ -273,19 +326,19 @@ class ComfyUIHost:
         assert self._process is not None, "the server is not running"
         return self._process.pid
 
-    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = 900.0) -> None:
-        """Poll `condition` until it holds; the long limit only catches a server that stopped making progress."""
-        deadline = time.monotonic() + timeout
+    def wait_until(self, condition: Callable[[], bool], what: str, quiet: float = QUIET_FLOOR) -> None:
+        """Poll `condition` until it holds; gives up only when the server shows no progress for `quiet` seconds."""
+        patience = Patience(quiet)
         while not condition():
-            if self._process is None or self._process.poll() is not None:
-                raise ComfyUIStartError(f"ComfyUI exited while waiting for {what}; log tail:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {what} within {timeout:.0f} s; log tail:\n{self.log_tail()}")
+            self._check_alive(f"while waiting for {what}")
+            if patience.remaining() <= 0:
+                raise TimeoutError(f"no {what}: {patience.reason()}; log tail:\n{self.log_tail()}")
+            patience.observe(self.progress_mark())
             time.sleep(0.5)
 
-    def wait_for_log(self, condition: Callable[[str], bool], timeout: float = 900.0) -> None:
+    def wait_for_log(self, condition: Callable[[str], bool]) -> None:
         """Wait until the server's log satisfies `condition`."""
-        self.wait_until(lambda: condition(self.log_text()), "expected log lines", timeout)
+        self.wait_until(lambda: condition(self.log_text()), "expected log lines")
 
     def interrupt(self) -> None:
         """POST /interrupt: cancel the prompt that is running now."""
@@ -293,14 +346,18 @@ class ComfyUIHost:
 
     def events(self, client_id: str | None = None) -> EventCollector:
         """Open /ws as `client_id` (a fresh one if None) and collect its JSON messages; pass it to queue()."""
-        return EventCollector(self.url, client_id or uuid.uuid4().hex)
+        return EventCollector(self.url, client_id or uuid.uuid4().hex, activity=self.progress_mark)
 
 
 class EventCollector:
     """Collects the JSON messages of ComfyUI's websocket (/ws?clientId=...) in a background thread."""
 
-    def __init__(self, base_url: str, client_id: str, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, client_id: str, connect_timeout: float = 60.0, activity: Callable[[], Any] | None = None
+    ) -> None:
+        """`activity`: a progress marker of the server (ComfyUIHost.progress_mark) that keeps wait_for patient."""
         self.client_id = client_id
+        self._activity = activity or (lambda: None)
         self._url = f"{base_url.replace('http://', 'ws://')}/ws?clientId={client_id}"
         self._messages: list[dict[str, Any]] = []
         self._changed = threading.Condition()
@@ -355,8 +412,11 @@ class EventCollector:
         predicate: Callable[[dict[str, Any]], bool] = lambda data: True,
         timeout: float = 120.0,
     ) -> dict[str, Any]:
-        """Block until a message of `event_type` whose data satisfies `predicate` arrives; return its data."""
-        deadline = time.monotonic() + timeout
+        """Block until a message of `event_type` whose data satisfies `predicate` arrives; return its data.
+
+        `timeout` is how long neither a message nor the server's activity may show progress (at least QUIET_FLOOR).
+        """
+        patience = Patience(timeout)
         seen = 0
         with self._changed:
             while True:
@@ -364,11 +424,11 @@ class EventCollector:
                     if message["type"] == event_type and predicate(message["data"]):
                         return message["data"]
                 seen = len(self._messages)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                patience.observe((seen, self._activity()))
+                if patience.remaining() <= 0:
                     types = [message["type"] for message in self._messages]
-                    raise TimeoutError(f"no {event_type!r} event within {timeout:.0f} s; got {types}")
-                self._changed.wait(remaining)
+                    raise TimeoutError(f"no {event_type!r} event: {patience.reason()}; got {types}")
+                self._changed.wait(min(patience.remaining(), 1.0))
 
     def close(self) -> None:
         """Close the websocket and stop the background thread."""
@@ -398,15 +458,13 @@ class Frontend:
                 executable_path=str(CHROMIUM), headless=True, args=list(CHROMIUM_ARGS)
             )
             context = self._browser.new_context(viewport={"width": 1600, "height": 900})
+            context.set_default_timeout(QUIET_FLOOR * 1000)  # Playwright's own 30 s would fail a busy machine
             context.add_init_script("try { localStorage.setItem('vueNodesBannerDismissed', 'true'); } catch (e) {}")
             context.route("**/*", self._local_only)
             self.page = context.new_page()
             self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
             self.page.goto(f"{host.url}/")
-            self.page.wait_for_function(
-                "() => !!(window.app && window.app.graph && window.app.extensionManager)",
-                timeout=ready_timeout * 1000,
-            )
+            self.wait_for_function("() => !!(window.app && window.app.graph && window.app.extensionManager)", quiet=ready_timeout)
         except BaseException:
             self.close()
             raise
@@ -418,6 +476,20 @@ class Frontend:
             route.continue_()
         else:
             route.abort()
+
+    def wait_for_function(self, expression: str, arg: Any = None, quiet: float = 120.0) -> Any:
+        """Wait until the JS function `expression` (called with `arg`) returns a truthy value, and return that value.
+
+        Gives up only when neither the page's answer nor the server's activity changed for `quiet` s (at least
+        QUIET_FLOOR), or after HANG_CEILING s in all.
+        """
+        patience = Patience(quiet)
+        while patience.remaining() > 0:
+            try:
+                return self.page.wait_for_function(expression, arg=arg, timeout=min(patience.remaining(), 5.0) * 1000).json_value()
+            except PlaywrightTimeout:
+                patience.observe(self.host.progress_mark())
+        raise TimeoutError(f"the page never satisfied {expression[:200]}: {patience.reason()}; log tail:\n{self.host.log_tail()}")
 
     def load_workflow(self, workflow: Mapping[str, Any]) -> None:
         """Load a UI-format workflow with app.loadGraphData."""

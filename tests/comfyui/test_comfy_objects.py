@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from sidestep.bundle import AceStepBundle, open_checkpoint
+from sidestep.comfy_models import TOKENIZER_IN_COMFYUI
 from sidestep.errors import CheckpointError
 from sidestep.testing import COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE
 from sidestep.vae import decode_latents
 
 from .fixtures_pack import COMFY_LM_FILE
+from .host import find_comfyui
 from .test_model_patches import PACK_MODULE, comfy  # noqa: F401  (the in-process ComfyUI fixture)
 
 
@@ -70,7 +72,8 @@ def test_comfyui_objects_compute_what_the_files_compute(node: type, comfy_object
     handle = node.execute(model=comfy_objects.model, base_model="turbo", clip=comfy_objects.clip, vae=comfy_objects.vae).args[0]
     from_objects = handle.bundle
     assert from_objects.base == "turbo" and from_objects.entry.config.hidden_size == 256
-    from_files = open_checkpoint(comfy_objects.models, "turbo", dtype=from_objects.dtype)
+    tokenizer = find_comfyui() / TOKENIZER_IN_COMFYUI
+    from_files = open_checkpoint(comfy_objects.models, "turbo", dtype=from_objects.dtype, tokenizer_dir=tokenizer)
     expected, got = _outputs(from_files), _outputs(from_objects)
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-5, msg=f"{key} differs")
