@@ -1,0 +1,145 @@
+"""One writer per run folder, repair after kills, and a full disk: on the tiny model tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from sidestep.errors import TrainingError
+from sidestep.training.runfolder import LOCK_FILE, RunLock, recover_run_folder
+from sidestep.training.state import STATE_FILE, latest_checkpoint, load_training_state
+from tests.test_training import adapter_tensors, cli_train, datasets, make_trainer, songs  # noqa: F401 (fixtures)
+
+HOLD_LOCK = (
+    "import sys; from sidestep.training.runfolder import RunLock; RunLock(sys.argv[1]).acquire(); "
+    "print('locked', flush=True); sys.stdin.read()"
+)
+
+
+def hold_lock(run_dir: Path) -> subprocess.Popen:
+    """Another process that takes the run folder's lock and keeps it until its stdin closes (or it is killed)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(tiny_root, datasets, tmp_path):
+    out = tmp_path / "run"
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(TrainingError, match=f"Another training run is writing to {out} \\(pid {holder.pid} on "):
+            make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=1).run()
+        assert not (out / "checkpoints").exists() and not (out / "final").exists()
+        refused = subprocess.run(cli_train(tiny_root, datasets["acestep-v15-turbo"], out), capture_output=True, text=True, timeout=300)
+    finally:
+        holder.communicate("")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"pid {holder.pid}" in refused.stderr and "-c" in refused.stderr
+    # Released on a normal exit: the same folder trains now.
+    assert make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=1).run().status == "finished"
+
+
+def test_the_lock_of_a_killed_holder_is_stale(tiny_root, datasets, tmp_path):
+    out = tmp_path / "run"
+    holder = hold_lock(out)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert str(holder.pid) in (out / LOCK_FILE).read_text()
+    with RunLock(out):
+        assert f'"pid": {os.getpid()}' in (out / LOCK_FILE).read_text()
+        with pytest.raises(TrainingError, match=f"pid {os.getpid()}"):
+            RunLock(out).acquire()  # also within one process: each acquisition is its own open file
+    assert make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=1).run().status == "finished"
+
+
+def test_start_up_puts_back_a_folder_moved_aside_and_removes_staging(tiny_root, datasets, tmp_path):
+    out = tmp_path / "run"
+    make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=2).run()
+    before = {name: adapter_tensors(out / name) for name in ("final", "checkpoints/epoch_2")}
+    # A kill between the two moves of a replacement leaves the old folder aside and the new one staged.
+    for name in ("final", "checkpoints/epoch_2"):
+        target = out / name
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, aside / "dir")
+        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        (staged / STATE_FILE).write_bytes(b"half")
+    assert latest_checkpoint(out).name == "epoch_1"
+    notes = recover_run_folder(out)
+    assert sorted(note.split(",")[0] for note in notes if note.startswith("put back")) == [
+        f"put back {out / 'checkpoints' / 'epoch_2'}", f"put back {out / 'final'}"
+    ]
+    assert sum(note.startswith("removed") for note in notes) == 2
+    for name, tensors in before.items():
+        restored = adapter_tensors(out / name)
+        assert all(restored[key].equal(value) for key, value in tensors.items())
+    leftovers = [p.name for p in [*out.iterdir(), *(out / "checkpoints").iterdir()] if p.name.startswith(".") and p.name != LOCK_FILE]
+    assert leftovers == []
+    load_training_state(latest_checkpoint(out))
+
+
+def test_a_run_start_reports_the_repairs(tiny_root, datasets, tmp_path):
+    out = tmp_path / "run"
+    make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=1).run()
+    staged = Path(tempfile.mkdtemp(prefix=".epoch_2.", suffix=".tmp", dir=out / "checkpoints"))
+    (staged / "adapter_model.safetensors").write_bytes(b"partial")
+    events = []
+    resumed = make_trainer(
+        tiny_root, datasets["acestep-v15-turbo"], out, epochs=2, resume_from=str(out / "checkpoints" / "epoch_1"),
+        callback=events.append,
+    )
+    assert resumed.run().status == "finished"
+    assert f"removed {staged}, left unfinished by an interrupted save" in [e.message for e in events if e.kind == "note"]
+    assert not staged.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 256 KiB (where root may mount one), unmounted afterwards; None where mounting is not allowed."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        yield None
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        yield None
+        return
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_disk_names_the_checkpoint_and_the_one_to_resume_from(tiny_root, datasets, tmp_path, small_disk, monkeypatch):
+    out = (small_disk or tmp_path) / "run"
+    trainer = make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=1000, log_dir=str(tmp_path / "logs"))
+    if small_disk is None:  # no tmpfs here: the third checkpoint's save meets ENOSPC as a full disk raises it
+        save = trainer._save_adapter
+
+        def full_at_epoch_3(folder: Path) -> None:
+            if trainer.progress.epoch == 3:
+                raise OSError(28, "No space left on device", str(folder / "adapter_model.safetensors"))
+            save(folder)
+
+        monkeypatch.setattr(trainer, "_save_adapter", full_at_epoch_3)
+    with pytest.raises(TrainingError) as raised:
+        trainer.run()
+    failed = trainer.progress.epoch
+    assert 1 < failed < 1000
+    checkpoints = out / "checkpoints"
+    assert str(raised.value) == (
+        f"Could not write checkpoint {checkpoints / f'epoch_{failed}'}: the disk holding {out} is full. Nothing was "
+        f"half-written; free some space, then resume from {checkpoints / f'epoch_{failed - 1}'} (the newest intact checkpoint)."
+    )
+    assert {p.name for p in checkpoints.iterdir()} == {f"epoch_{n}" for n in range(1, failed)}
+    load_training_state(checkpoints / f"epoch_{failed - 1}")
