@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from sidestep.errors import TrainingError
 from sidestep.training.runfolder import LOCK_FILE, RunLock, recover_run_folder
@@ -143,3 +144,62 @@ def test_a_full_disk_names_the_checkpoint_and_the_one_to_resume_from(tiny_root, 
     )
     assert {p.name for p in checkpoints.iterdir()} == {f"epoch_{n}" for n in range(1, failed)}
     load_training_state(checkpoints / f"epoch_{failed - 1}")
+
+
+# A CLI training run that SIGKILLs itself at one exact point of a checkpoint save (an audit hook sees the call just
+# before it happens): "fill" = while its training_state.pt is being written into the staging folder of TARGET,
+# "swap" = just before the finished staging folder is renamed to TARGET (when TARGET exists, it has been moved aside).
+KILL_IN_SAVE = """
+import os, runpy, signal, sys
+from pathlib import Path
+point, target = sys.argv[1], Path(sys.argv[2])
+def hook(event, args):
+    if point == "fill" and event == "tempfile.mkstemp":
+        path = Path(args[0])
+        hit = path.parent.parent == target.parent and path.parent.name.startswith(f".{target.name}.") and "training_state" in path.name
+    elif point == "swap" and event == "os.rename":
+        hit = Path(args[1]) == target and str(args[0]).endswith(".tmp")
+    else:
+        hit = False
+    if hit:
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+sys.argv = ["sidestep", *sys.argv[3:]]
+runpy.run_module("sidestep", run_name="__main__", alter_sys=True)
+"""
+
+
+def killed_in_save(command: list[str], point: str, target: Path) -> None:
+    """Run a CLI command (as `cli_train` builds it) that is SIGKILLed at `point` of the save of `target`."""
+    victim = subprocess.run(
+        [sys.executable, "-c", KILL_IN_SAVE, point, str(target), *command[3:]], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert victim.returncode == -signal.SIGKILL, victim.stderr[-2000:]
+
+
+def test_kills_inside_the_save_window_then_resume_is_bit_exact(tiny_root, datasets, tmp_path):
+    data, out = datasets["acestep-v15-turbo"], tmp_path / "killed"
+    checkpoints = out / "checkpoints"
+    subprocess.run(cli_train(tiny_root, data, tmp_path / "full"), check=True, capture_output=True, timeout=300)
+
+    killed_in_save(cli_train(tiny_root, data, out), "fill", checkpoints / "epoch_3")
+    assert latest_checkpoint(out).name == "epoch_2" and not (out / "final").exists()
+    assert [p.name for p in checkpoints.glob(".epoch_3.*.tmp")]  # the unfinished staging folder
+
+    # Resuming from an older checkpoint rewrites epoch_2: killed between moving the old one aside and the new one in.
+    resume_1 = cli_train(tiny_root, data, out, "--resume-from", str(checkpoints / "epoch_1"))
+    killed_in_save(resume_1, "swap", checkpoints / "epoch_2")
+    assert not (checkpoints / "epoch_2").exists() and list(checkpoints.glob(".epoch_2.old.*"))
+    assert not list(checkpoints.glob(".epoch_3.*.tmp"))  # removed when that run started
+
+    killed_in_save(resume_1, "swap", checkpoints / "epoch_5")  # its start put epoch_2 back; killed before epoch_5 moves in
+    assert latest_checkpoint(out).name == "epoch_4" and (checkpoints / "epoch_2" / STATE_FILE).is_file()
+
+    resumed = subprocess.run(
+        cli_train(tiny_root, data, out, "--resume-from", str(latest_checkpoint(out))), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = adapter_tensors(tmp_path / "full" / "final"), adapter_tensors(out / "final")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[key], got[key]) for key in expected)
+    assert [p.name for p in checkpoints.iterdir() if p.name.startswith(".")] == []
