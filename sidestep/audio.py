@@ -126,11 +126,11 @@ def entry_problem(path: Path) -> str | None:
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        return "its name is not valid UTF-8 text (rename the file)"
+        return "its name is not valid UTF-8 text; rename the file"
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        return "broken link (its target does not exist)" if path.is_symlink() else "file not found"
+        return "broken link, its target does not exist" if path.is_symlink() else "file not found"
     except OSError as error:
         if error.errno == errno.ELOOP:
             return "symbolic link loop"
@@ -138,7 +138,7 @@ def entry_problem(path: Path) -> str | None:
     if stat.S_ISDIR(mode):
         return "a folder, not an audio file"
     if not stat.S_ISREG(mode):
-        return "not a regular file (a FIFO, socket or device)"
+        return "not a regular file but a FIFO, socket or device"
     return None
 
 
