@@ -77,7 +77,7 @@ def encoded(tiny_root, tmp_path_factory) -> tuple[subprocess.CompletedProcess, P
     done = subprocess.run(
         [sys.executable, "-m", "sidestep", "encode", "--checkpoint-dir", str(tiny_root), "--dataset-dir", str(songs),
          "--output-dir", str(out)],
-        capture_output=True, timeout=600, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        check=False, capture_output=True, timeout=600, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
     )
     return done, songs, out
 

@@ -13,15 +13,27 @@ from pathlib import Path
 import pytest
 import torch
 
+from sidestep.bundle import open_checkpoint
+from sidestep.dataset.encode import EncodeConfig, encode_dataset
 from sidestep.errors import TrainingError
 from sidestep.training.runfolder import LOCK_FILE, RunLock, recover_run_folder
 from sidestep.training.state import STATE_FILE, latest_checkpoint, load_training_state
-from tests.test_training import adapter_tensors, cli_train, datasets, make_trainer, songs  # noqa: F401 (fixtures)
+from tests.test_training import adapter_tensors, cli_train, make_trainer, write_song
 
 HOLD_LOCK = (
     "import sys; from sidestep.training.runfolder import RunLock; RunLock(sys.argv[1]).acquire(); "
     "print('locked', flush=True); sys.stdin.read()"
 )
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_root, tmp_path_factory) -> Path:
+    """Two short songs encoded for the tiny turbo model."""
+    songs, folder = tmp_path_factory.mktemp("songs"), tmp_path_factory.mktemp("data")
+    write_song(songs / "low hum.wav", 1.0, 220.0)
+    write_song(songs / "bright.wav", 1.6, 880.0)
+    encode_dataset(open_checkpoint(tiny_root, "acestep-v15-turbo"), EncodeConfig(str(songs), str(folder)))
+    return folder
 
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
@@ -34,23 +46,23 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
     return holder
 
 
-def test_a_second_writer_is_refused_with_the_holder_named(tiny_root, datasets, tmp_path):
+def test_a_second_writer_is_refused_with_the_holder_named(tiny_root, dataset, tmp_path):
     out = tmp_path / "run"
     holder = hold_lock(out)
     try:
         with pytest.raises(TrainingError, match=f"Another training run is writing to {out} \\(pid {holder.pid} on "):
-            make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=1).run()
+            make_trainer(tiny_root, dataset, out, epochs=1).run()
         assert not (out / "checkpoints").exists() and not (out / "final").exists()
-        refused = subprocess.run(cli_train(tiny_root, datasets["acestep-v15-turbo"], out), capture_output=True, text=True, timeout=300)
+        refused = subprocess.run(cli_train(tiny_root, dataset, out), check=False, capture_output=True, text=True, timeout=300)
     finally:
         holder.communicate("")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert f"pid {holder.pid}" in refused.stderr and "-c" in refused.stderr
     # Released on a normal exit: the same folder trains now.
-    assert make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=1).run().status == "finished"
+    assert make_trainer(tiny_root, dataset, out, epochs=1).run().status == "finished"
 
 
-def test_the_lock_of_a_killed_holder_is_stale(tiny_root, datasets, tmp_path):
+def test_the_lock_of_a_killed_holder_is_stale(tiny_root, dataset, tmp_path):
     out = tmp_path / "run"
     holder = hold_lock(out)
     holder.send_signal(signal.SIGKILL)
@@ -60,12 +72,12 @@ def test_the_lock_of_a_killed_holder_is_stale(tiny_root, datasets, tmp_path):
         assert f'"pid": {os.getpid()}' in (out / LOCK_FILE).read_text()
         with pytest.raises(TrainingError, match=f"pid {os.getpid()}"):
             RunLock(out).acquire()  # also within one process: each acquisition is its own open file
-    assert make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=1).run().status == "finished"
+    assert make_trainer(tiny_root, dataset, out, epochs=1).run().status == "finished"
 
 
-def test_start_up_puts_back_a_folder_moved_aside_and_removes_staging(tiny_root, datasets, tmp_path):
+def test_start_up_puts_back_a_folder_moved_aside_and_removes_staging(tiny_root, dataset, tmp_path):
     out = tmp_path / "run"
-    make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=2).run()
+    make_trainer(tiny_root, dataset, out, epochs=2).run()
     before = {name: adapter_tensors(out / name) for name in ("final", "checkpoints/epoch_2")}
     # A kill between the two moves of a replacement leaves the old folder aside and the new one staged.
     for name in ("final", "checkpoints/epoch_2"):
@@ -88,14 +100,14 @@ def test_start_up_puts_back_a_folder_moved_aside_and_removes_staging(tiny_root, 
     load_training_state(latest_checkpoint(out))
 
 
-def test_a_run_start_reports_the_repairs(tiny_root, datasets, tmp_path):
+def test_a_run_start_reports_the_repairs(tiny_root, dataset, tmp_path):
     out = tmp_path / "run"
-    make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=1).run()
+    make_trainer(tiny_root, dataset, out, epochs=1).run()
     staged = Path(tempfile.mkdtemp(prefix=".epoch_2.", suffix=".tmp", dir=out / "checkpoints"))
     (staged / "adapter_model.safetensors").write_bytes(b"partial")
     events = []
     resumed = make_trainer(
-        tiny_root, datasets["acestep-v15-turbo"], out, epochs=2, resume_from=str(out / "checkpoints" / "epoch_1"),
+        tiny_root, dataset, out, epochs=2, resume_from=str(out / "checkpoints" / "epoch_1"),
         callback=events.append,
     )
     assert resumed.run().status == "finished"
@@ -111,7 +123,7 @@ def small_disk(tmp_path):
     if shutil.which("mount") is None or os.geteuid() != 0:
         yield None
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], check=False, capture_output=True)
     if mounted.returncode != 0:
         yield None
         return
@@ -121,9 +133,9 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-def test_a_full_disk_names_the_checkpoint_and_the_one_to_resume_from(tiny_root, datasets, tmp_path, small_disk, monkeypatch):
+def test_a_full_disk_names_the_checkpoint_and_the_one_to_resume_from(tiny_root, dataset, tmp_path, small_disk, monkeypatch):
     out = (small_disk or tmp_path) / "run"
-    trainer = make_trainer(tiny_root, datasets["acestep-v15-turbo"], out, epochs=1000, log_dir=str(tmp_path / "logs"))
+    trainer = make_trainer(tiny_root, dataset, out, epochs=1000, log_dir=str(tmp_path / "logs"))
     if small_disk is None:  # no tmpfs here: the third checkpoint's save meets ENOSPC as a full disk raises it
         save = trainer._save_adapter
 
@@ -172,14 +184,14 @@ runpy.run_module("sidestep", run_name="__main__", alter_sys=True)
 def killed_in_save(command: list[str], point: str, target: Path) -> None:
     """Run a CLI command (as `cli_train` builds it) that is SIGKILLed at `point` of the save of `target`."""
     victim = subprocess.run(
-        [sys.executable, "-c", KILL_IN_SAVE, point, str(target), *command[3:]], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", KILL_IN_SAVE, point, str(target), *command[3:]], check=False, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert victim.returncode == -signal.SIGKILL, victim.stderr[-2000:]
 
 
-def test_kills_inside_the_save_window_then_resume_is_bit_exact(tiny_root, datasets, tmp_path):
-    data, out = datasets["acestep-v15-turbo"], tmp_path / "killed"
+def test_kills_inside_the_save_window_then_resume_is_bit_exact(tiny_root, dataset, tmp_path):
+    data, out = dataset, tmp_path / "killed"
     checkpoints = out / "checkpoints"
     subprocess.run(cli_train(tiny_root, data, tmp_path / "full"), check=True, capture_output=True, timeout=300)
 
@@ -197,7 +209,7 @@ def test_kills_inside_the_save_window_then_resume_is_bit_exact(tiny_root, datase
     assert latest_checkpoint(out).name == "epoch_4" and (checkpoints / "epoch_2" / STATE_FILE).is_file()
 
     resumed = subprocess.run(
-        cli_train(tiny_root, data, out, "--resume-from", str(latest_checkpoint(out))), capture_output=True, text=True, timeout=300
+        cli_train(tiny_root, data, out, "--resume-from", str(latest_checkpoint(out))), check=False, capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr
     expected, got = adapter_tensors(tmp_path / "full" / "final"), adapter_tensors(out / "final")

@@ -283,7 +283,7 @@ class Trainer:
         if self.rank == 0:
             try:
                 lock = RunLock(self.output_dir).acquire()
-                self._repairs = recover_run_folder(self.output_dir)
+                self._repairs = tuple(recover_run_folder(self.output_dir))
             except TrainingError as error:
                 refused = error
         if distributed.any_true(refused is not None):
@@ -292,7 +292,7 @@ class Trainer:
             raise refused or TrainingError(f"The first training process could not take the run folder {self.output_dir}.")
         return lock
 
-    _repairs: list[str] = []
+    _repairs: tuple[str, ...] = ()
 
     def _run(self) -> TrainResult:
         torch.manual_seed(self.config.seed)
@@ -310,7 +310,7 @@ class Trainer:
         logger = RunLogger(Path(self.config.log_dir) if self.config.log_dir else self.output_dir / "runs", enabled=self.rank == 0)
         started = time.monotonic()
         samples = 0
-        for note in self._repairs + notes:
+        for note in [*self._repairs, *notes]:
             self._emit("note", started, 0, message=note)
         try:
             status = self._train_epochs(optimizer, scheduler, logger, started, samples)

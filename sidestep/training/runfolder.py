@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 from ..atomic import replace_synced
 from ..errors import TrainingError
@@ -30,7 +31,7 @@ class RunLock:
         self.path = self.run_dir / LOCK_FILE
         self._handle: int | None = None
 
-    def acquire(self) -> RunLock:
+    def acquire(self) -> Self:
         """Take the lock, or raise TrainingError naming the process that holds it."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +67,7 @@ class RunLock:
             os.close(self._handle)
             self._handle = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> Self:
         return self.acquire()
 
     def __exit__(self, *exc_info: object) -> None:
