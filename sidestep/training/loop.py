@@ -272,18 +272,19 @@ class Trainer:
         """
         lock = self._lock_run_folder()
         try:
+            if lock is not None:
+                self._repairs = tuple(recover_run_folder(self.output_dir))
             return self._run()
         finally:
             if lock is not None:
                 lock.release()
 
     def _lock_run_folder(self) -> RunLock | None:
-        """Rank 0 takes the run folder's lock and repairs it; every rank fails together when it cannot."""
+        """Rank 0 takes the run folder's lock; every rank fails together when it cannot."""
         lock, refused = None, None
         if self.rank == 0:
             try:
                 lock = RunLock(self.output_dir).acquire()
-                self._repairs = tuple(recover_run_folder(self.output_dir))
             except TrainingError as error:
                 refused = error
         if distributed.any_true(refused is not None):
