@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import replace_synced, staging_folder, sync_folder, torch_save_atomic
+from ..atomic import replace_synced, staging_folder, torch_save_atomic
 from ..errors import TrainingError
 
 STATE_FILE = "training_state.pt"
@@ -75,7 +75,6 @@ def write_checkpoint_dir(final_dir: Path, fill: Callable[[Path], None], run_dir:
     staging = staging_folder(final_dir)
     try:
         fill(staging)
-        sync_folder(staging)
         if final_dir.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}{RETIRED_MARK}", dir=final_dir.parent))
             replace_synced(final_dir, retired / RETIRED_ENTRY)
