@@ -332,3 +332,16 @@ def test_a_bad_training_state_is_refused_naming_it_and_nothing_is_lost(checkpoin
     assert code == 2 and str(named) in err and STATE_CASES[case] in err, err
     assert {file.name: file.read_bytes() for file in copy.iterdir() if file.is_file()} == before
     assert not (tmp_path / "run" / "final").exists() and not (tmp_path / "pickle ran").exists()
+
+
+def test_encoding_onto_a_full_disk_names_the_clip_and_leaves_no_partial_file(tiny_root, tmp_path, small_disk, capsys):
+    disk = small_disk("64k")
+    if disk is None:
+        pytest.skip("no tmpfs can be mounted here")
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    (songs / "good.wav").write_bytes(wav_bytes(tone(), 48_000))
+    code = main(["encode", "--checkpoint-dir", str(tiny_root), "--dataset-dir", str(songs), "--output-dir", str(disk / "data")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"Cannot write the clip file {disk / 'data'}/good." in err and "No space left" in err, err
+    assert list((disk / "data").iterdir()) == []

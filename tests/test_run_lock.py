@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -115,28 +114,11 @@ def test_a_run_start_reports_the_repairs(tiny_root, dataset, tmp_path):
     assert not staged.exists()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A tmpfs of 256 KiB (where root may mount one), unmounted afterwards; None where mounting is not allowed."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if shutil.which("mount") is None or os.geteuid() != 0:
-        yield None
-        return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], check=False, capture_output=True)
-    if mounted.returncode != 0:
-        yield None
-        return
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
-
-
 def test_a_full_disk_names_the_checkpoint_and_the_one_to_resume_from(tiny_root, dataset, tmp_path, small_disk, monkeypatch):
-    out = (small_disk or tmp_path) / "run"
+    disk = small_disk("256k")
+    out = (disk or tmp_path) / "run"
     trainer = make_trainer(tiny_root, dataset, out, epochs=1000, log_dir=str(tmp_path / "logs"))
-    if small_disk is None:  # no tmpfs here: the third checkpoint's save meets ENOSPC as a full disk raises it
+    if disk is None:  # no tmpfs here: the third checkpoint's save meets ENOSPC as a full disk raises it
         save = trainer._save_adapter
 
         def full_at_epoch_3(folder: Path) -> None:
