@@ -6,12 +6,12 @@ checkpoints and adapters left as they were).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pickle
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +64,8 @@ NOT_UTF8 = b"caf\xe9 latin-1.wav"
 
 
 @pytest.fixture(scope="module")
-def encoded(tiny_root, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Path]:
-    """One `sidestep encode` run over a folder of two good songs and every bad entry."""
+def encoded(tiny_root, tmp_path_factory) -> tuple[int, str, Path]:
+    """One `sidestep encode` over a folder of two good songs and every bad entry: exit code, all it printed, output."""
     songs, out = tmp_path_factory.mktemp("fuzz-songs"), tmp_path_factory.mktemp("fuzz-data")
     (songs / "good.wav").write_bytes(wav_bytes(tone(), 48_000))
     (songs / "good.caption.txt").write_text("slow synth " * 1_000_000, encoding="utf-8")  # 11 MB
@@ -74,23 +74,18 @@ def encoded(tiny_root, tmp_path_factory) -> tuple[subprocess.CompletedProcess, P
         make(songs / name)
     with open(os.path.join(os.fsencode(songs), NOT_UTF8), "wb") as handle:
         handle.write(wav_bytes(tone(), 48_000))
-    done = subprocess.run(
-        [sys.executable, "-m", "sidestep", "encode", "--checkpoint-dir", str(tiny_root), "--dataset-dir", str(songs),
-         "--output-dir", str(out)],
-        check=False, capture_output=True, timeout=600, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-    )
-    return done, songs, out
-
-
-def output(done: subprocess.CompletedProcess) -> str:
-    return (done.stdout + done.stderr).decode("utf-8")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = main(["encode", "--checkpoint-dir", str(tiny_root), "--dataset-dir", str(songs), "--output-dir", str(out)])
+    text = printed.getvalue()
+    text.encode("utf-8")  # printable on any UTF-8 terminal: no raw non-UTF-8 file-name bytes
+    return code, text, out
 
 
 @pytest.mark.parametrize("name", [*BAD_AUDIO, NOT_UTF8.decode("latin-1")])
 def test_each_bad_audio_entry_is_rejected_with_its_reason(encoded, name):
-    done, _, out = encoded
-    text = output(done)
-    assert done.returncode == 0 and "Traceback" not in text, text[-3000:]
+    code, text, out = encoded
+    assert code == 0, text[-3000:]
     reason = BAD_AUDIO[name][1] if name in BAD_AUDIO else "not valid UTF-8"
     shown = name if name in BAD_AUDIO else NOT_UTF8.decode("utf-8", "replace")
     assert any(f"rejected {shown} (" in line and reason in line for line in text.splitlines()), text[-3000:]
@@ -98,8 +93,7 @@ def test_each_bad_audio_entry_is_rejected_with_its_reason(encoded, name):
 
 
 def test_good_songs_are_still_encoded_with_capped_text(encoded):
-    done, _, out = encoded
-    text = output(done)
+    _, text, out = encoded
     manifest = read_manifest(out)
     assert sorted(clip.source for clip in manifest.clips) == sorted(["good.wav", f"{LONG_STEM}.wav"])
     good = next(clip for clip in manifest.clips if clip.source == "good.wav")
@@ -252,7 +246,7 @@ def test_sampling_with_a_nan_adapter_is_refused(tiny_root, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def checkpoint(tiny_root, encoded, tmp_path_factory) -> tuple[list[str], Path]:
     """The CLI train arguments on the fuzz dataset, and the epoch_1 checkpoint of a one-epoch run."""
-    _, _, dataset = encoded
+    dataset = encoded[2]
     run = tmp_path_factory.mktemp("fuzz-run")
     args = ["train", "--checkpoint-dir", str(tiny_root), "--dataset-dir", str(dataset), "--rank", "4", "--alpha", "8",
             "--save-every", "1", "--max-latent-frames", "0"]
