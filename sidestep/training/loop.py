@@ -273,7 +273,7 @@ class Trainer:
         lock = self._lock_run_folder()
         try:
             if lock is not None:
-                self._repairs = tuple(recover_run_folder(self.output_dir))
+                self._repairs = (*lock.warnings, *recover_run_folder(self.output_dir))
             return self._run()
         finally:
             if lock is not None:

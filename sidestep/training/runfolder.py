@@ -30,6 +30,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
         self._handle: int | None = None
+        self.warnings: list[str] = []
 
     def acquire(self) -> Self:
         """Take the lock, or raise TrainingError naming the process that holds it."""
@@ -49,6 +50,12 @@ class RunLock:
                 f"Another training run is writing to {self.run_dir} ({holder}). Wait for it to finish or stop it, "
                 "or choose another output folder; two runs in one folder would overwrite each other's checkpoints."
             ) from None
+        except OSError as error:  # a file system without locks (some network mounts): run, but say so
+            os.close(handle)
+            self.warnings.append(
+                f"{self.run_dir} cannot be locked ({error.strerror or error}); make sure no other run writes to it"
+            )
+            return self
         holder = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
