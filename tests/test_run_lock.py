@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_a_second_writer_is_refused_with_the_holder_named(tiny_root, dataset, tm
     out = tmp_path / "run"
     holder = hold_lock(out)
     try:
-        with pytest.raises(TrainingError, match=f"Another training run is writing to {out} \\(pid {holder.pid} on "):
+        with pytest.raises(TrainingError, match=re.escape(f"Another training run is writing to {out} (pid {holder.pid} on ")):
             make_trainer(tiny_root, dataset, out, epochs=1).run()
         assert not (out / "checkpoints").exists() and not (out / "final").exists()
         refused = subprocess.run(cli_train(tiny_root, dataset, out), check=False, capture_output=True, text=True, timeout=300)
@@ -69,7 +70,7 @@ def test_the_lock_of_a_killed_holder_is_stale(tiny_root, dataset, tmp_path):
     assert str(holder.pid) in (out / LOCK_FILE).read_text()
     with RunLock(out):
         assert f'"pid": {os.getpid()}' in (out / LOCK_FILE).read_text()
-        with pytest.raises(TrainingError, match=f"pid {os.getpid()}"):
+        with pytest.raises(TrainingError, match=f"pid {os.getpid()} "):
             RunLock(out).acquire()  # also within one process: each acquisition is its own open file
     assert make_trainer(tiny_root, dataset, out, epochs=1).run().status == "finished"
 
