@@ -22,8 +22,32 @@ def staging_folder(final: Path) -> Path:
     return folder
 
 
+def sync_file(path: str | Path) -> None:
+    """Flush a file's data to the disk (so a rename after it never exposes an empty file after a power cut)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def sync_folder(folder: str | Path) -> None:
+    """Flush a folder's entries (renames, new names) to the disk."""
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def replace_synced(source: str | Path, target: str | Path) -> None:
+    """`os.replace(source, target)`, then sync the target's folder so the rename survives a power cut."""
+    os.replace(source, target)
+    sync_folder(Path(target).parent)
+
+
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(temporary_path)` for a temporary file beside `path`, then move it into place."""
+    """Call `write(temporary_path)` for a temporary file beside `path`, sync it, then move it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,7 +55,8 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     try:
         write(temporary)
         os.chmod(temporary, FILE_MODE)
-        os.replace(temporary, path)
+        sync_file(temporary)
+        replace_synced(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

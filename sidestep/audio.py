@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import math
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +23,8 @@ from sidestep.errors import AudioError
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 SAMPLE_RATE = 48000
 SILENCE_PEAK = 1e-4  # −80 dBFS: a clip whose every sample stays below this is silent
+MAX_PEAK = 64.0  # +36 dBFS: float samples beyond this are a scaling error, not loud audio
+MIN_RATE, MAX_RATE = 4000, 768000  # sample rates outside these are a broken header
 PEAK_TARGET_DBFS = -1.0
 LOUDNESS_TARGET_LUFS = -14.0
 
@@ -95,8 +99,9 @@ def missing_decoders(env: DecoderEnvironment | None = None) -> dict[str, str]:
     return {ext: decoder_hint(ext, env) for ext in AUDIO_EXTENSIONS if decoder_for(ext, env) is None}
 
 
-def find_audio_files(folder: str | Path) -> list[Path]:
-    """Audio files under `folder`, recursively, by case-insensitive extension, sorted by relative path.
+def find_audio_entries(folder: str | Path) -> list[Path]:
+    """Everything under `folder`, recursively, named like audio (case-insensitive extension), sorted by relative path:
+    regular files and also folders, links and FIFOs so named (which `entry_problem` reports).
 
     macOS "._" resource-fork files are skipped: they carry the extension but no audio.
     """
@@ -106,12 +111,40 @@ def find_audio_files(folder: str | Path) -> list[Path]:
             f"Audio folder {root} does not exist or is not a folder; point to the folder that holds your songs.",
             reason="folder not found",
         )
-    found = [
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith("._") and p.is_file()
-    ]
+    found = [p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith("._")]
     return sorted(found, key=lambda p: (p.relative_to(root).as_posix().casefold(), p.as_posix()))
+
+
+def find_audio_files(folder: str | Path) -> list[Path]:
+    """The regular audio files among `find_audio_entries(folder)`."""
+    return [p for p in find_audio_entries(folder) if p.is_file()]
+
+
+def entry_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as an audio file (a folder, broken link, link loop, FIFO, a name that is not
+    UTF-8), or None for a regular file."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8 text; rename the file"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "broken link, its target does not exist" if path.is_symlink() else "file not found"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"cannot be read ({error.strerror or error})"
+    if stat.S_ISDIR(mode):
+        return "a folder, not an audio file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file but a FIFO, socket or device"
+    return None
+
+
+def printable(path: str | Path) -> str:
+    """A path as text that can be printed and written as UTF-8 (file-name bytes that are not UTF-8 shown as U+FFFD)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _audio_error(source: str | Path, reason: str, advice: str = _FIX_FILE) -> AudioError:
@@ -204,8 +237,9 @@ def load_audio(
     """
     path = Path(path)
     ext = path.suffix.lower()
-    if not path.is_file():
-        raise _audio_error(path, "file not found", "Check the path.")
+    problem = entry_problem(path)
+    if problem:
+        raise _audio_error(printable(path), problem, "Check the path.")
     if ext not in AUDIO_EXTENSIONS:
         raise _audio_error(path, f"unsupported extension {ext or '(none)'}", f"Use one of {', '.join(AUDIO_EXTENSIONS)}.")
     if path.stat().st_size == 0:
@@ -228,13 +262,18 @@ def load_audio(
 
 
 def check_clip(waveform: torch.Tensor, rate: int, min_seconds: float = 0.0, source: str | Path = "clip") -> None:
-    """Raise AudioError (with a short `reason`) when a [C, N] clip is empty, non-finite, silent or too short."""
+    """Raise AudioError (with a short `reason`) when a [C, N] clip has an absurd sample rate, is empty, non-finite,
+    far beyond full scale, silent or too short."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise _audio_error(source, f"sample rate {rate} Hz is not a real audio rate ({MIN_RATE}–{MAX_RATE} Hz)")
     seconds = waveform.shape[-1] / rate
     if waveform.numel() == 0:
         raise _audio_error(source, "no audio (0 frames)")
     if not bool(torch.isfinite(waveform).all()):
         raise _audio_error(source, "contains NaN or infinite samples")
     peak = float(waveform.abs().max())
+    if peak > MAX_PEAK:
+        raise _audio_error(source, f"samples far beyond full scale (peak {_dbfs(peak):+.0f} dBFS; a float file scaled wrongly)")
     if peak < SILENCE_PEAK:
         raise _audio_error(source, f"silent (peak {_dbfs(peak):.1f} dBFS)")
     if seconds < min_seconds:

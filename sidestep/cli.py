@@ -400,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     except SideStepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the machine, not the input: a full disk, a folder that cannot be written, ...
+        print(f"error: {error}. Check that path, its permissions and the free space on its disk.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

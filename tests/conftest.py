@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,3 +17,24 @@ from sidestep.testing import make_tiny_checkpoints
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny but complete ACE-Step 1.5 checkpoint tree, built once per test session (treat it as read-only)."""
     return make_tiny_checkpoints(tmp_path_factory.mktemp("tiny") / "checkpoints")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path | None]]:
+    """`small_disk("256k")` mounts a tmpfs of that size (unmounted after the test) where root may mount one, else None."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path | None:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        if shutil.which("mount") is None or os.geteuid() != 0:
+            return None
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=False, capture_output=True)
+        if done.returncode != 0:
+            return None
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ..atomic import save_safetensors_atomic
 from ..errors import AdapterError
@@ -49,5 +50,11 @@ def export_comfy(adapter_path: str | Path, out_file: str | Path) -> Path:
             "(it normalises by the base weight instead of the adapted one). Load it with Side-Step's Load Adapter "
             "node instead, or retrain without DoRA to export."
         )
-    save_safetensors_atomic(_comfy_tensors(adapter.modules), out_file, {**adapter.metadata, "format": "pt"})
+    try:
+        save_safetensors_atomic(_comfy_tensors(adapter.modules), out_file, {**adapter.metadata, "format": "pt"})
+    except (OSError, SafetensorError) as error:
+        raise AdapterError(
+            f"Cannot write {out_file} ({getattr(error, 'strerror', None) or error}). Choose a file in a folder you can write to, "
+            "on a disk with free space."
+        ) from error
     return out_file

@@ -41,10 +41,10 @@ _EXPECTED = (
 
 
 def resolve_adapter_path(path: str | Path) -> Path:
-    """The weights file behind any accepted path form; AdapterError when there is none."""
+    """The weights file behind any accepted path form; AdapterError when there is none (or it is not a regular file)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise AdapterError(f"Adapter {path} does not exist. Pass {_EXPECTED}.")
+        raise AdapterError(f"Adapter {path} does not exist (or is a broken link). Pass {_EXPECTED}.")
     if path.is_file() and path.name == TRAINING_STATE_FILE:
         path = path.parent
     if path.is_dir():
@@ -53,10 +53,15 @@ def resolve_adapter_path(path: str | Path) -> Path:
                 return path / name
         if (path / FINAL_FOLDER).is_dir():
             return resolve_adapter_path(path / FINAL_FOLDER)
-        found = sorted(p.name for p in path.iterdir())
+        try:
+            found = sorted(p.name for p in path.iterdir())
+        except OSError as error:
+            raise AdapterError(f"Adapter folder {path} cannot be listed ({error.strerror or error}). Check its permissions.") from error
         raise AdapterError(
             f"Adapter folder {path} holds no adapter weights (found: {first_few(found) or 'nothing'}). Pass {_EXPECTED}."
         )
+    if not path.is_file():
+        raise AdapterError(f"Adapter {path} is not a regular file (a FIFO, socket or device?). Pass {_EXPECTED}.")
     if path.suffix.lower() != ".safetensors":
         raise AdapterError(f"Adapter file {path} is not a .safetensors file. Pass {_EXPECTED}.")
     return path
@@ -72,20 +77,51 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def _peft_config(folder: Path) -> dict[str, Any] | None:
-    """The PEFT adapter_config.json beside the weights, or None when there is none."""
+    """The PEFT adapter_config.json beside the weights (checked), or None when there is none."""
     config_path = folder / PEFT_CONFIG_FILE
     if not config_path.is_file():
         return None
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise AdapterError(f"{config_path} is not valid JSON ({error}). Restore it from the training output.") from error
     if not isinstance(config, dict):
         raise AdapterError(f"{config_path} is not a PEFT adapter config. Restore it from the training output.")
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise AdapterError(f"{config_path} describes a {peft_type} adapter; only PEFT LoRA folders are supported.")
+    problem = _peft_config_problem(config)
+    if problem:
+        raise AdapterError(f"{config_path}: {problem}. Fix that value or restore the file from the training output.")
     return config
+
+
+def _is_number(value: Any, whole: bool = False) -> bool:
+    """A finite number above 0 (a whole one when `whole`); booleans are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def _peft_config_problem(config: dict[str, Any]) -> str | None:
+    """What is wrong with the settings of a PEFT config that loading uses (r, lora_alpha, alpha_pattern, use_rslora)."""
+    if "r" in config and not _is_number(config["r"], whole=True):
+        return f'"r" is {config["r"]!r}, not a whole number above 0'
+    if "lora_alpha" in config and not _is_number(config["lora_alpha"]):
+        return f'"lora_alpha" is {config["lora_alpha"]!r}, not a finite number above 0'
+    if not isinstance(config.get("use_rslora", False), bool):
+        return f'"use_rslora" is {config["use_rslora"]!r}, not true or false'
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        return f'"alpha_pattern" is {patterns!r}, not an object of module pattern → alpha'
+    for key, value in patterns.items():
+        try:
+            re.compile(key)
+        except re.error as error:
+            return f'"alpha_pattern" key {key!r} is not a valid regular expression ({error})'
+        if not _is_number(value):
+            return f'"alpha_pattern" gives {key!r} the alpha {value!r}, not a finite number above 0'
+    return None
 
 
 def _group(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -197,15 +233,43 @@ def _lokr_config(metadata: dict[str, str]) -> dict[str, Any]:
 
 
 def _declared(modules: dict[str, ModuleWeights], config: dict[str, Any] | None, metadata: dict[str, str]) -> tuple[int | None, float | None]:
-    """The (rank, alpha) an adapter declares: its PEFT config or LoKR metadata, else read off its first module."""
+    """The (rank, alpha) an adapter declares: its PEFT config or LoKR metadata (values that are not numbers are
+    ignored), else read off its first module."""
     first = next(iter(modules.values()))
     if isinstance(first, LoraWeights):
         if config is not None:
-            return int(config.get("r", first.rank)), float(config.get("lora_alpha", 8))
+            return config.get("r", first.rank), float(config.get("lora_alpha", 8))
         return first.rank, first.scale * first.rank
     lokr = _lokr_config(metadata)
-    rank, alpha = lokr.get("linear_dim", first.rank), lokr.get("linear_alpha", first.alpha)
-    return (None if rank is None else int(rank)), (None if alpha is None else float(alpha))
+    rank, alpha = lokr.get("linear_dim"), lokr.get("linear_alpha")
+    return (rank if _is_number(rank, whole=True) else first.rank), (float(alpha) if _is_number(alpha) else first.alpha)
+
+
+def _check_values(groups: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
+    """AdapterError for an empty tensor, an `.alpha` that is not one number, or NaN/infinite weights."""
+    for module, parts in groups.items():
+        for part, tensor in parts.items():
+            if part == ALPHA_PART and tensor.numel() != 1:
+                raise AdapterError(
+                    f"Adapter {path}: {module}.alpha holds {tensor.numel()} values instead of one. Re-export the adapter."
+                )
+            if tensor.numel() == 0:
+                raise AdapterError(f"Adapter {path}: {module} has an empty {part} tensor (rank 0?). Re-export the adapter.")
+            if not bool(torch.isfinite(tensor).all()):
+                raise AdapterError(
+                    f"Adapter {path}: {module} holds NaN or infinite values in {part} (training diverged?). "
+                    "Use an earlier checkpoint, or train again with a lower learning rate."
+                )
+
+
+def _check_scales(modules: dict[str, ModuleWeights], path: Path) -> None:
+    """AdapterError when a module's scale (alpha / rank) is not a finite number."""
+    for module, weights in modules.items():
+        if not math.isfinite(weights.scale):
+            raise AdapterError(
+                f"Adapter {path}: {module} has the scale {weights.scale} (alpha / rank), which is not finite. "
+                "Fix lora_alpha / the .alpha values, or re-export the adapter."
+            )
 
 
 def load_adapter(path: str | Path) -> LoadedAdapter:
@@ -215,7 +279,18 @@ def load_adapter(path: str | Path) -> LoadedAdapter:
     tensors, metadata = _read(weights_path)
     if not tensors:
         raise AdapterError(f"Adapter file {weights_path} holds no tensors. Re-save or re-export the adapter.")
-    modules = _modules(_group(tensors, weights_path), config, weights_path)
+    groups = _group(tensors, weights_path)
+    _check_values(groups, weights_path)
+    modules = _modules(groups, config, weights_path)
+    _check_scales(modules, weights_path)
     kind = "lokr" if isinstance(next(iter(modules.values())), LokrWeights) else "lora"
+    if kind == "lora" and config is None and weights_path.name == PEFT_WEIGHTS_FILE and any(
+        ALPHA_PART not in parts for parts in groups.values()
+    ):
+        raise AdapterError(
+            f"Adapter folder {weights_path.parent} has {PEFT_WEIGHTS_FILE} but no {PEFT_CONFIG_FILE}, so its scale "
+            f"(lora_alpha / r) is unknown and loading it would give the wrong strength. Put the {PEFT_CONFIG_FILE} "
+            "saved with it back beside it."
+        )
     rank, alpha = _declared(modules, config, metadata)
     return LoadedAdapter(source=weights_path, kind=kind, modules=modules, rank=rank, alpha=alpha, metadata=metadata)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..audio import find_audio_files, load_audio, normalize
+from ..audio import entry_problem, find_audio_entries, load_audio, normalize, printable
 from ..bundle import AceStepBundle
 from ..errors import AudioError, DatasetError
 from ..model import silence_context
@@ -63,6 +63,17 @@ def file_hash(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _readable_hash(path: Path) -> str:
+    """`file_hash` of a regular, readable audio file; AudioError (with the reason) for anything else."""
+    problem = entry_problem(path)
+    if problem is None:
+        try:
+            return file_hash(path)
+        except OSError as error:
+            problem = f"cannot be read ({error.strerror or error})"
+    raise AudioError(f"{printable(path)}: {problem}.", reason=problem)
 
 
 def encoder_fingerprint(bundle: AceStepBundle, config: EncodeConfig) -> str:
@@ -172,9 +183,12 @@ class DatasetEncoder:
 
 
 def _find_sources(audio_dir: Path, output: Path) -> list[Path]:
-    """The songs under `audio_dir`, leaving out anything inside the output folder when it sits below `audio_dir`."""
+    """The songs under `audio_dir` (and entries only named like one, to report), leaving out anything inside the output
+    folder when it sits below `audio_dir`."""
     inside = output.resolve() != audio_dir.resolve() and output.resolve().is_relative_to(audio_dir.resolve())
-    return [path for path in find_audio_files(audio_dir) if not (inside and path.resolve().is_relative_to(output.resolve()))]
+    return [
+        path for path in find_audio_entries(audio_dir) if not (inside and path.parent.resolve().is_relative_to(output.resolve()))
+    ]
 
 
 def _previous_manifest(output: Path, variant: str) -> Manifest | None:
@@ -239,7 +253,7 @@ def encode_dataset(
         )
     previous = _previous_manifest(output, bundle.variant)
     fingerprint = encoder_fingerprint(bundle, config)
-    names = [path.relative_to(audio_dir).as_posix() for path in sources]
+    names = [printable(path.relative_to(audio_dir).as_posix()) for path in sources]
     present = set(names)
     earlier: dict[str, list[ClipRecord]] = {}
     if previous is not None and previous.encoder_fingerprint == fingerprint:
@@ -256,15 +270,15 @@ def encode_dataset(
             result.stopped = True
             break
         old = earlier.pop(source, [])
-        song = read_song_metadata(path, dataset_json, config.tag_position, config.custom_tag or None)
-        result.warnings.extend(f"{source}: {warning}" for warning in song.warnings)
-        digest = file_hash(path)
-        if config.skip_existing and _unchanged(old, digest, song, output):
-            manifest.clips.extend(old)
-            result.skipped += 1
-            emit(EncodeEvent(index, len(sources), source, "skipped", sum(record.duration for record in old)))
-            continue
         try:
+            digest = _readable_hash(path)
+            song = read_song_metadata(path, dataset_json, config.tag_position, config.custom_tag or None)
+            result.warnings.extend(f"{source}: {warning}" for warning in song.warnings)
+            if config.skip_existing and _unchanged(old, digest, song, output):
+                manifest.clips.extend(old)
+                result.skipped += 1
+                emit(EncodeEvent(index, len(sources), source, "skipped", sum(record.duration for record in old)))
+                continue
             waveform = normalize(load_audio(path, SAMPLE_RATE, config.min_seconds), SAMPLE_RATE, config.normalize)
         except AudioError as error:
             result.rejected.append(Rejection(source, error.reason))

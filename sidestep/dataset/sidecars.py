@@ -29,6 +29,9 @@ from sidestep.errors import DatasetError
 
 INSTRUMENTAL = "[Instrumental]"
 TAG_POSITIONS = ("prepend", "append", "replace")
+# Far more than the text encoder reads (256 caption / 2048 lyric tokens), small enough for every file header.
+MAX_CAPTION_CHARS = 4096
+MAX_LYRICS_CHARS = 32768
 TagPosition = Literal["prepend", "append", "replace"]
 
 _FIELDS = {
@@ -91,6 +94,22 @@ class DatasetJson:
             listed = ", ".join(f"samples[{i}]" for i in named)
             return None, f"{self.path.name}: {listed} all name '{Path(audio_path).name}'; none used (give their audio_path)"
         return (named[0], None) if named else (None, None)
+
+
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a regular file; False also when its name is too long for this file system."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _capped(name: str, text: str, limit: int, warnings: list[str]) -> str:
+    """`text` cut to `limit` characters, with a warning when it was longer."""
+    if len(text) <= limit:
+        return text
+    warnings.append(f"{name} is {len(text)} characters long; only the first {limit} are kept (the text encoder reads less)")
+    return text[:limit]
 
 
 def _field_name(key: str) -> str | None:
@@ -210,7 +229,7 @@ def _caption_lyrics_layers(audio_path: Path, warnings: list[str]) -> list[tuple[
     layers: list[tuple[str, dict[str, object]]] = []
     for name, suffix in (("caption", ".caption.txt"), ("lyrics", ".lyrics.txt")):
         path = stem.with_name(stem.name + suffix)
-        text = _read_text(path, warnings) if path.is_file() else None
+        text = _read_text(path, warnings) if _is_file(path) else None
         value = (_clean_lyrics(text) if name == "lyrics" else text.strip()) if text else ""
         layers.append((path.name, {name: value} if value else {}))
     return layers
@@ -270,7 +289,7 @@ def read_song_metadata(
     warnings: list[str] = []
     layers: list[tuple[str, dict[str, object]]] = []
     song_txt = audio_path.with_suffix(".txt")
-    if song_txt.is_file():
+    if _is_file(song_txt):
         layers.append((song_txt.name, _song_txt_fields(song_txt, warnings)))
     layers.extend(_caption_lyrics_layers(audio_path, warnings))
     position = tag_position
@@ -298,7 +317,8 @@ def read_song_metadata(
         merged["caption"] = caption_from_filename(audio_path)
         sources.append("file name")
 
-    lyrics = str(merged.get("lyrics", ""))
+    merged["caption"] = _capped("caption", str(merged["caption"]), MAX_CAPTION_CHARS, warnings)
+    lyrics = _capped("lyrics", str(merged.get("lyrics", "")), MAX_LYRICS_CHARS, warnings)
     instrumental = merged.get("is_instrumental")
     if instrumental is None:
         instrumental = not lyrics or lyrics.casefold() == INSTRUMENTAL.casefold()
@@ -340,6 +360,8 @@ def _parse_dataset_json(path: Path, root: Path) -> DatasetJson | None:
         raise DatasetError(
             f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); fix the file or remove it."
         ) from exc
+    except RecursionError as exc:
+        raise DatasetError(f"{path}: nested too deeply to be a dataset JSON; fix the file or remove it.") from exc
     if not isinstance(data, dict) or "samples" not in data:
         if path.name != "dataset.json":
             return None
@@ -360,9 +382,11 @@ def _parse_dataset_json(path: Path, root: Path) -> DatasetJson | None:
             raise DatasetError(
                 f"{path}: samples[{index}] is not an object with an \"audio_path\" or \"filename\" string; fix that entry."
             )
-        relative = Path(reference)
-        for base in (path.parent, root):
-            by_path.setdefault((base / relative).resolve(), index)
+        try:
+            for base in (path.parent, root):
+                by_path.setdefault((base / reference).resolve(), index)
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{path}: samples[{index}] names the path {reference[:200]!r}, which is not usable ({exc}); fix that entry.") from exc
         by_name.setdefault(_sample_name(str(sample.get("filename") or reference)), []).append(index)
     return DatasetJson(path, defaults, samples, by_path, by_name)
 

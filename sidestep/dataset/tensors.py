@@ -134,7 +134,13 @@ def read_sample_paths(folder: Path) -> list[Path] | None:
 
 def save_clip(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write one clip's tensors (unbatched: [T, 64], [T], [L, H], [L], [T, 128]) atomically."""
-    save_safetensors_atomic({key: tensors[key] for key in CLIP_KEYS}, Path(path), metadata=metadata)
+    try:
+        save_safetensors_atomic({key: tensors[key] for key in CLIP_KEYS}, Path(path), metadata=metadata)
+    except (OSError, SafetensorError) as exc:
+        raise DatasetError(
+            f"Cannot write the clip file {path} ({exc}). Free some space (or choose a folder you can write to) and "
+            "encode again: the songs already encoded are kept and not encoded twice."
+        ) from exc
 
 
 def load_clip(path: Path) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from .. import __version__
 from ..adapters.config import AdapterConfig
 from ..adapters.training import TrainableAdapter, attach_trainable_adapter
 from ..dataset.loader import ClipDataset, epoch_order, make_loader
-from ..errors import TrainingError
+from ..errors import AdapterError, TrainingError
 from ..model import AceStepConditionGenerationModel
 from . import distributed
 from .config import TrainConfig
@@ -26,6 +26,7 @@ from .events import EventCallback, StopSignal, TrainingEvent
 from .logging import RunLogger
 from .objective import draw_cfg_keep_mask, draw_continuous_timesteps, draw_discrete_timesteps, flow_matching_loss
 from .optim import build_optimizer, build_scheduler, resume_notes
+from .runfolder import RunLock, recover_run_folder
 from .state import (
     Progress,
     capture_rng,
@@ -198,7 +199,7 @@ class Trainer:
                 self._save_adapter(staging)
                 save_training_state(staging, state)
 
-            write_checkpoint_dir(folder, fill)
+            write_checkpoint_dir(folder, fill, self.output_dir)
         distributed.barrier()
         return folder
 
@@ -206,14 +207,23 @@ class Trainer:
         """Write the inference-ready adapter to `final/` atomically; rank 0 only."""
         folder = self.output_dir / "final"
         if self.rank == 0:
-            write_checkpoint_dir(folder, self._save_adapter)
+            write_checkpoint_dir(folder, self._save_adapter, self.output_dir)
         distributed.barrier()
         return folder
 
     def _resume(self, optimizer, scheduler, notes: list[str]) -> Path:
         folder = resolve_resume_path(self.config.resume_from)
         state = load_training_state(folder)
-        saved = AdapterConfig.from_dict(state["adapter_config"])
+        try:
+            saved = AdapterConfig.from_dict(state["adapter_config"])
+        except (AdapterError, TypeError) as error:
+            raise TrainingError(f"The checkpoint {folder} holds unusable adapter settings ({error}); resume from another one.") from error
+        done = state["progress"]["epoch"]
+        if done >= self.config.epochs:
+            raise TrainingError(
+                f"The checkpoint {folder} has already completed {done} epochs, and this run asks for {self.config.epochs}. "
+                f"Ask for more epochs (for example {done + 10}) to train on, or use that checkpoint's adapter as it is."
+            )
         if saved.shape_signature() != self.adapter_config.shape_signature():
             raise TrainingError(
                 f"The checkpoint {folder} was trained as {saved.describe()}, but this run asks for "
@@ -258,7 +268,36 @@ class Trainer:
             self.callback(event)
 
     def run(self) -> TrainResult:
-        """Train to the configured number of epochs, or until stopped; always leaves a usable adapter behind."""
+        """Train to the configured number of epochs, or until stopped; always leaves a usable adapter behind.
+
+        The run folder is locked for the whole run (a second writer is refused) and repaired first after a kill.
+        """
+        lock = self._lock_run_folder()
+        try:
+            if lock is not None:
+                self._repairs = (*lock.warnings, *recover_run_folder(self.output_dir))
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _lock_run_folder(self) -> RunLock | None:
+        """Rank 0 takes the run folder's lock; every rank fails together when it cannot."""
+        lock, refused = None, None
+        if self.rank == 0:
+            try:
+                lock = RunLock(self.output_dir).acquire()
+            except TrainingError as error:
+                refused = error
+        if distributed.any_true(refused is not None):
+            if lock is not None:
+                lock.release()
+            raise refused or TrainingError(f"The first training process could not take the run folder {self.output_dir}.")
+        return lock
+
+    _repairs: tuple[str, ...] = ()
+
+    def _run(self) -> TrainResult:
         torch.manual_seed(self.config.seed)
         random.seed(self.config.seed)
         np.random.seed(self.config.seed % 2**32)
@@ -278,7 +317,7 @@ class Trainer:
         )
         started = time.monotonic()
         samples = 0
-        for note in notes:
+        for note in [*self._repairs, *notes]:
             self._emit("note", started, 0, message=note)
         try:
             status = self._train_epochs(optimizer, scheduler, logger, started, samples)

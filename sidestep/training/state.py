@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import errno
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import staging_folder, torch_save_atomic
+from ..atomic import replace_synced, staging_folder, torch_save_atomic
 from ..errors import TrainingError
 
 STATE_FILE = "training_state.pt"
 STATE_FORMAT = 1
+RETIRED_MARK = ".old."  # `.NAME.old.XXXX/dir` holds a folder moved aside while its replacement moves in
+RETIRED_ENTRY = "dir"
+LOW_SPACE_BYTES = 1 << 20
 
 
 @dataclass
@@ -60,22 +64,63 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
-def write_checkpoint_dir(final_dir: Path, fill: "callable") -> None:
-    """Build a checkpoint folder beside `final_dir` with `fill(temporary_dir)`, then swap it into place."""
+def write_checkpoint_dir(final_dir: Path, fill: Callable[[Path], None], run_dir: Path) -> None:
+    """Build a checkpoint folder beside `final_dir` with `fill(temporary_dir)`, then swap it into place.
+
+    An existing `final_dir` is first moved aside into `.NAME.old.*/dir` (put back by `recover_run_folder` if a kill
+    lands between the two moves). A full disk or another write failure becomes a TrainingError that names the folder
+    and the newest intact checkpoint of `run_dir` to resume from.
+    """
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_folder(final_dir)
     try:
         fill(staging)
         if final_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old.", dir=final_dir.parent))
-            os.replace(final_dir, retired / "dir")
-            os.replace(staging, final_dir)
+            retired = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}{RETIRED_MARK}", dir=final_dir.parent))
+            replace_synced(final_dir, retired / RETIRED_ENTRY)
+            replace_synced(staging, final_dir)
             shutil.rmtree(retired, ignore_errors=True)
         else:
-            os.replace(staging, final_dir)
+            replace_synced(staging, final_dir)
+    except Exception as error:
+        full = _disk_full(error, final_dir.parent)
+        shutil.rmtree(staging, ignore_errors=True)
+        if full or isinstance(error, OSError):
+            raise TrainingError(_write_failure(final_dir, run_dir, error, full)) from error
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a write failed for lack of space: ENOSPC/EDQUOT anywhere in the error chain, or (for libraries that
+    hide the errno, like torch.save) almost no space left where it was writing."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(seen) for text in ("No space left", "os error 28", "Disk quota exceeded")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def _write_failure(final_dir: Path, run_dir: Path, error: BaseException, full: bool) -> str:
+    """What failed, why, and the intact checkpoint to resume from."""
+    what = "the final adapter" if final_dir.name == "final" else "checkpoint"
+    why = f"the disk holding {run_dir} is full" if full else f"{error}"
+    fix = "free some space" if full else "fix that"
+    latest = latest_checkpoint(run_dir)
+    resume = (
+        f"then resume from {latest} (the newest intact checkpoint)"
+        if latest is not None
+        else "then start the run again (no checkpoint was written yet)"
+    )
+    return f"Could not write {what} {final_dir}: {why}. Nothing was half-written; {fix}, {resume}."
 
 
 def save_training_state(folder: Path, state: dict[str, Any]) -> None:
@@ -97,15 +142,38 @@ def resolve_resume_path(path: str | Path) -> Path:
 
 
 def load_training_state(folder: Path) -> dict[str, Any]:
-    """Read `training_state.pt` safely (tensors and plain containers only)."""
+    """Read `training_state.pt` safely (tensors and plain containers only) and check that it is complete."""
     path = folder / STATE_FILE
+    if path.stat().st_size == 0:
+        raise TrainingError(f"{path} is empty (0 bytes), so it cannot be resumed. Resume from an earlier checkpoint.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for corrupt or unsafe files
-        raise TrainingError(f"Cannot read {path}: {exc}. Resume from an earlier checkpoint.") from exc
+        detail = str(exc).strip() or type(exc).__name__
+        raise TrainingError(f"Cannot read {path}: {detail}. Resume from an earlier checkpoint.") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise TrainingError(f"{path} is not a Side-Step for ComfyUI training state (format {STATE_FORMAT}).")
+    problem = _state_problem(state)
+    if problem:
+        raise TrainingError(f"{path} is damaged: {problem}. Resume from an earlier checkpoint, or start a new run.")
     return state
+
+
+def _state_problem(state: dict[str, Any]) -> str | None:
+    """What is missing or malformed in a loaded training state (None when it is complete)."""
+    for key, kind in (("progress", dict), ("adapter", dict), ("adapter_config", dict), ("optimizer", dict),
+                      ("scheduler", dict), ("rng", dict)):
+        if not isinstance(state.get(key), kind):
+            return f"'{key}' is missing or not a {kind.__name__}"
+    progress = state["progress"]
+    for key in ("epoch", "batch_in_epoch", "global_step"):
+        value = progress.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"progress '{key}' is {value!r}, not a whole number of at least 0"
+    world = state.get("world_size", 1)
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        return f"'world_size' is {world!r}, not a number of processes"
+    return None
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
