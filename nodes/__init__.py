@@ -5,12 +5,14 @@ from comfy_api.latest import ComfyExtension, io
 from .adapters import ApplyAdapterToModel, ConfigureAdapter, LoadAdapter
 from .dataset import EncodeDataset
 from .jobs import JOBS, register_routes
+from .label import LabelSongs
 from .model import LoadCheckpoint
 from .sample import SampleWithShift
 from .train import TrainAdapter
 
 NODES: list[type[io.ComfyNode]] = [
     LoadCheckpoint,
+    LabelSongs,
     EncodeDataset,
     ConfigureAdapter,
     TrainAdapter,

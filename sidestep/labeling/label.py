@@ -256,9 +256,9 @@ def label_songs(
             except AudioError as exc:
                 songs[name] = SongLabel(name, "failed", message=exc.reason)
                 emit(LabelEvent(files.index(path) + 1, len(files), name, "failed", exc.reason))
-    bundle.release(dit=True, vae=True)
-    free_memory()
-
+    if codes:
+        bundle.release(dit=True, vae=True)
+        free_memory()
     lm = load_lm(config.lm_path, config.tokenizer_dir, dtype=dtype, device=device) if codes else None
     try:
         for name, (path, digest, fill, kept) in todo.items():
