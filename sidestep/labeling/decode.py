@@ -39,10 +39,10 @@ class _Decoder:
         self.text_ids: list[int] = []
         self.logits = self._forward(lm.tokenizer.encode(prompt, add_special_tokens=False))
         vocab = self.logits.shape[-1]
-        special = set(lm.tokenizer.all_special_ids) | set(lm.tokenizer.convert_tokens_to_ids(["<think>", "</think>"]))
+        added = lm.tokenizer.get_added_vocab().values()  # chat markers, reasoning tags, audio codes: never free text
         self.text_mask = torch.zeros(vocab, dtype=torch.bool)
         self.text_mask[: lm.first_code_id] = True
-        self.text_mask[[i for i in special if i < vocab]] = False
+        self.text_mask[[i for i in added if i < vocab]] = False
         self.newline_mask = torch.zeros(vocab, dtype=torch.bool)
         newline = {index for token, index in lm.tokenizer.get_vocab().items() if "\u010a" in token}  # byte-level "\n"
         self.newline_mask[[i for i in newline if i < lm.first_code_id]] = True
@@ -52,7 +52,7 @@ class _Decoder:
     def _forward(self, ids: list[int]) -> torch.Tensor:
         """Run `ids` through the LM after everything fed so far; the next token's logits (float32, CPU)."""
         inputs = torch.tensor([ids], device=self.lm.device)
-        out = self.lm.model(input_ids=inputs, cache=self.cache, use_cache=True)
+        out = self.lm.model(input_ids=inputs, cache=self.cache, use_cache=True, logits_to_keep=1)
         self.cache = out.cache
         return out.logits[0, -1].float().cpu()
 
