@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .encoding import vae_rows
+from .labeling import label_rows
 from .models import SIZES
 from .report import Report, Row, Target, format_table, write_json
 from .sampling import sampling_rows
@@ -33,6 +34,7 @@ SUITES: dict[str, tuple[tuple[str, ...], bool, Suite]] = {
     "sampling": (("tiny", "small"), False, sampling_rows),
     "trainer": (("tiny", "small", "full"), False, trainer_rows),
     "vae": (("tiny", "full"), False, vae_rows),
+    "labeling": (("tiny", "small", "full"), True, label_rows),
 }
 NOTES = (
     "Each figure is the median of n repetitions (min–max shown); ratios compare medians measured in this run.",

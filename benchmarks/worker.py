@@ -2,7 +2,7 @@
 
 Tasks: `train` runs the real Trainer for a few steps on a synthetic clip and reports step times, checkpoint save
 times, file sizes and the resident peak during the steps and during saving; `encode` runs the real dataset encoder
-over an audio folder and reports its wall time and resident peak.
+over an audio folder and reports its wall time and resident peak; `label` labels an audio folder with an LM file.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from sidestep.atomic import write_text_atomic
 
@@ -87,7 +89,32 @@ def encode(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-TASKS = {"train": train, "encode": encode}
+def label(params: dict[str, Any]) -> dict[str, Any]:
+    """Label every song in `params["audio_dir"]` with the LM file `params["lm"]`, timing the phases."""
+    from sidestep.bundle import open_checkpoint
+    from sidestep.labeling.label import LabelConfig, label_songs
+
+    from .models import benchmark_device
+
+    device = benchmark_device()
+    bundle = open_checkpoint(params["root"], params["model"], device=device)
+    moments: dict[str, float] = {}
+    record = lambda event: moments.setdefault(event.status, time.perf_counter())
+    reset_peak()
+    started = time.perf_counter()
+    config = LabelConfig(params["audio_dir"], params["lm"], params["tokenizer"], overwrite="all")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    label_songs(bundle, config, callback=record, device=device, dtype=dtype)
+    return {
+        "seconds": time.perf_counter() - started,
+        "codes_seconds": moments["generating"] - started,
+        "generate_seconds": moments["labelled"] - moments["generating"],
+        "peak_gb": peak_resident_gb(),
+        "cuda_peak_gb": cuda_peak_gb(),
+    }
+
+
+TASKS = {"train": train, "encode": encode, "label": label}
 
 
 def main(argv: list[str]) -> int:

@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 from .adapters import ApplyAdapterToModel, ConfigureAdapter, LoadAdapter
 from .dataset import EncodeDataset
 from .jobs import JOBS, register_routes
+from .label import LabelSongs
 from .model import AceStepFromComfyModels, LoadCheckpoint
 from .sample import SampleWithShift
 from .train import TrainAdapter
@@ -12,6 +13,7 @@ from .train import TrainAdapter
 NODES: list[type[io.ComfyNode]] = [
     LoadCheckpoint,
     AceStepFromComfyModels,
+    LabelSongs,
     EncodeDataset,
     ConfigureAdapter,
     TrainAdapter,

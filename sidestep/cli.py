@@ -325,6 +325,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    """Label a folder of songs with ACE-Step's 5 Hz LM, writing song.txt sidecars (user-written fields are kept)."""
+    from .labeling.decode import Sampling
+    from .labeling.label import LabelConfig, label_songs
+    from .labeling.lm import find_lms, pick_lm
+
+    bundle = _bundle(args)
+    lm = pick_lm(args.lm, find_lms([Path(args.checkpoint_dir)], []))
+    sampling = Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed, constrained=not args.free_decoding)
+    config = LabelConfig(
+        audio_dir=args.dataset_dir, lm_path=str(lm), tokenizer_dir=args.tokenizer, fields=tuple(args.fields.split(",")),
+        overwrite=args.overwrite, trigger_word=args.trigger, sampling=sampling,
+    )
+    result = label_songs(
+        bundle, config, callback=lambda e: print(f"[{e.index}/{e.total}] {e.status:10s} {e.file} {e.message}".rstrip(), flush=True),
+        device=bundle.device, dtype=bundle.dtype,
+    )
+    print(result.table())
+    print(f"{result.lm_name}: {result.seconds:.1f} s, peak RAM {result.peak_ram_mib:.0f} MiB, peak VRAM {result.peak_vram_mib:.0f} MiB")
+    return 1 if any(song.status == "failed" for song in result.songs) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5.", formatter_class=HelpFormatter)
@@ -353,6 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--tag-position", default=None, choices=["prepend", "append", "replace"])
     encode.add_argument("--force", action="store_true", help="re-encode clips even when unchanged")
     encode.set_defaults(run=cmd_encode)
+
+    label = commands.add_parser("label", help="caption, tag and transcribe songs with ACE-Step's 5 Hz LM")
+    _add_model_flags(label)
+    label.add_argument("--dataset-dir", required=True, help="folder of songs; song.txt sidecars are written beside them")
+    label.add_argument("--lm", default="", help="acestep-5Hz-lm-* folder name under --checkpoint-dir, or a path (folder or ComfyUI qwen_*_ace15.safetensors)")
+    label.add_argument("--tokenizer", default=None, help="Qwen tokenizer folder for a ComfyUI LM file (comfy/text_encoders/qwen25_tokenizer)")
+    label.add_argument("--fields", default="caption,metadata,lyrics", help="comma-separated: caption, metadata, lyrics")
+    label.add_argument("--overwrite", default="empty", choices=["never", "empty", "all"], help="never: skip labelled songs; empty: fill missing fields; all: rewrite")
+    label.add_argument("--trigger", default="", help="trigger word written to every song's sidecar")
+    label.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    label.add_argument("--top-p", type=float, default=1.0)
+    label.add_argument("--seed", type=int, default=0)
+    label.add_argument("--free-decoding", action="store_true", help="sample freely and validate after (default: constrained)")
+    label.set_defaults(run=cmd_label)
 
     _add_train_parser(commands, "train", "train a LoRA or LoKR adapter")
     _add_train_parser(commands, "fixed", "alias of train (Side-Step's name)")

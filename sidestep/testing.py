@@ -387,3 +387,52 @@ def make_comfyui_loadable_models(models: Path, seed: int = 0) -> Path:
     del text
     save_safetensors_atomic(comfy_vae_state_dict(real_size_vae(seed)), models / "vae" / COMFY_VAE_FILE)
     return models
+LM_FOLDER = "acestep-5Hz-lm-0.6B"
+COMFY_LM_FILE = "qwen_1.7b_ace15.safetensors"
+COMFY_LM_VOCAB = 217204
+
+
+def _tiny_lm(vocab_size: int, seed: int, hidden: int = TINY_TEXT_HIDDEN, layers: int = 1):
+    """A small Qwen3 causal LM with tied embeddings, the 5 Hz LM's architecture at toy size."""
+    from transformers import Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        max_position_embeddings=40960,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    )
+    return _seeded(seed, lambda: Qwen3ForCausalLM(config))
+
+
+def write_tiny_lm(folder: Path, seed: int = 0, hidden: int = TINY_TEXT_HIDDEN, layers: int = 1) -> Path:
+    """Write an official-layout 5 Hz LM folder: a tiny Qwen3 causal LM whose tokenizer holds the 64000 audio codes."""
+    from .labeling.lm import with_audio_codes
+
+    def fill(temporary: Path) -> None:
+        tokenizer = with_audio_codes(tiny_tokenizer())
+        _tiny_lm(len(tokenizer), seed, hidden, layers).save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+
+    return _build_folder(Path(folder), fill)
+
+
+def write_tiny_comfy_lm(path: Path, vocab_size: int, seed: int = 0) -> Path:
+    """Write a ComfyUI-layout LM file (`model.` keys, tied lm_head left out, no tokenizer) with `vocab_size` rows."""
+    from .atomic import save_safetensors_atomic
+
+    state = _tiny_lm(vocab_size, seed).state_dict()
+    save_safetensors_atomic({name: value for name, value in state.items() if name.startswith("model.")}, Path(path))
+    return Path(path)
+
+
+def write_tiny_text_tokenizer(folder: Path) -> Path:
+    """Write the tiny Qwen-layout tokenizer alone (no audio codes), standing in for ComfyUI's Qwen tokenizer files."""
+    return _build_folder(Path(folder), lambda temporary: tiny_tokenizer().save_pretrained(temporary))

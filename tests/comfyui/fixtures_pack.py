@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from sidestep.testing import BASE_FOLDER, COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, TURBO_FOLDER
+from sidestep.testing import BASE_FOLDER, COMFY_DIT_FILES, COMFY_LM_FILE, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, TURBO_FOLDER
 
 from .host import REPO_ROOT
 
@@ -29,7 +29,6 @@ LORA_RUN = "my_lora_turbo"
 LOKR_RUN = "my_lokr_base"
 CAPTION = f"{TRIGGER}, upbeat synthwave with airy female vocals, driving bassline"
 COMFY_RUN = "my_lora_comfyui_files"
-COMFY_LM_FILE = "qwen_1.7b_ace15.safetensors"
 COMFY_TURBO = f"{COMFY_DIT_FILES['turbo']} · ComfyUI diffusion model · turbo"
 
 

@@ -1,0 +1,41 @@
+"""Audio → 5 Hz audio codes → the LM's understanding prompt, exactly as ACE-Step builds them.
+
+Codes: the song's 25 Hz VAE latents go through the DiT's own audio tokenizer (attention pooler + residual FSQ, padded
+with silence frames to a whole 5-frame window); each code index becomes `<|audio_code_N|>` (the official
+`convert_src_audio_to_codes`). Prompt: the Qwen chat layout with the understanding instruction as the system turn,
+the code string as the user turn and the assistant turn opened (the official `build_formatted_prompt_for_understanding`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import AceStepConditionGenerationModel
+
+UNDERSTAND_INSTRUCTION = "Understand the given musical conditions and describe the audio semantics accordingly:"
+SYSTEM_TEXT = f"# Instruction\n{UNDERSTAND_INSTRUCTION}\n\n"
+CODES_PER_SECOND = 5
+
+
+def audio_code_indices(
+    model: AceStepConditionGenerationModel, latents: torch.Tensor, silence_latent: torch.Tensor
+) -> list[int]:
+    """The 5 Hz code indices of one song's latents [T, 64] (T at 25 Hz), using the model's audio tokenizer."""
+    weight = next(model.tokenizer.parameters())
+    with torch.inference_mode():
+        _, indices = model.tokenize(latents.unsqueeze(0).to(weight.device, weight.dtype), silence_latent.to(weight.device))
+    return [int(index) for index in indices.flatten().tolist()]
+
+
+def code_string(indices: list[int]) -> str:
+    """Code indices as the LM reads them: `<|audio_code_N|>` tokens run together."""
+    return "".join(f"<|audio_code_{index}|>" for index in indices)
+
+
+def understanding_prompt(codes: str) -> str:
+    """The chat-formatted understanding prompt for a code string, ending where the assistant's answer starts."""
+    return (
+        f"<|im_start|>system\n{SYSTEM_TEXT}<|im_end|>\n"
+        f"<|im_start|>user\n{codes}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
