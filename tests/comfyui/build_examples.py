@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from sidestep.atomic import write_text_atomic
 from sidestep.testing import COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, make_tiny_checkpoints
 
-from .fixtures_pack import COMFY_LM_FILE, EXAMPLE_GRAPHS, EXAMPLE_NOTES, example_path
+from .fixtures_pack import CLIP_LM_FILE, EXAMPLE_GRAPHS, EXAMPLE_NOTES, example_path
 from .host import ComfyUIHost, Frontend, open_frontend
 
 
@@ -48,7 +48,7 @@ def _named_files(models: Path) -> dict[str, Path]:
     for kind, name in (
         ("diffusion_models", COMFY_DIT_FILES["turbo"]),
         ("text_encoders", COMFY_TEXT_ENCODER_FILE),
-        ("text_encoders", COMFY_LM_FILE),
+        ("text_encoders", CLIP_LM_FILE),
         ("vae", COMFY_VAE_FILE),
     ):
         folders[kind] = models / kind

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from sidestep.testing import make_comfyui_loadable_models, make_tiny_checkpoints
 
-from .fixtures_pack import COMFY_LM_FILE, SONG_SECONDS, SONGS, write_song
+from .fixtures_pack import CLIP_LM_FILE, SONG_SECONDS, SONGS, write_song
 from .host import ComfyUIHost, ComfyUINotInstalled, Frontend, open_frontend
 
 MODEL_FOLDERS = ("acestep", "loras", "diffusion_models", "text_encoders", "vae", "checkpoints")
@@ -83,15 +83,16 @@ def songs(comfy_host: ComfyUIHost) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def comfyui_files(comfy_models: dict[str, Path]) -> dict[str, Path]:
     """ACE-Step 1.5 as ComfyUI users have it (random weights ComfyUI's own loaders run), plus a stand-in for the 5 Hz
-    language model file that DualCLIPLoader (type ace) pairs with it: only the tensors ComfyUI reads to recognise it,
-    which is enough as long as audio-code generation is off (ComfyUI then never runs the language model)."""
+    language model file that DualCLIPLoader (type ace) pairs with it: only the tensors ComfyUI reads to recognise a
+    Qwen3 LM (2048 wide, so it builds its smaller LM and never touches its weights), which is enough as long as
+    audio-code generation is off (ComfyUI then never runs the language model)."""
     make_comfyui_loadable_models(comfy_models["diffusion_models"].parent)
     stand_in = {
         "model.layers.0.post_attention_layernorm.weight": torch.ones(2048, dtype=torch.bfloat16),
         "model.layers.0.self_attn.q_norm.weight": torch.ones(128, dtype=torch.bfloat16),
         "model.norm.weight": torch.ones(2048, dtype=torch.bfloat16),
     }
-    save_file(stand_in, str(comfy_models["text_encoders"] / COMFY_LM_FILE))
+    save_file(stand_in, str(comfy_models["text_encoders"] / CLIP_LM_FILE))
     return comfy_models
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from sidestep.testing import BASE_FOLDER, COMFY_DIT_FILES, COMFY_LM_FILE, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, TURBO_FOLDER
+from sidestep.testing import BASE_FOLDER, COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, TURBO_FOLDER
 
 from .host import REPO_ROOT
 
@@ -29,6 +29,8 @@ LORA_RUN = "my_lora_turbo"
 LOKR_RUN = "my_lokr_base"
 CAPTION = f"{TRIGGER}, upbeat synthwave with airy female vocals, driving bassline"
 COMFY_RUN = "my_lora_comfyui_files"
+# The 5 Hz language model DualCLIPLoader (type ace) pairs with the text encoder, as in ComfyUI's ACE-Step 1.5 template.
+CLIP_LM_FILE = "qwen_4b_ace15.safetensors"
 COMFY_TURBO = f"{COMFY_DIT_FILES['turbo']} · ComfyUI diffusion model · turbo"
 
 
@@ -110,7 +112,7 @@ def _train_on_comfyui_models() -> dict[str, Any]:
     return {
         "1": _node("UNETLoader", "Load Diffusion Model", unet_name=COMFY_DIT_FILES["turbo"], weight_dtype="default"),
         "2": _node(
-            "DualCLIPLoader", "DualCLIPLoader", clip_name1=COMFY_TEXT_ENCODER_FILE, clip_name2=COMFY_LM_FILE, type="ace",
+            "DualCLIPLoader", "DualCLIPLoader", clip_name1=COMFY_TEXT_ENCODER_FILE, clip_name2=CLIP_LM_FILE, type="ace",
             device="default",
         ),
         "3": _node("VAELoader", "Load VAE", vae_name=COMFY_VAE_FILE),
@@ -190,7 +192,7 @@ EXAMPLE_NOTES: dict[str, str] = {
     "train_on_comfyui_models": (
         "Train a LoRA on the ACE-Step 1.5 files ComfyUI already has (the ones its own ACE-Step 1.5 template downloads: "
         "diffusion_models/acestep_v1.5_turbo.safetensors, text_encoders/qwen_0.6b_ace15.safetensors with the "
-        "qwen_1.7b_ace15 (or 4b) language model, vae/ace_1.5_vae.safetensors) and hear it through ComfyUI's own "
+        "qwen_4b_ace15 (or 1.7b) language model, vae/ace_1.5_vae.safetensors) and hear it through ComfyUI's own "
         "ACE-Step 1.5 generation.\n\nPut your songs in ComfyUI/input/sidestep/songs (optional song.txt sidecars). "
         "'ACE-Step from ComfyUI models' hands the loaded models to Side-Step without reading them again; 'Apply "
         "Adapter to ComfyUI MODEL' patches the trained adapter onto the MODEL that KSampler uses (turbo: 8 steps, "

@@ -17,7 +17,7 @@ from sidestep.errors import CheckpointError
 from sidestep.testing import COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE
 from sidestep.vae import decode_latents
 
-from .fixtures_pack import COMFY_LM_FILE
+from .fixtures_pack import CLIP_LM_FILE
 from .host import find_comfyui
 from .test_model_patches import PACK_MODULE, comfy  # noqa: F401  (the in-process ComfyUI fixture)
 
@@ -47,7 +47,7 @@ def comfy_objects(comfy: ModuleType, comfyui_files: dict[str, Path]) -> SimpleNa
     return SimpleNamespace(
         model=comfy.sd.load_diffusion_model(str(models / "diffusion_models" / COMFY_DIT_FILES["turbo"])),
         clip=comfy.sd.load_clip(
-            [str(models / "text_encoders" / COMFY_TEXT_ENCODER_FILE), str(models / "text_encoders" / COMFY_LM_FILE)],
+            [str(models / "text_encoders" / COMFY_TEXT_ENCODER_FILE), str(models / "text_encoders" / CLIP_LM_FILE)],
             clip_type=comfy.sd.CLIPType.ACE,
         ),
         vae=comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models / "vae" / COMFY_VAE_FILE))),

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import requests
 
-from .fixtures_pack import COMFY_LM_FILE, COMFY_RUN, COMFY_TURBO, TURBO, _checkpoint, _encode
+from .fixtures_pack import CLIP_LM_FILE, COMFY_RUN, COMFY_TURBO, TURBO, _checkpoint, _encode
 from .host import ARTIFACTS_DIR, ComfyUIHost, Frontend, PromptRejected
 from .test_nodes import assert_song, run_example, run_folder, run_prompt, saved_flac
 
@@ -22,13 +22,13 @@ def test_load_node_lists_comfyui_files_first_with_their_parts(pack: ComfyUIHost)
     models = node["required"]["model"][1]["options"]
     assert models[0] == COMFY_TURBO and TURBO in models
     text_encoders = node["required"]["text_encoder"][1]["options"]
-    assert text_encoders[:2] == ["auto", "qwen_0.6b_ace15.safetensors"] and COMFY_LM_FILE in text_encoders
+    assert text_encoders[:2] == ["auto", "qwen_0.6b_ace15.safetensors"] and CLIP_LM_FILE in text_encoders
     assert node["required"]["vae"][1]["options"] == ["auto", "ace_1.5_vae.safetensors"]
 
 
 def test_validation_refuses_the_language_model_as_text_encoder_before_running(pack: ComfyUIHost) -> None:
     checkpoint = _checkpoint(COMFY_TURBO)
-    checkpoint["inputs"]["text_encoder"] = COMFY_LM_FILE
+    checkpoint["inputs"]["text_encoder"] = CLIP_LM_FILE
     with pytest.raises(PromptRejected) as rejected:
         pack.queue({"1": checkpoint, "2": _encode("1", "sidestep/datasets/never")})
     message = json.dumps(rejected.value.body)
