@@ -143,12 +143,21 @@ def state_dict_digest(tensors: StateDict) -> str:
     return digest.hexdigest()[:16]
 
 
+def _usable(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`tensor` in `dtype` on `device`, shared when it already is — except an inference tensor (ComfyUI creates its
+    weights in inference mode) outside inference mode: autograd cannot use those, so training gets a copy."""
+    moved = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    if moved.is_inference() and not torch.is_inference_mode_enabled():
+        return moved.clone()
+    return moved
+
+
 @dataclass(frozen=True)
 class StateDictSource:
     """Weights that another program (ComfyUI) already holds in memory, handed over as state dicts on demand.
 
     Each callable returns the current tensors (official DiT names; ComfyUI's VAE and text-encoder layouts); the
-    DiT shares them without copying where dtype and device already match.
+    DiT shares them without copying where dtype and device already match and autograd will not need them.
     """
 
     dit_state: Callable[[], StateDict]
@@ -161,8 +170,7 @@ class StateDictSource:
     def dit(self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device) -> AceStepConditionGenerationModel:
         model = AceStepConditionGenerationModel.on_meta_device(entry.config, parts)
         source = self.dit_state()
-        wanted = model.state_dict().keys()
-        tensors = {name: source[name].to(device=device, dtype=dtype if source[name].is_floating_point() else None) for name in wanted}
+        tensors = {name: _usable(source[name], dtype, device) for name in model.state_dict()}
         return model.assign_weights(tensors)
 
     def vae(self, device: torch.device):
