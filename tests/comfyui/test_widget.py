@@ -19,7 +19,7 @@ import soundfile
 from sidestep.training.events import StopSignal
 
 from .fixtures_pack import load_example
-from .host import ARTIFACTS_DIR, REPO_ROOT, ComfyUIHost, Frontend
+from .host import ARTIFACTS_DIR, HTTP_TIMEOUT, REPO_ROOT, ComfyUIHost, Frontend
 
 
 RUN_NAME = "widget_run"
@@ -45,9 +45,9 @@ def page(pack: ComfyUIHost, browser_page: Frontend) -> Iterator[Frontend]:
     """The session's frontend page (one sync Playwright per process); afterwards no training of ours is left running
     (should the test fail before Stop & save) and the page is ready, in the dark palette."""
     yield browser_page
-    for job in requests.get(f"{pack.url}/sidestep/jobs", timeout=60).json()["jobs"].values():
+    for job in requests.get(f"{pack.url}/sidestep/jobs", timeout=HTTP_TIMEOUT).json()["jobs"].values():
         if job["stoppable"]:
-            requests.post(f"{pack.url}/sidestep/jobs/{job['job_id']}/stop", timeout=60)
+            requests.post(f"{pack.url}/sidestep/jobs/{job['job_id']}/stop", timeout=HTTP_TIMEOUT)
     browser_page.wait_for_function(READY)
     set_palette(browser_page, "dark")
 
@@ -200,16 +200,16 @@ def test_job_routes_validate_their_input(pack: ComfyUIHost) -> None:
     for prefix in ("", "/api"):
         base = f"{pack.url}{prefix}/sidestep/jobs"
         for malformed in ("abc", "0" * 31, "0" * 33, "A" * 32, "g" * 32, "0" * 31 + "%00", "0" * 32 + "%20"):
-            assert requests.post(f"{base}/{malformed}/stop", timeout=60).status_code == 400, malformed
-        assert requests.post(f"{base}/..%2F..%2F{'0' * 26}/stop", timeout=60).status_code in (400, 404)
-        unknown = requests.post(f"{base}/{uuid.uuid4().hex}/stop", json={"path": "/etc/passwd"}, timeout=60)
+            assert requests.post(f"{base}/{malformed}/stop", timeout=HTTP_TIMEOUT).status_code == 400, malformed
+        assert requests.post(f"{base}/..%2F..%2F{'0' * 26}/stop", timeout=HTTP_TIMEOUT).status_code in (400, 404)
+        unknown = requests.post(f"{base}/{uuid.uuid4().hex}/stop", json={"path": "/etc/passwd"}, timeout=HTTP_TIMEOUT)
         assert unknown.status_code == 404 and "error" in unknown.json()
-        assert requests.get(f"{base}/{uuid.uuid4().hex}/stop", timeout=60).status_code in (404, 405)
-        answer = requests.get(base, timeout=60)
+        assert requests.get(f"{base}/{uuid.uuid4().hex}/stop", timeout=HTTP_TIMEOUT).status_code in (404, 405)
+        answer = requests.get(base, timeout=HTTP_TIMEOUT)
         assert answer.status_code == 200 and isinstance(answer.json()["jobs"], dict)
-        assert requests.get(base, params={"node": "12:4"}, timeout=60).json() == {"jobs": {}}
+        assert requests.get(base, params={"node": "12:4"}, timeout=HTTP_TIMEOUT).json() == {"jobs": {}}
         for bad in ({"node": "../etc"}, {"node": ""}, {"node": "x" * 100}, {"other": "1"}, {"node": ["1", "2"]}):
-            assert requests.get(base, params=bad, timeout=60).status_code == 400, bad
+            assert requests.get(base, params=bad, timeout=HTTP_TIMEOUT).status_code == 400, bad
 
 
 # ---------------------------------------------------------------- the widget during a real run
@@ -242,7 +242,7 @@ def test_widget_follows_training_and_stop_and_save_keeps_the_workflow_going(pack
     assert "checkpoints/epoch_" in with_previews["checkpoint"]
     source = with_previews["previews"][0]
     assert source.startswith("/api/view?") and "type=output" in source
-    served = requests.get(f"{pack.url}{source}", timeout=30)
+    served = requests.get(f"{pack.url}{source}", timeout=HTTP_TIMEOUT)
     assert served.status_code == 200 and served.headers["content-type"].startswith("audio/")
     audio, rate = soundfile.read(io.BytesIO(served.content))
     assert rate == 48_000 and audio.shape[0] / rate == pytest.approx(PREVIEW_SECONDS, abs=0.05)
