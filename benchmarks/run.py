@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from sidestep.memory import return_freed_memory
+
 from .encoding import vae_rows
 from .labeling import label_rows
 from .models import SIZES
@@ -28,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 Suite = Callable[[str, RunSettings], "list[Row] | tuple[list[Row], list[Target]]"]
 # name → (sizes it runs at, whether --quick skips it, function)
 SUITES: dict[str, tuple[tuple[str, ...], bool, Suite]] = {
-    "steps": (("tiny", "small"), False, step_rows),
+    "steps": (("tiny", "small", "full"), False, step_rows),
     "compile": (("small",), True, compile_rows),
     "loading": (("tiny", "small"), False, loading_rows),
     "sampling": (("tiny", "small"), False, sampling_rows),
@@ -61,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one repetition, no warm-up, 10 s steps only, no torch.compile")
     parser.add_argument("--long", action="store_true", help="also encode a 10-minute song (slow on a CPU)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per figure (default 3)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the GPU's dense bf16 peak in TFLOP/s for MFU (default: looked up by card name)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the JSON goes (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     level = lycoris.level
     torch.set_num_threads(args.threads or threads)
     lycoris.setLevel(logging.ERROR)  # its per-module INFO lines would interleave with the table
+    return_freed_memory()  # as the trainer does, so in-process steps run with its allocator settings
     try:
         return _run(args)
     finally:
@@ -114,7 +119,8 @@ def _run(args: argparse.Namespace) -> int:
     repeats = Repeats(warmup=0, repeats=1) if args.quick else Repeats(warmup=1, repeats=args.repeats)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sidestep-bench-") as scratch:
-        settings = RunSettings(args.sizes, args.suites, repeats, Path(scratch), quick=args.quick, long=args.long)
+        settings = RunSettings(args.sizes, args.suites, repeats, Path(scratch), quick=args.quick, long=args.long,
+                               peak_tflops=args.peak_tflops)
         choices = {"sizes": list(args.sizes), "suites": list(args.suites), "quick": args.quick, "long": args.long}
         report = Report(environment(), {**choices, "warmup": repeats.warmup, "repeats": repeats.repeats})
         ok = run_suites(settings, report)

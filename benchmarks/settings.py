@@ -10,7 +10,10 @@ from .timing import Repeats
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Sizes and suites to run, repetitions, scratch folder; `quick` shrinks slow figures, `long` adds 10-min encoding."""
+    """Sizes and suites to run, repetitions, scratch folder; `quick` shrinks slow figures, `long` adds 10-min encoding.
+
+    `peak_tflops` overrides the GPU's dense bf16 peak that MFU is measured against (None: looked up by card name).
+    """
 
     sizes: tuple[str, ...]
     suites: tuple[str, ...]
@@ -18,3 +21,4 @@ class RunSettings:
     workdir: Path
     quick: bool = False
     long: bool = False
+    peak_tflops: float | None = None

@@ -16,6 +16,7 @@ from sidestep.training.config import TrainConfig
 from sidestep.training.objective import flow_matching_loss
 from sidestep.training.optim import build_optimizer
 
+from .flops import bf16_peak_tflops, count_flops
 from .models import ADAPTERS, benchmark_device, dtype_label, frozen_model, size_config, synthetic_clip, write_dataset
 from .report import Row, Stat, Target
 from .settings import RunSettings
@@ -25,12 +26,14 @@ CLIPS = {"10 s": 250, "30 s": 750}
 ADAPTER_NAMES = {"lora": "LoRA r64 attn+MLP", "lokr": "LoKR dim64 attn+MLP"}
 PLAIN = "plain fwd+bwd"
 GROUP = "train step"
-OVERHEAD_LIMIT = 1.25
-REFERENCE_OVERHEAD = 1.7  # official-style trainer, small config, 30 s (given in the issue, not measured here)
+FULL_CLIPS = {"30 s": CLIPS["30 s"]}
+# How far the measured adapter overhead may sit above the ratio its FLOPs allow, per size (issue #15).
+BOUND_SLACK = {"small": 0.10, "full": 0.05}
+FULL_OVERHEAD_LIMIT = 1.10
 LOADING_LIMIT = 0.05
 OVERHEAD_CAUSE = {
-    "lora": "rank 64 adds ~22 % multiply-adds to width-512 layers (forward, input and weight gradients)",
-    "lokr": "two small Kronecker products per layer, launched per layer and pass",
+    "lora": "rank-64 products are thin and run below the wide products' rate; clipping and AdamW count no FLOPs",
+    "lokr": "two small Kronecker products per layer and pass run below the wide products' rate",
 }
 
 
@@ -111,50 +114,96 @@ def _adapted(
     return decoder, adapter, trainer_optimizer(adapter, device)
 
 
-def _overhead_targets(ratios: dict[tuple[str, bool], float]) -> list[Target]:
-    """Adapter step over plain forward+backward at 30 s, both checkpointing settings, against the issue's limit."""
+def _bound_targets(size: str, overheads: dict[tuple[str, bool], tuple[float, float]]) -> list[Target]:
+    """Adapter step over plain forward+backward at 30 s against its FLOP bound (and, at full size, the 1.10× goal)."""
+    slack = BOUND_SLACK[size]
     targets = []
-    for kind, name in ADAPTER_NAMES.items():
-        measured = {checkpointing: ratios[kind, checkpointing] for checkpointing in (False, True)}
-        text = ", ".join(f"{ratio:.2f}× ({_checkpointing(on)})" for on, ratio in measured.items())
-        worst = max(measured.values())
-        why = f"reference pays {REFERENCE_OVERHEAD}×"
-        if worst > OVERHEAD_LIMIT:
-            why = f"{worst - OVERHEAD_LIMIT:.2f}× over; {OVERHEAD_CAUSE[kind]}; {why}"
-        targets.append(Target(f"{name} overhead, small, 30 s", f"≤ {OVERHEAD_LIMIT}× plain fwd+bwd", text,
-                              worst <= OVERHEAD_LIMIT, why))
+    for kind in sorted({kind for kind, _ in overheads}):
+        measured = {on: overheads[kind, on] for on in (False, True) if (kind, on) in overheads}
+        text = ", ".join(f"{ratio:.2f}× vs bound {bound:.2f}× ({_checkpointing(on)})" for on, (ratio, bound) in measured.items())
+        worst = max(ratio / bound for ratio, bound in measured.values())
+        why = "" if worst <= 1 + slack else f"{100 * (worst - 1):.0f} % over the bound; {OVERHEAD_CAUSE[kind]}"
+        targets.append(Target(f"{ADAPTER_NAMES[kind]} overhead, {size}, 30 s", f"within {100 * slack:g} % of its FLOP bound",
+                              text, worst <= 1 + slack, why))
+        if size == "full" and True in measured:
+            ratio = measured[True][0]
+            targets.append(Target(f"{ADAPTER_NAMES[kind]} overhead, full, 30 s, checkpointing on",
+                                  f"≤ {FULL_OVERHEAD_LIMIT}× plain fwd+bwd", f"{ratio:.2f}×", ratio <= FULL_OVERHEAD_LIMIT))
     return targets
 
 
-def step_rows(size: str, settings: RunSettings) -> tuple[list[Row], list[Target]]:
-    """Adapter step times and their overhead over the plain decoder's forward+backward, per clip length and setting.
+def _throughput(name: str, size: str, device: torch.device, label: str, flops: int, stat: Stat, peak: float | None) -> Row:
+    """Achieved TFLOP/s of a timed call from its counted FLOPs, with its share of the card's bf16 peak (MFU) if known."""
+    rate = lambda seconds: flops / seconds / 1e12
+    achieved = Stat(rate(stat.median), rate(stat.high), rate(stat.low), stat.n)
+    mfu = None if peak is None else achieved.median / peak
+    note = f"{flops / 1e9:.4g} GFLOP per step" + ("" if peak is None else f"; MFU vs {peak:g} TFLOP/s bf16 peak")
+    return Row("throughput", f"achieved TFLOP/s, {name}", size, device.type, label, "TFLOP/s", achieved,
+               "" if mfu is None else "bf16 peak", mfu, note)
 
-    Plain, LoRA and LoKR run on three identical decoders and take turns, so machine load hits them alike.
+
+Adapted = tuple[AceStepDiTModel, TrainableAdapter, torch.optim.Optimizer]
+PlainMaker = Callable[[StepInputs], Callable[[], None]]
+
+
+def _decoders(config: AceStepConfig, size: str, device: torch.device) -> tuple[dict[str, Adapted], tuple[AceStepDiTModel, PlainMaker]]:
+    """The adapted decoders to measure and how to make a plain step.
+
+    Small sizes give the plain baseline its own identical decoder; at full size (one decoder is 4 GB) the plain step
+    runs on the LoRA decoder with the adapter disabled.
     """
-    config, device = size_config(size), benchmark_device()
-    label = dtype_label("bf16", device)
-    clips = dict(list(CLIPS.items())[:1]) if settings.quick else CLIPS
+    if size == "full":
+        decoder, adapter, optimizer = _adapted(config, "lora", device)
+
+        def disabled_plain(inputs: StepInputs) -> Callable[[], None]:
+            step = plain_step(decoder, inputs)
+
+            def run() -> None:
+                with adapter.peft_model.disable_adapter():
+                    step()
+
+            return run
+
+        return {"lora": (decoder, adapter, optimizer)}, (decoder, disabled_plain)
     plain_decoder = frozen_model(config, torch.bfloat16, device).decoder
     adapted = {kind: _adapted(config, kind, device) for kind in ADAPTER_NAMES}
+    return adapted, (plain_decoder, lambda inputs: plain_step(plain_decoder, inputs))
+
+
+def step_rows(size: str, settings: RunSettings) -> tuple[list[Row], list[Target]]:
+    """Adapter step times, their overhead over the plain decoder's forward+backward beside its FLOP bound, and TFLOP/s.
+
+    Every call runs once under a FLOP counter (its warm-up), then all take turns, so machine load hits them alike.
+    """
+    config, device = size_config(size), benchmark_device()
+    label, peak = dtype_label("bf16", device), bf16_peak_tflops(device, settings.peak_tflops)
+    clips = dict(list(CLIPS.items())[:1]) if settings.quick else FULL_CLIPS if size == "full" else CLIPS
+    adapted, (plain_decoder, make_plain) = _decoders(config, size, device)
     calls: dict[tuple[str, bool, str], Callable[[], None]] = {}
     for clip, frames in clips.items():
         inputs = step_inputs(config, frames, device)
         for on in (False, True):
-            calls[clip, on, "plain"] = _checkpointed(plain_decoder, on, plain_step(plain_decoder, inputs))
+            calls[clip, on, "plain"] = _checkpointed(plain_decoder, on, make_plain(inputs))
             for kind, (decoder, adapter, optimizer) in adapted.items():
                 calls[clip, on, kind] = _checkpointed(decoder, on, adapter_step(decoder, adapter, optimizer, inputs))
-    stats = measure_in_turns(calls, settings.repeats)
-    rows, ratios = [], {}
+    flops = {key: count_flops(call) for key, call in calls.items()}
+    plan = settings.repeats
+    stats = measure_in_turns(calls, Repeats(max(plan.warmup - 1, 0), plan.repeats))
+    rows, overheads = [], {}
     for clip in clips:
         for on in (False, True):
             setting, plain = f"{clip}, {_checkpointing(on)}", stats[clip, on, "plain"]
             rows.append(Row(GROUP, f"{PLAIN}, {setting}", size, device.type, label, "s", plain))
-            for kind, name in ADAPTER_NAMES.items():
-                stat = stats[clip, on, kind]
-                ratio = ratios[clip, kind, on] = stat.median / plain.median
-                rows.append(Row(GROUP, f"{name}, {setting}", size, device.type, label, "s", stat, PLAIN, ratio))
-    at_30 = {(kind, on): ratio for (clip, kind, on), ratio in ratios.items() if clip == "30 s"}
-    return rows, _overhead_targets(at_30) if size == "small" and at_30 else []
+            rows.append(_throughput(f"{PLAIN}, {setting}", size, device, label, flops[clip, on, "plain"], plain, peak))
+            for kind in adapted:
+                stat, name = stats[clip, on, kind], f"{ADAPTER_NAMES[kind]}, {setting}"
+                ratio, bound = stat.median / plain.median, flops[clip, on, kind] / flops[clip, on, "plain"]
+                if clip == "30 s":
+                    overheads[kind, on] = ratio, bound
+                note = f"FLOP bound {bound:.2f}×; measured {ratio / bound:.2f}× the bound"
+                rows.append(Row(GROUP, name, size, device.type, label, "s", stat, PLAIN, ratio, note))
+                rows.append(_throughput(name, size, device, label, flops[clip, on, kind], stat, peak))
+    return rows, _bound_targets(size, overheads) if size in BOUND_SLACK and overheads else []
 
 
 def compile_rows(size: str, settings: RunSettings) -> list[Row]:

@@ -7,6 +7,7 @@ over an audio folder and reports its wall time and resident peak; `label` labels
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -42,6 +43,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     dataset = write_dataset(work / "data", config, params["frames"], clips=1)
     settings = TrainConfig(
         output_dir=str(work / "out"),
+        optimizer=params["optimizer"],
         epochs=steps,
         save_every=steps,
         scheduler="constant",
@@ -51,7 +53,10 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     events: list[tuple[TrainingEvent, float, float, float | None]] = []
     record = lambda event: events.append((event, time.perf_counter(), peak_resident_gb(), cuda_peak_gb()))
     reset_peak()
-    trainer = Trainer(model, dataset, ADAPTERS[params["kind"]], settings, RunIdentity(VARIANT, "turbo"), callback=record)
+    adapter = ADAPTERS[params["kind"]]
+    if adapter.kind == "lora":
+        adapter = dataclasses.replace(adapter, rank=params["rank"], alpha=2 * params["rank"])
+    trainer = Trainer(model, dataset, adapter, settings, RunIdentity(VARIANT, "turbo"), callback=record)
     trainer.run()
     steps_done = [event.elapsed_seconds for event, *_ in events if event.kind == "step"]
     moments = {event.kind: (moment, peak, cuda) for event, moment, peak, cuda in events}

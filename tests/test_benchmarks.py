@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = {"train step", "data loading", "sampling", "memory", "trainer", "checkpoint", "encoding", "vae"}
+GROUPS = {"train step", "throughput", "data loading", "sampling", "memory", "trainer", "checkpoint", "encoding", "vae"}
 ROW_KEYS = {"group", "name", "size", "device", "dtype", "unit", "stat", "baseline", "ratio", "note"}
 
 
@@ -87,3 +87,31 @@ def test_unknown_size_is_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--sizes", "huge"])
     assert "unknown size" in capsys.readouterr().err
+
+
+def test_adapter_overheads_carry_their_flop_bound_and_throughput(quick_run):
+    _, _, data = quick_run
+    rows = data["results"]
+    adapter_steps = [row for row in rows if row["group"] == "train step" and row["baseline"] == "plain fwd+bwd"]
+    assert adapter_steps
+    for row in adapter_steps:
+        bound = float(row["note"].split("FLOP bound ")[1].split("×")[0])
+        assert bound > 1.0  # an adapter always adds products to the frozen model's
+    throughput = [row for row in rows if row["group"] == "throughput"]
+    assert len(throughput) == len([row for row in rows if row["group"] == "train step"])
+    assert all(row["unit"] == "TFLOP/s" and "GFLOP per step" in row["note"] for row in throughput)
+
+
+def test_flop_count_covers_products_and_cpu_attention(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import torch
+
+    from benchmarks.flops import bf16_peak_tflops, count_flops
+
+    a, b = torch.randn(3, 5), torch.randn(5, 7)
+    assert count_flops(lambda: a @ b) == 2 * 3 * 5 * 7
+    q = torch.randn(1, 2, 16, 8)
+    # scores (q·kᵀ) and output (p·v): two products of 16×16×8 per head
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 2 * 2 * (2 * 16 * 16 * 8)
+    assert bf16_peak_tflops(torch.device("cpu")) is None
+    assert bf16_peak_tflops(torch.device("cpu"), 100.0) == 100.0

@@ -20,6 +20,7 @@ import torch
 from ..audio import entry_problem, find_audio_entries, load_audio, normalize, printable
 from ..bundle import AceStepBundle
 from ..errors import AudioError, DatasetError
+from ..memory import return_freed_memory
 from ..model import silence_context
 from ..text import SongMetas, caption_prompt, lyrics_prompt
 from ..vae import LATENT_CHANNELS, SAMPLE_RATE, encode_waveform
@@ -251,6 +252,7 @@ def encode_dataset(
         raise DatasetError(
             f"No audio files in {audio_dir}. Put .wav/.flac/.mp3/.ogg/.opus/.m4a/.aac files there (sub-folders are searched)."
         )
+    return_freed_memory()
     previous = _previous_manifest(output, bundle.variant)
     fingerprint = encoder_fingerprint(bundle, config)
     names = [printable(path.relative_to(audio_dir).as_posix()) for path in sources]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,30 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a layer computes `x` in: the autocast dtype while autocast is on for its device, else `x`'s own."""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+class _CastWorkspace(threading.local):
+    """Per thread, one reusable buffer for the compute-dtype copy of a frozen weight (each copy lives for one product)."""
+
+    buffer: torch.Tensor | None = None
+
+
+_WORKSPACE = _CastWorkspace()
+
+
+def cast_frozen(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`weight.to(dtype)`; on the CPU written into this thread's reused buffer, valid until the next cast in the thread.
+
+    Only for products that do not keep the cast (no autograd on it): it spares allocating, page-faulting and freeing
+    a full-precision copy of every frozen layer on every pass.
+    """
+    if weight.dtype == dtype or weight.device.type != "cpu" or not weight.is_contiguous() or torch.compiler.is_compiling():
+        return weight.to(dtype)
+    size, buffer = weight.numel(), _WORKSPACE.buffer
+    if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
+        with torch.inference_mode(False):  # a normal tensor, writable in and out of inference mode
+            buffer = _WORKSPACE.buffer = torch.empty(size, dtype=dtype)
+    return buffer[:size].view(weight.shape).copy_(weight)
 
 
 class _FrozenCastLinear(torch.autograd.Function):
@@ -30,18 +55,18 @@ class _FrozenCastLinear(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(weight)
         ctx.dtype, ctx.input_dtype = dtype, x.dtype
-        return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        return F.linear(x.to(dtype), cast_frozen(weight, dtype), None if bias is None else bias.to(dtype))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (weight,) = ctx.saved_tensors
-        return (grad.to(ctx.dtype) @ weight.to(ctx.dtype)).to(ctx.input_dtype), None, None, None
+        return (grad.to(ctx.dtype) @ cast_frozen(weight, ctx.dtype)).to(ctx.input_dtype), None, None, None
 
 
 class Linear(nn.Linear):
     """nn.Linear that computes in its input's (or autocast's) dtype, so frozen bf16 weights can run in fp32 on a CPU.
 
-    The weight is cast as the layer runs; a frozen weight's cast copy is dropped right after the product.
+    The weight is cast as the layer runs; a frozen weight's cast copy is never kept (see `cast_frozen`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +75,8 @@ class Linear(nn.Linear):
         if frozen and self.weight.dtype != dtype and x.requires_grad and torch.is_grad_enabled():
             return _FrozenCastLinear.apply(x, self.weight, self.bias, dtype)
         bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x, self.weight.to(dtype), bias)
+        # A frozen weight's product records no autograd when x needs no gradient (or grad is off), so reuse is safe.
+        return F.linear(x, cast_frozen(self.weight, dtype) if frozen else self.weight.to(dtype), bias)
 
 
 class Conv1d(nn.Conv1d):

@@ -19,6 +19,7 @@ from ..adapters.config import AdapterConfig
 from ..adapters.training import TrainableAdapter, attach_trainable_adapter
 from ..dataset.loader import ClipDataset, epoch_order, make_loader
 from ..errors import AdapterError, TrainingError
+from ..memory import return_freed_memory
 from ..model import AceStepConditionGenerationModel
 from . import distributed
 from .config import TrainConfig
@@ -301,6 +302,7 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         random.seed(self.config.seed)
         np.random.seed(self.config.seed % 2**32)
+        return_freed_memory()
         self.decoder.requires_grad_(False)
         self.adapter = attach_trainable_adapter(self.decoder, self.adapter_config)
         self.decoder.gradient_checkpointing = self.config.gradient_checkpointing
