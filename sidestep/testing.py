@@ -140,22 +140,24 @@ def write_tiny_dit(folder: Path, config: AceStepConfig, seed: int = 0) -> Path:
     return _build_folder(Path(folder), fill)
 
 
+def _oobleck(channel_multiples: list[int], decoder_channels: int) -> AutoencoderOobleck:
+    """An AutoencoderOobleck with ACE-Step's 48 kHz, 1920-hop, 64-channel geometry and the given widths."""
+    with quiet_weight_norm():
+        return AutoencoderOobleck(
+            encoder_hidden_size=2 * LATENT_CHANNELS,
+            downsampling_ratios=[2, 4, 4, 6, 10],
+            channel_multiples=channel_multiples,
+            decoder_channels=decoder_channels,
+            decoder_input_channels=LATENT_CHANNELS,
+            audio_channels=2,
+            sampling_rate=SAMPLE_RATE,
+        )
+
+
 def tiny_vae(seed: int = 0) -> AutoencoderOobleck:
     """A narrow AutoencoderOobleck with ACE-Step's 48 kHz, 1920-hop, 64-channel geometry and seeded weights."""
 
-    def build() -> AutoencoderOobleck:
-        with quiet_weight_norm():
-            return AutoencoderOobleck(
-                encoder_hidden_size=2 * LATENT_CHANNELS,
-                downsampling_ratios=[2, 4, 4, 6, 10],
-                channel_multiples=[1, 1, 1, 1, 1],
-                decoder_channels=8,
-                decoder_input_channels=LATENT_CHANNELS,
-                audio_channels=2,
-                sampling_rate=SAMPLE_RATE,
-            )
-
-    vae = _seeded(seed, build)
+    vae = _seeded(seed, lambda: _oobleck(channel_multiples=[1, 1, 1, 1, 1], decoder_channels=8))
     _calibrate_latent_scale(vae, seed)
     return vae
 
@@ -358,18 +360,7 @@ def real_size_text_encoder(seed: int = 0) -> Qwen3Model:
 
 def real_size_vae(seed: int = 0) -> AutoencoderOobleck:
     """ACE-Step 1.5's VAE architecture (the geometry ComfyUI's AudioOobleckVAE has) with seeded random weights."""
-    return _seeded(
-        seed,
-        lambda: AutoencoderOobleck(
-            encoder_hidden_size=128,
-            downsampling_ratios=[2, 4, 4, 6, 10],
-            channel_multiples=[1, 2, 4, 8, 16],
-            decoder_channels=128,
-            decoder_input_channels=LATENT_CHANNELS,
-            audio_channels=2,
-            sampling_rate=SAMPLE_RATE,
-        ),
-    )
+    return _seeded(seed, lambda: _oobleck(channel_multiples=[1, 2, 4, 8, 16], decoder_channels=128))
 
 
 def make_comfyui_loadable_models(models: Path, seed: int = 0) -> Path:
