@@ -207,8 +207,8 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-variant", default="turbo",
                         help="turbo, base, sft, xl-turbo, xl-base, xl-sft, or a model's name as `sidestep models` lists it")
     parser.add_argument("--tokenizer", default=None,
-                        help="ComfyUI's comfy/text_encoders/qwen25_tokenizer folder (found in the ComfyUI install holding "
-                        "--checkpoint-dir when omitted); only for ComfyUI's text-encoder files")
+                        help="ComfyUI's comfy/text_encoders/qwen25_tokenizer folder, for ComfyUI's text-encoder and 5 Hz LM "
+                        "files (for the text encoder it is found in the ComfyUI install holding --checkpoint-dir when omitted)")
     parser.add_argument("--base-model", choices=["turbo", "base", "sft"], default=None,
                         help="the base of a custom fine-tune when its config does not say")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
@@ -380,7 +380,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(label)
     label.add_argument("--dataset-dir", required=True, help="folder of songs; song.txt sidecars are written beside them")
     label.add_argument("--lm", default="", help="acestep-5Hz-lm-* folder name under --checkpoint-dir, or a path (folder or ComfyUI qwen_*_ace15.safetensors)")
-    label.add_argument("--tokenizer", default=None, help="Qwen tokenizer folder for a ComfyUI LM file (comfy/text_encoders/qwen25_tokenizer)")
     label.add_argument("--fields", default="caption,metadata,lyrics", help="comma-separated: caption, metadata, lyrics")
     label.add_argument("--overwrite", default="empty", choices=["never", "empty", "all"], help="never: skip labelled songs; empty: fill missing fields; all: rewrite")
     label.add_argument("--trigger", default="", help="trigger word written to every song's sidecar")

@@ -33,7 +33,8 @@ def from_files(comfyui_files: dict[str, Path]) -> dict[str, torch.Tensor]:
     """What the ComfyUI-layout files compute when our loader reads them (computed, then freed, before ComfyUI loads
     the same files: both copies at once would not fit beside the test server)."""
     tokenizer = find_comfyui() / TOKENIZER_IN_COMFYUI
-    bundle = open_checkpoint(comfyui_files["diffusion_models"].parent, "turbo", tokenizer_dir=tokenizer)
+    models = comfyui_files["diffusion_models"].parent
+    bundle = open_checkpoint(models, COMFY_DIT_FILES["turbo"], tokenizer_dir=tokenizer)
     return _outputs(bundle)
 
 
