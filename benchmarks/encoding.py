@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderOobleck
 
 from sidestep.atomic import torch_save_atomic
-from sidestep.testing import (
+from sidestep.tiny_models import (
     SILENCE_FILE,
     TEXT_ENCODER_FOLDER,
     TURBO_FOLDER,

@@ -14,7 +14,7 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from sidestep.atomic import save_safetensors_atomic
-from sidestep.testing import COMFY_LM_VOCAB, TURBO_FOLDER, write_tiny_text_tokenizer
+from sidestep.tiny_models import COMFY_LM_VOCAB, TURBO_FOLDER, write_tiny_text_tokenizer
 
 from .encoding import build_tree, write_song
 from .memory import run_worker

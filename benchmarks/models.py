@@ -37,7 +37,7 @@ def dtype_label(storage: str, device: torch.device) -> str:
 def size_config(size: str) -> AceStepConfig:
     """tiny (the test config), small (512 wide, 8 layers) or full (the real 2B turbo config)."""
     if size == "tiny":
-        from sidestep.testing import tiny_model_config  # imports diffusers; the other sizes need none of it
+        from sidestep.tiny_models import tiny_model_config  # imports diffusers; the other sizes need none of it
 
         return tiny_model_config(VARIANT)
     if size == "small":

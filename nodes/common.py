@@ -16,7 +16,7 @@ from sidestep.adapters.keys import LOKR_WEIGHTS_FILE, PEFT_WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from sidestep.bundle import AceStepBundle
-    from sidestep.checkpoints import ModelEntry
+    from sidestep.model_folders import ModelEntry
     from sidestep.comfy_models import ComfyFolders
 
     from .jobs import Job
@@ -66,7 +66,7 @@ def comfy_tokenizer_dir() -> Path:
 def discover_models() -> list[ModelEntry]:
     """Every ACE-Step 1.5 model ComfyUI can see: its own files (diffusion_models, checkpoints) first, then the official
     trees in the acestep folders (the first root wins a name)."""
-    from sidestep.checkpoints import scan_models
+    from sidestep.model_folders import scan_models
     from sidestep.comfy_models import scan_comfy_models
     from sidestep.errors import CheckpointError
 
@@ -93,7 +93,7 @@ def find_discovered(choice: str) -> ModelEntry | None:
 def model_name_of(choice: str) -> str:
     """The model's name inside a dropdown label ('acestep-v15-turbo  [official turbo]' → 'acestep-v15-turbo',
     'acestep_v1.5_turbo.safetensors · ComfyUI diffusion model · turbo' → 'acestep_v1.5_turbo.safetensors')."""
-    from sidestep.checkpoints import LABEL_SEPARATOR
+    from sidestep.model_folders import LABEL_SEPARATOR
 
     return choice.split("  [", 1)[0].split(LABEL_SEPARATOR, 1)[0].strip()
 

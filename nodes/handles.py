@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from comfy_api.latest import io
 
 if TYPE_CHECKING:
-    from sidestep.adapters.weights import LoadedAdapter
+    from sidestep.adapters.loaded import LoadedAdapter
     from sidestep.bundle import AceStepBundle
 
 AcestepModel = io.Custom("ACESTEP_MODEL")

@@ -60,7 +60,7 @@ def _open_typed_path(model_path: str, choice: str, base: str | None, dtype, devi
 def _open_discovered(choice: str, text_encoder: str, vae: str, base: str | None, dtype, device) -> AceStepBundle:
     """A model from the dropdown, with its VAE and text encoder (paired automatically unless chosen)."""
     from sidestep.bundle import open_model
-    from sidestep.checkpoints import find_shared_parts
+    from sidestep.model_folders import find_shared_parts
     from sidestep.comfy_models import comfy_shared_parts
     from sidestep.errors import CheckpointError
 
@@ -94,7 +94,7 @@ class LoadCheckpoint(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         """The discovered models (rescanned whenever ComfyUI asks for node definitions) and loading options."""
-        from sidestep.checkpoints import BASE_MODELS
+        from sidestep.model_folders import BASE_MODELS
 
         return io.Schema(
             node_id="SideStepLoadCheckpoint",
@@ -207,7 +207,7 @@ class AceStepFromComfyModels(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         """MODEL from Load Diffusion Model or Load Checkpoint; CLIP and VAE from the stock loaders."""
-        from sidestep.checkpoints import BASE_MODELS
+        from sidestep.model_folders import BASE_MODELS
 
         return io.Schema(
             node_id="SideStepFromComfyModels",

@@ -99,7 +99,7 @@ def _is_finished(
 def _resume_path(resume_from: str, out: Path) -> str | None:
     """The checkpoint to resume: none, the run's newest one ('latest'), or a folder (relative = inside the run)."""
     from sidestep.errors import TrainingError
-    from sidestep.training.state import latest_checkpoint
+    from sidestep.training.checkpoints import latest_checkpoint
 
     text = resume_from.strip()
     if not text:

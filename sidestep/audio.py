@@ -17,8 +17,8 @@ import soxr
 import torch
 from scipy.signal import lfilter
 
-from sidestep.atomic import write_atomic
-from sidestep.errors import AudioError
+from .atomic import write_atomic
+from .errors import AudioError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
 SAMPLE_RATE = 48000

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from .checkpoints import (
+from .model_folders import (
     ModelEntry,
     SharedParts,
     find_shared_parts,
@@ -321,7 +321,7 @@ def open_checkpoint(
 ) -> AceStepBundle:
     """Find `model` under `root` (an official checkpoint root or a ComfyUI models folder), pair its parts, settle its
     base. `tokenizer_dir` is ComfyUI's Qwen tokenizer folder for ComfyUI text-encoder files (found when omitted)."""
-    from .checkpoints import select_model
+    from .model_folders import select_model
     from .comfy_models import ComfyFolders, comfy_shared_parts
 
     root = Path(root).expanduser()

@@ -12,7 +12,7 @@ from .errors import SideStepError
 def cmd_models(args: argparse.Namespace) -> int:
     """List the models found under a checkpoint root."""
     from .bundle import list_models
-    from .checkpoints import describe_models, filter_models
+    from .model_folders import describe_models, filter_models
 
     entries = list_models(args.checkpoint_dir)
     if args.filter:
@@ -23,7 +23,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_make_tiny_checkpoints(args: argparse.Namespace) -> int:
     """Write a tiny, complete checkpoint tree with random weights (for tests and smoke runs)."""
-    from .testing import make_tiny_checkpoints
+    from .tiny_models import make_tiny_checkpoints
 
     root = make_tiny_checkpoints(Path(args.directory), seed=args.seed)
     print(f"Tiny checkpoint tree written to {root}")
@@ -168,7 +168,7 @@ def _check_dataset_dir(folder: Path) -> None:
 def _check_resume_from(path: Path, output_dir: Path) -> None:
     """A --resume-from path that does not exist is named, with the checkpoints that do."""
     from .errors import TrainingError
-    from .training.state import STATE_FILE
+    from .training.checkpoints import STATE_FILE
 
     if path.exists():
         return

@@ -74,7 +74,7 @@ def run_demo(
     """Build (or use) a checkpoint tree, encode songs, train a LoRA with live progress and sample a clip with it."""
     from .adapters.files import load_adapter
     from .generate import GenerationRequest, generate
-    from .testing import make_tiny_checkpoints
+    from .tiny_models import make_tiny_checkpoints
 
     workdir = Path(workdir)
     tiny = checkpoint_dir is None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sidestep.testing import make_tiny_checkpoints
+from sidestep.tiny_models import make_tiny_checkpoints
 
 
 @pytest.fixture(scope="session")

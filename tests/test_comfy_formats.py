@@ -38,7 +38,7 @@ from sidestep.comfy_formats import (
     write_comfy_tokenizer,
 )
 from sidestep.errors import CheckpointError
-from sidestep.testing import tiny_tokenizer, write_tiny_text_encoder, write_tiny_vae
+from sidestep.tiny_models import tiny_tokenizer, write_tiny_text_encoder, write_tiny_vae
 from sidestep.text import TOKEN_LIMITS, TextEncoder
 from sidestep.vae import decode_latents, encode_waveform, load_vae
 from tests.comfyui.host import ComfyUINotInstalled, find_comfyui

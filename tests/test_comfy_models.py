@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import save_file
 
 from sidestep.bundle import AceStepBundle, list_models, open_checkpoint
-from sidestep.checkpoints import describe_models
+from sidestep.model_folders import describe_models
 from sidestep.comfy_formats import comfy_silence_latent
 from sidestep.comfy_models import ComfyFolders, comfy_shared_parts, scan_comfy_models
 from sidestep.errors import CheckpointError, UnknownBaseModelError
-from sidestep.testing import (
+from sidestep.tiny_models import (
     COMFY_AIO_FILE,
     COMFY_CUSTOM_FILE,
     COMFY_DIT_FILES,

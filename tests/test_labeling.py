@@ -12,7 +12,7 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from sidestep.bundle import open_checkpoint
-from sidestep.checkpoints import load_silence_latent
+from sidestep.model_folders import load_silence_latent
 from sidestep.cli import main
 from sidestep.dataset.sidecars import read_song_metadata
 from sidestep.demo import write_demo_songs
@@ -39,7 +39,7 @@ from sidestep.labeling.prompt import (
     understanding_prompt,
 )
 from sidestep.model import AceStepConditionGenerationModel
-from sidestep.testing import (
+from sidestep.tiny_models import (
     COMFY_LM_FILE,
     LM_FOLDER,
     TEXT_ENCODER_FOLDER,

@@ -17,7 +17,7 @@ from sidestep.bundle import open_checkpoint
 from sidestep.dataset.encode import EncodeConfig, encode_dataset
 from sidestep.errors import TrainingError
 from sidestep.training.runfolder import LOCK_FILE, RunLock, recover_run_folder
-from sidestep.training.state import STATE_FILE, latest_checkpoint, load_training_state
+from sidestep.training.checkpoints import STATE_FILE, latest_checkpoint, load_training_state
 from tests.test_training import adapter_tensors, cli_train, make_trainer, write_song
 
 HOLD_LOCK = (

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sidestep.errors import CheckpointError
-from sidestep.testing import TINY_TEXT_HIDDEN, write_tiny_text_encoder
+from sidestep.tiny_models import TINY_TEXT_HIDDEN, write_tiny_text_encoder
 from sidestep.dataset.sidecars import apply_tag
 from sidestep.text import (
     CAPTION_TEMPLATE,

@@ -32,7 +32,7 @@ from sidestep.training.config import TrainConfig
 from sidestep.training.events import StopSignal
 from sidestep.training.loop import RunIdentity, Trainer
 from sidestep.training.objective import flow_matching_loss
-from sidestep.training.state import STATE_FILE, latest_checkpoint
+from sidestep.training.checkpoints import STATE_FILE, latest_checkpoint
 
 LORA = AdapterConfig(kind="lora", rank=4, alpha=8)
 LOKR = AdapterConfig(kind="lokr", linear_dim=4, linear_alpha=4, factor=4)

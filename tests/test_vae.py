@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderOobleck
 
 from sidestep.errors import CheckpointError
-from sidestep.testing import write_tiny_vae
+from sidestep.tiny_models import write_tiny_vae
 from sidestep.vae import HOP_LENGTH, LATENT_RATE, decode_latents, encode_waveform, latent_length, load_vae
 
 

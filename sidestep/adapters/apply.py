@@ -22,7 +22,7 @@ from torch.utils.hooks import RemovableHandle
 from ..errors import AdapterError
 from .keys import first_few, is_flat_name, lycoris_name
 from .targets import linear_modules
-from .weights import LoadedAdapter, LokrWeights, ModuleWeights
+from .loaded import LoadedAdapter, LokrWeights, ModuleWeights
 
 
 class _Term:

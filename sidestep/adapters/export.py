@@ -18,7 +18,7 @@ from ..atomic import save_safetensors_atomic
 from ..errors import AdapterError
 from .files import load_adapter
 from .keys import lycoris_name, peft_name
-from .weights import LoraWeights, ModuleWeights
+from .loaded import LoraWeights, ModuleWeights
 
 
 def _comfy_tensors(modules: dict[str, ModuleWeights]) -> dict[str, torch.Tensor]:

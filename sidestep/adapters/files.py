@@ -32,7 +32,7 @@ from .keys import (
     first_few,
     split_key,
 )
-from .weights import LoadedAdapter, LokrWeights, LoraWeights, ModuleWeights
+from .loaded import LoadedAdapter, LokrWeights, LoraWeights, ModuleWeights
 
 _EXPECTED = (
     f"a LoRA folder ({PEFT_CONFIG_FILE} + {PEFT_WEIGHTS_FILE}), a LoKR {LOKR_WEIGHTS_FILE} (or its folder), "

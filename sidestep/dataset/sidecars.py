@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sidestep.errors import DatasetError
+from ..errors import DatasetError
 
 INSTRUMENTAL = "[Instrumental]"
 TAG_POSITIONS = ("prepend", "append", "replace")

@@ -24,11 +24,11 @@ from ..model import AceStepConditionGenerationModel
 from . import distributed
 from .config import TrainConfig
 from .events import EventCallback, StopSignal, TrainingEvent
-from .logging import RunLogger
+from .tensorboard import RunLogger
 from .objective import draw_cfg_keep_mask, draw_continuous_timesteps, draw_discrete_timesteps, flow_matching_loss
 from .optim import build_optimizer, build_scheduler, resume_notes
 from .runfolder import RunLock, recover_run_folder
-from .state import (
+from .checkpoints import (
     Progress,
     capture_rng,
     load_training_state,

@@ -16,7 +16,7 @@ from typing import Self
 
 from ..atomic import replace_synced
 from ..errors import TrainingError
-from .state import RETIRED_ENTRY, RETIRED_MARK
+from .checkpoints import RETIRED_ENTRY, RETIRED_MARK
 
 LOCK_FILE = ".sidestep.lock"
 _RETIRED = re.compile(rf"^\.(?P<name>.+){re.escape(RETIRED_MARK)}[^.]+$")

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from sidestep.atomic import write_text_atomic
-from sidestep.testing import COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, make_tiny_checkpoints
+from sidestep.tiny_models import COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, make_tiny_checkpoints
 
 from .fixtures_pack import CLIP_LM_FILE, EXAMPLE_GRAPHS, EXAMPLE_NOTES, example_path
 from .host import ComfyUIHost, Frontend, open_frontend

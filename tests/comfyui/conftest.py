@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sidestep.testing import make_comfyui_loadable_models, make_tiny_checkpoints
+from sidestep.tiny_models import make_comfyui_loadable_models, make_tiny_checkpoints
 
 from .fixtures_pack import CLIP_LM_FILE, SONG_SECONDS, SONGS, write_song
 from .host import ComfyUIHost, ComfyUINotInstalled, Frontend, open_frontend

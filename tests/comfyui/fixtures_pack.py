@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from sidestep.testing import BASE_FOLDER, COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, TURBO_FOLDER
+from sidestep.tiny_models import BASE_FOLDER, COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE, TURBO_FOLDER
 
 from .host import REPO_ROOT
 

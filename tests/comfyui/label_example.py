@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sidestep.atomic import write_text_atomic
-from sidestep.testing import (
+from sidestep.tiny_models import (
     COMFY_LM_FILE,
     COMFY_LM_VOCAB,
     LM_FOLDER,

@@ -14,7 +14,7 @@ import torch
 from sidestep.bundle import AceStepBundle, open_checkpoint
 from sidestep.comfy_models import TOKENIZER_IN_COMFYUI
 from sidestep.errors import CheckpointError
-from sidestep.testing import COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE
+from sidestep.tiny_models import COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE
 from sidestep.vae import decode_latents
 
 from .fixtures_pack import CLIP_LM_FILE

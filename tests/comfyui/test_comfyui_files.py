@@ -10,7 +10,7 @@ import psutil
 import pytest
 import requests
 
-from sidestep.testing import COMFY_DIT_FILES
+from sidestep.tiny_models import COMFY_DIT_FILES
 
 from .fixtures_pack import CLIP_LM_FILE, COMFY_RUN, COMFY_TURBO, TURBO, _checkpoint, _encode
 from .host import ARTIFACTS_DIR, ComfyUIHost, Frontend, PromptRejected

@@ -12,7 +12,7 @@ import pytest
 from sidestep.dataset.sidecars import apply_tag, read_song_metadata
 from sidestep.labeling.label import LABELS_FILE
 from sidestep.labeling.parse import KEYSCALES, LANGUAGES
-from sidestep.testing import COMFY_LM_FILE, LM_FOLDER
+from sidestep.tiny_models import COMFY_LM_FILE, LM_FOLDER
 
 from .fixtures_pack import TRIGGER, example_path, strip_meta, substitute, write_song
 from .host import ComfyUIHost, Frontend

@@ -22,7 +22,7 @@ from sidestep.adapters.files import load_adapter
 from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.errors import AdapterError
 from sidestep.model import AceStepConditionGenerationModel
-from sidestep.testing import tiny_model_config
+from sidestep.tiny_models import tiny_model_config
 
 from .host import REPO_ROOT, find_comfyui
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sidestep.checkpoints import find_shared_parts, load_silence_latent, resolve_base, scan_models
+from sidestep.model_folders import find_shared_parts, load_silence_latent, resolve_base, scan_models
 from sidestep.errors import CheckpointError
 from sidestep.model import AceStepConditionGenerationModel
-from sidestep.testing import (
+from sidestep.tiny_models import (
     BASE_FOLDER,
     CUSTOM_FOLDER,
     TEXT_ENCODER_FOLDER,
@@ -33,7 +33,7 @@ OFFLINE_SCRIPT = textwrap.dedent(
     import json, sys
     import torch
     from sidestep.model import AceStepConditionGenerationModel
-    from sidestep.testing import make_tiny_checkpoints
+    from sidestep.tiny_models import make_tiny_checkpoints
     from sidestep.text import TextEncoder, caption_prompt, lyrics_prompt, SongMetas
     from sidestep.vae import load_vae, encode_waveform, decode_latents
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sidestep.checkpoints import (
+from sidestep.model_folders import (
     describe_models,
     filter_models,
     find_model,
