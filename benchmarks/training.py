@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +12,7 @@ from sidestep.dataset.loader import ClipDataset, make_loader
 from sidestep.model import AceStepDiTModel
 from sidestep.model.config import AceStepConfig
 from sidestep.training.config import TrainConfig
-from sidestep.training.objective import flow_matching_loss
+from sidestep.training.loop import TrainingStep, compute_dtype, update
 from sidestep.training.optim import build_optimizer
 
 from .flops import bf16_peak_tflops, count_flops
@@ -53,20 +52,18 @@ def step_inputs(config: AceStepConfig, frames: int, device: torch.device, seed: 
     return StepInputs(batch, noise, torch.tensor([0.75], device=device))
 
 
-def _loss(decoder: AceStepDiTModel, batch: dict[str, torch.Tensor], inputs: StepInputs) -> torch.Tensor:
-    """The training loss, under the trainer's automatic precision (bf16 autocast on CUDA, none on the CPU)."""
-    device = inputs.noise.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    with autocast:
-        return flow_matching_loss(decoder, batch, inputs.noise, inputs.t)
+def _training_step(decoder: AceStepDiTModel) -> TrainingStep:
+    """The trainer's loss and backward pass, under its automatic precision (bf16 autocast on CUDA, none on the CPU)."""
+    return TrainingStep(decoder, compute_dtype("auto", next(decoder.parameters()).device))
 
 
 def plain_step(decoder: AceStepDiTModel, inputs: StepInputs) -> Callable[[], None]:
     """Forward and backward through the frozen decoder without adapters (gradients reach the noisy input only)."""
+    training_step = _training_step(decoder)
 
     def step() -> None:
         latents = inputs.batch["target_latents"].detach().requires_grad_()
-        _loss(decoder, {**inputs.batch, "target_latents": latents}, inputs).backward()
+        training_step.backward({**inputs.batch, "target_latents": latents}, inputs.noise, inputs.t)
 
     return step
 
@@ -80,13 +77,11 @@ def adapter_step(
     decoder: AceStepDiTModel, adapter: TrainableAdapter, optimizer: torch.optim.Optimizer, inputs: StepInputs
 ) -> Callable[[], None]:
     """One optimiser step as the trainer takes it: loss, backward, gradient clipping, AdamW, zero_grad."""
-    parameters = adapter.parameters()
+    training_step, parameters = _training_step(decoder), adapter.parameters()
 
     def step() -> None:
-        _loss(decoder, inputs.batch, inputs).backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        training_step.backward(inputs.batch, inputs.noise, inputs.t)
+        update(parameters, optimizer, None, 1.0)
 
     return step
 

@@ -31,6 +31,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     # Imported here so each task's process holds (and is measured with) only the libraries it uses.
     from sidestep.training.config import TrainConfig
     from sidestep.training.events import TrainingEvent
+    from sidestep.training.layout import RunLayout
     from sidestep.training.loop import RunIdentity, Trainer
 
     from .models import ADAPTERS, STORAGE, VARIANT, benchmark_device, frozen_model, size_config, write_dataset
@@ -41,8 +42,9 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     model = frozen_model(config, STORAGE[params["storage"]], benchmark_device())
     resident_model = resident_gb()
     dataset = write_dataset(work / "data", config, params["frames"], clips=1)
+    layout = RunLayout(work / "out")
     settings = TrainConfig(
-        output_dir=str(work / "out"),
+        output_dir=str(layout.root),
         optimizer=params["optimizer"],
         epochs=steps,
         save_every=steps,
@@ -70,8 +72,8 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         "peak_steps_gb": end_of_steps[1],
         "peak_total_gb": moments["finished"][1],
         "cuda_peak_steps_gb": end_of_steps[2],
-        "checkpoint_files": _file_sizes(work / "out" / "checkpoints" / f"epoch_{steps}"),
-        "final_files": _file_sizes(work / "out" / "final"),
+        "checkpoint_files": _file_sizes(layout.checkpoint(steps)),
+        "final_files": _file_sizes(layout.final),
     }
 
 

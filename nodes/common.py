@@ -13,6 +13,7 @@ import folder_paths
 import torch
 from comfy_execution.utils import get_executing_context
 from sidestep.adapters.keys import LOKR_WEIGHTS_FILE, PEFT_WEIGHTS_FILE
+from sidestep.training.layout import RunLayout, epoch_folders
 
 if TYPE_CHECKING:
     from sidestep.bundle import AceStepBundle
@@ -136,8 +137,8 @@ def loras_dir() -> Path:
 
 def _run_adapters(run: Path) -> list[Path]:
     """A run's final adapter and its epoch checkpoints (oldest first) that hold adapter weights."""
-    checkpoints = [p for p in (run / "checkpoints").glob("epoch_*") if p.name.removeprefix("epoch_").isdigit()]
-    candidates = [run / "final", *sorted(checkpoints, key=lambda p: int(p.name.removeprefix("epoch_")))]
+    layout = RunLayout(run)
+    candidates = [layout.final, *epoch_folders(layout.checkpoints)]
     return [folder for folder in candidates if any((folder / name).is_file() for name in ADAPTER_WEIGHT_FILES)]
 
 

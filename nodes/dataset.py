@@ -127,6 +127,7 @@ class EncodeDataset(io.ComfyNode):
     ) -> io.NodeOutput:
         """Encode (reporting each song), then summarise the dataset and the rejected files."""
         from sidestep.dataset.encode import EncodeEvent, encode_dataset
+        from sidestep.dataset.loader import dataset_index
 
         config = EncodeConfig(
             audio_dir=str(under(input_dir(), audio_folder)),
@@ -158,6 +159,7 @@ class EncodeDataset(io.ComfyNode):
             seconds=sum(clip.duration for clip in clips),
             first_caption=clips[0].caption if clips else "",
             rejected=tuple((item.source, item.reason) for item in result.rejected),
+            index=dataset_index(result.output_dir, result.manifest),
         )
         text = _summary(handle, result.encoded, result.skipped, result.warnings)
         return io.NodeOutput(handle, ui={"text": [text]})

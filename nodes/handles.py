@@ -11,6 +11,7 @@ from comfy_api.latest import io
 if TYPE_CHECKING:
     from sidestep.adapters.loaded import LoadedAdapter
     from sidestep.bundle import AceStepBundle
+    from sidestep.dataset.loader import DatasetIndex
 
 AcestepModel = io.Custom("ACESTEP_MODEL")
 AcestepDataset = io.Custom("ACESTEP_DATASET")
@@ -37,7 +38,7 @@ class ModelHandle:
 
 @dataclass(frozen=True)
 class DatasetHandle:
-    """An encoded dataset folder and a summary of its manifest."""
+    """An encoded dataset folder, a summary of its manifest, and its index (manifest read once, passed to training)."""
 
     folder: Path
     model_variant: str
@@ -45,6 +46,7 @@ class DatasetHandle:
     seconds: float
     first_caption: str = ""
     rejected: tuple[tuple[str, str], ...] = ()
+    index: DatasetIndex | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -107,10 +107,10 @@ def _adapter_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a LoRA/LoKR adapter on an encoded dataset, printing a progress bar."""
-    from .model import TRAINING_PARTS
     from .progress import ProgressPrinter
+    from .training import distributed
     from .training.config import TrainConfig
-    from .training.loop import RunIdentity, Trainer
+    from .training.run import TrainingRun
 
     _check_dataset_dir(Path(args.dataset_dir))
     if args.resume_from:
@@ -138,16 +138,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         shift=args.shift,
         num_inference_steps=args.num_inference_steps,
-        resume_from=args.resume_from,
+        # A relative --resume-from is relative to the working directory (the run folder's, in the core).
+        resume_from=str(Path(args.resume_from).absolute()) if args.resume_from else None,
         log_dir=args.log_dir,
     )
     _init_distributed()
-    bundle = _bundle(args)
-    identity = RunIdentity(variant=bundle.variant, base=bundle.base, model_name=bundle.entry.name)
-    trainer = Trainer(bundle.dit(parts=TRAINING_PARTS), args.dataset_dir, adapter, config, identity, callback=ProgressPrinter())
-    trainer.run()
-    if trainer.rank == 0:
-        print(f"TensorBoard logs in {config.log_dir or Path(config.output_dir) / 'runs'}")
+    run = TrainingRun(_bundle(args), args.dataset_dir, adapter, config)
+    run.train(ProgressPrinter())
+    if distributed.rank_and_world()[0] == 0:
+        print(f"TensorBoard logs in {config.log_dir or run.layout.tensorboard}")
     return 0
 
 
@@ -168,19 +167,14 @@ def _check_dataset_dir(folder: Path) -> None:
 def _check_resume_from(path: Path, output_dir: Path) -> None:
     """A --resume-from path that does not exist is named, with the checkpoints that do."""
     from .errors import TrainingError
-    from .training.checkpoints import STATE_FILE
+    from .training.layout import EPOCH_PREFIX, RunLayout, complete_checkpoints
 
     if path.exists():
         return
-    folders = [path.parent, output_dir / "checkpoints"]
+    folders = [path.parent, RunLayout(output_dir).checkpoints]
     found = sorted(
-        {
-            child.resolve()
-            for folder in folders
-            for child in folder.glob("epoch_*")
-            if child.name.removeprefix("epoch_").isdigit() and (child / STATE_FILE).is_file()
-        },
-        key=lambda child: int(child.name.removeprefix("epoch_")),
+        {child.resolve() for folder in folders for child in complete_checkpoints(folder)},
+        key=lambda child: int(child.name.removeprefix(EPOCH_PREFIX)),
     )
     where = " or ".join(dict.fromkeys(str(folder) for folder in folders))
     listing = f"Checkpoints there: {', '.join(str(child) for child in found)}." if found else f"There are no epoch_N checkpoints in {where}."

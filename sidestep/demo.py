@@ -12,10 +12,10 @@ import torch
 from .audio import save_audio
 from .bundle import open_checkpoint
 from .dataset.encode import EncodeConfig, encode_dataset
-from .model import TRAINING_PARTS
+from .dataset.loader import dataset_index
 from .progress import ProgressPrinter
 from .training.config import TrainConfig
-from .training.loop import RunIdentity, Trainer
+from .training.run import TrainingRun
 
 SAMPLE_RATE = 48_000
 DEMO_SONGS = (("warm pad", 110.0), ("bright arpeggio", 440.0), ("pulsing bass", 55.0))
@@ -101,7 +101,8 @@ def run_demo(
         print(f"Replacing the previous demo run in {run_dir} (a fresh run, so TensorBoard shows each step once) ...")
         shutil.rmtree(run_dir)
     config = TrainConfig(output_dir=str(run_dir), epochs=epochs, learning_rate=DEMO_LR, save_every=max(1, epochs // 2))
-    identity = RunIdentity(variant=bundle.variant, base=bundle.base, model_name=bundle.entry.name)
+    adapter_config = AdapterConfig(kind="lora", rank=DEMO_RANK, alpha=DEMO_ALPHA)
+    run = TrainingRun(bundle, dataset_index(dataset_dir, encoded.manifest), adapter_config, config)
     print(
         f"Training a LoRA (rank {DEMO_RANK}, alpha {DEMO_ALPHA:g}, lr {DEMO_LR:g}: small and quick for a demo; `sidestep "
         f"train` defaults to rank 64, alpha 128, lr 1e-4 for real runs) on {len(encoded.manifest.clips)} clips for "
@@ -114,11 +115,7 @@ def run_demo(
             "the whole job works, not what it learns.",
             flush=True,
         )
-    trainer = Trainer(
-        bundle.dit(parts=TRAINING_PARTS), dataset_dir, AdapterConfig(kind="lora", rank=DEMO_RANK, alpha=DEMO_ALPHA), config,
-        identity, callback=ProgressPrinter(),
-    )
-    result = trainer.run()
+    result = run.train(ProgressPrinter()).result
     bundle.release(dit=True)
     adapter = load_adapter(result.adapter_dir)
     request = GenerationRequest(caption="warm pad, demo", duration=sample_seconds, seed=1)
@@ -127,6 +124,6 @@ def run_demo(
     for warning in song.warnings:
         print(f"warning: {warning}")
     audio_path = save_audio(workdir / "demo_sample.flac", song.waveform[0], song.sample_rate)
-    demo = DemoResult(checkpoint_dir, dataset_dir, result.adapter_dir, run_dir / "checkpoints", run_dir / "runs", audio_path)
+    demo = DemoResult(checkpoint_dir, dataset_dir, result.adapter_dir, run.layout.checkpoints, run.layout.tensorboard, audio_path)
     print(demo.summary())
     return demo

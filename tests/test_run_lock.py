@@ -16,7 +16,8 @@ import torch
 from sidestep.bundle import open_checkpoint
 from sidestep.dataset.encode import EncodeConfig, encode_dataset
 from sidestep.errors import TrainingError
-from sidestep.training.runfolder import LOCK_FILE, RunLock, recover_run_folder
+from sidestep.training.layout import LOCK_FILE
+from sidestep.training.runfolder import RunLock, recover_run_folder
 from sidestep.training.checkpoints import STATE_FILE, latest_checkpoint, load_training_state
 from tests.test_training import adapter_tensors, cli_train, make_trainer, write_song
 

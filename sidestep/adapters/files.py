@@ -20,15 +20,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import AdapterError
+from ..training.layout import FINAL_FOLDER, STATE_FILE
 from .keys import (
     ALPHA_PART,
-    FINAL_FOLDER,
     LOKR_CONFIG_KEY,
     LOKR_PARTS,
     LOKR_WEIGHTS_FILE,
     PEFT_CONFIG_FILE,
     PEFT_WEIGHTS_FILE,
-    TRAINING_STATE_FILE,
     first_few,
     split_key,
 )
@@ -45,7 +44,7 @@ def resolve_adapter_path(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not path.exists():
         raise AdapterError(f"Adapter {path} does not exist (or is a broken link). Pass {_EXPECTED}.")
-    if path.is_file() and path.name == TRAINING_STATE_FILE:
+    if path.is_file() and path.name == STATE_FILE:
         path = path.parent
     if path.is_dir():
         for name in (PEFT_WEIGHTS_FILE, LOKR_WEIGHTS_FILE):

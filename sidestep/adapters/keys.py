@@ -7,8 +7,6 @@ from collections.abc import Iterable
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 LOKR_WEIGHTS_FILE = "lokr_weights.safetensors"
-TRAINING_STATE_FILE = "training_state.pt"
-FINAL_FOLDER = "final"
 LOKR_CONFIG_KEY = "lokr_config"
 
 PEFT_PREFIX = "base_model.model."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,28 +19,41 @@ def _seeded(*values: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def dataset_files(folder: Path) -> tuple[Manifest | None, list[Path]]:
-    """The clip files of a dataset folder: our manifest's clips, an ACE-Step manifest's samples, else every .pt/.safetensors."""
-    manifest = read_manifest(folder)
+@dataclass(frozen=True)
+class DatasetIndex:
+    """A dataset folder read once: our manifest (None for an ACE-Step index or loose tensor files), the clip files and
+    the manifest's content hash ("" without one), passed along so a run never reads or hashes the manifest again."""
+
+    folder: Path
+    manifest: Manifest | None
+    files: tuple[Path, ...]
+    content_hash: str
+
+
+def dataset_index(folder: str | Path, manifest: Manifest | None = None) -> DatasetIndex:
+    """Index a dataset folder: from `manifest` when the caller holds it (just encoded), else read from the folder —
+    our manifest's clips, an ACE-Step manifest's samples, else every .pt/.safetensors."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"Dataset folder {folder} does not exist. Encode a dataset first (Encode Dataset / `sidestep encode`).")
+    manifest = manifest if manifest is not None else read_manifest(folder)
     if manifest is not None:
-        return manifest, [folder / clip.file for clip in manifest.clips]
-    samples = read_sample_paths(folder)
-    if samples is not None:
-        return None, samples
-    return None, sorted(folder.glob("*.pt")) + sorted(folder.glob("*.safetensors"))
+        files = [folder / clip.file for clip in manifest.clips]
+    else:
+        samples = read_sample_paths(folder)
+        files = samples if samples is not None else sorted(folder.glob("*.pt")) + sorted(folder.glob("*.safetensors"))
+    return DatasetIndex(folder, manifest, tuple(files), manifest.content_hash() if manifest is not None else "")
 
 
 class ClipDataset(Dataset):
-    """The clips of a dataset folder (see `dataset_files`), cropped to `max_frames` latent frames.
+    """The clips of a dataset (a folder, or its `DatasetIndex`), cropped to `max_frames` latent frames.
 
     Crops are drawn from a generator seeded by (seed, epoch, index), so a resumed run sees the same crops.
     """
 
-    def __init__(self, folder: str | Path, max_frames: int | None = None, seed: int = 0) -> None:
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise DatasetError(f"Dataset folder {self.folder} does not exist. Encode a dataset first (Encode Dataset / `sidestep encode`).")
-        self.manifest, self.files = dataset_files(self.folder)
+    def __init__(self, dataset: str | Path | DatasetIndex, max_frames: int | None = None, seed: int = 0) -> None:
+        self.index = dataset if isinstance(dataset, DatasetIndex) else dataset_index(dataset)
+        self.folder, self.manifest, self.files = self.index.folder, self.index.manifest, list(self.index.files)
         if not self.files:
             raise DatasetError(f"{self.folder} holds no encoded clips (no manifest.json, .safetensors or .pt files).")
         missing = [str(path) for path in self.files if not path.is_file()]

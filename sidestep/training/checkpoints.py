@@ -16,8 +16,8 @@ import torch
 
 from ..atomic import replace_synced, staging_folder, torch_save_atomic
 from ..errors import TrainingError
+from .layout import FINAL_FOLDER, STATE_FILE, RunLayout, complete_checkpoints
 
-STATE_FILE = "training_state.pt"
 STATE_FORMAT = 1
 RETIRED_MARK = ".old."  # `.NAME.old.XXXX/dir` holds a folder moved aside while its replacement moves in
 RETIRED_ENTRY = "dir"
@@ -35,29 +35,38 @@ class Progress:
     nan_streak: int = 0
 
 
-def capture_rng(generator: torch.Generator) -> dict[str, Any]:
-    """Every random state training depends on, as tensors and plain values (loadable with weights_only)."""
+def process_rng() -> dict[str, Any]:
+    """The process-wide generators' states (torch CPU and CUDA, Python, NumPy) as tensors and plain values."""
     numpy_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-        "generator": generator.get_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    """Put back what `capture_rng` recorded."""
+def restore_process_rng(state: dict[str, Any]) -> None:
+    """Put back what `process_rng` recorded."""
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuples(state["python"]))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state training depends on, as tensors and plain values (loadable with weights_only)."""
+    return {**process_rng(), "generator": generator.get_state()}
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    """Put back what `capture_rng` recorded."""
+    restore_process_rng(state)
+    generator.set_state(state["generator"])
 
 
 def _as_tuples(value: Any) -> Any:
@@ -111,7 +120,7 @@ def _disk_full(error: BaseException, folder: Path) -> bool:
 
 def _write_failure(final_dir: Path, run_dir: Path, error: BaseException, full: bool) -> str:
     """What failed, why, and the intact checkpoint to resume from."""
-    what = "the final adapter" if final_dir.name == "final" else "checkpoint"
+    what = "the final adapter" if final_dir.name == FINAL_FOLDER else "checkpoint"
     why = f"the disk holding {run_dir} is full" if full else f"{error}"
     fix = "free some space" if full else "fix that"
     latest = latest_checkpoint(run_dir)
@@ -178,10 +187,5 @@ def _state_problem(state: dict[str, Any]) -> str | None:
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete `checkpoints/epoch_N` folder of a run, if any."""
-    folder = Path(output_dir) / "checkpoints"
-    candidates = []
-    for child in folder.glob("epoch_*"):
-        suffix = child.name.removeprefix("epoch_")
-        if suffix.isdigit() and (child / STATE_FILE).is_file():
-            candidates.append((int(suffix), child))
-    return max(candidates)[1] if candidates else None
+    found = complete_checkpoints(RunLayout(output_dir).checkpoints)
+    return found[-1] if found else None

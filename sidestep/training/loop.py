@@ -6,9 +6,9 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +17,25 @@ import torch
 from .. import __version__
 from ..adapters.config import AdapterConfig
 from ..adapters.training import TrainableAdapter, attach_trainable_adapter
-from ..dataset.loader import ClipDataset, epoch_order, make_loader
+from ..dataset.loader import ClipDataset, DatasetIndex, epoch_order, make_loader
 from ..errors import AdapterError, TrainingError
 from ..memory import return_freed_memory
-from ..model import AceStepConditionGenerationModel
+from ..model import AceStepConditionGenerationModel, AceStepDiTModel
 from . import distributed
 from .config import TrainConfig
 from .events import EventCallback, StopSignal, TrainingEvent
 from .tensorboard import RunLogger
 from .objective import draw_cfg_keep_mask, draw_continuous_timesteps, draw_discrete_timesteps, flow_matching_loss
 from .optim import build_optimizer, build_scheduler, resume_notes
+from .layout import RunLayout
 from .runfolder import RunLock, recover_run_folder
 from .checkpoints import (
     Progress,
     capture_rng,
     load_training_state,
+    process_rng,
     resolve_resume_path,
+    restore_process_rng,
     restore_rng,
     save_training_state,
     write_checkpoint_dir,
@@ -65,13 +68,72 @@ class RunIdentity:
 PreviewFn = Callable[[int, AceStepConditionGenerationModel], str]
 
 
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision setting on `device` (None: compute in the weights' own dtype)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+@dataclass
+class TrainingStep:
+    """The trainer's step, reusable outside a run (the benchmarks time it): the flow-matching loss of a batch for
+    given draws under the run's precision, and its backward pass. `update` then applies the gradients."""
+
+    decoder: AceStepDiTModel
+    compute_dtype: torch.dtype | None = None
+    null_condition: torch.Tensor | None = None
+    min_snr_gamma: float | None = None
+    device: torch.device = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.device = next(self.decoder.parameters()).device
+
+    def loss(
+        self, batch: dict[str, torch.Tensor], noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss of `batch` for noise `noise` at timesteps `t` (`keep`: rows that keep their condition)."""
+        batch = {key: value.to(self.device) for key, value in batch.items()}
+        autocast = torch.autocast(self.device.type, dtype=self.compute_dtype) if self.compute_dtype else nullcontext()
+        with autocast:
+            return flow_matching_loss(
+                self.decoder,
+                batch,
+                noise.to(self.device),
+                t.to(self.device),
+                None if keep is None else keep.to(self.device),
+                self.null_condition,
+                self.min_snr_gamma,
+            )
+
+    def backward(
+        self, batch: dict[str, torch.Tensor], noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor | None = None,
+        share: int = 1,
+    ) -> torch.Tensor:
+        """Back-propagate the loss divided by `share` (the batches summed into one update); returns the loss."""
+        loss = self.loss(batch, noise, t, keep)
+        (loss / share).backward()
+        return loss.detach()
+
+
+def update(parameters: Iterable[torch.nn.Parameter], optimizer, scheduler, max_grad_norm: float) -> torch.Tensor:
+    """Clip the gradients, step the optimiser (and the scheduler, if any) and clear the gradients; returns the norm
+    the gradients had before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 class Trainer:
     """Trains one adapter on `model.decoder`; reports through `callback`, honours `stop`, resumes from checkpoints."""
 
     def __init__(
         self,
         model: AceStepConditionGenerationModel,
-        dataset_dir: str | Path,
+        dataset: str | Path | DatasetIndex,
         adapter_config: AdapterConfig,
         config: TrainConfig,
         identity: RunIdentity,
@@ -90,15 +152,19 @@ class Trainer:
         self.stop = stop or StopSignal()
         self.preview = preview
         self.output_dir = Path(config.output_dir)
+        self.layout = RunLayout(self.output_dir)
         self.device = next(self.decoder.parameters()).device
         self.rank, self.world = distributed.rank_and_world()
-        self.dataset = ClipDataset(dataset_dir, config.max_latent_frames, config.seed)
+        self.dataset = ClipDataset(dataset, config.max_latent_frames, config.seed)
+        self.dataset_hash = self.dataset.index.content_hash
         self._check_dataset_variant()
         self.timestep_mode = config.resolved_timestep_mode(identity.base)
         self.cfg_ratio = config.resolved_cfg_ratio(identity.base)
         self.generator = torch.Generator().manual_seed(config.seed + 7919 * self.rank)
         self.progress = Progress()
         self.adapter: TrainableAdapter | None = None
+        self.step = TrainingStep(self.decoder, compute_dtype(config.precision, self.device), model.null_condition_emb,
+                                 config.min_snr_gamma)
 
     # ------------------------------------------------------------------ set-up
 
@@ -109,12 +175,6 @@ class Trainer:
                 f"The dataset in {self.dataset.folder} was encoded with the '{manifest.model_variant}' model, but you are "
                 f"training '{self.identity.variant}'. Encode the dataset with the model you train (its condition encoder differs)."
             )
-
-    def _compute_dtype(self) -> torch.dtype | None:
-        precision = self.config.precision
-        if precision == "auto":
-            return torch.bfloat16 if self.device.type == "cuda" else None
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
     def _batches_per_epoch(self) -> int:
         per_rank = math.ceil(len(self.dataset) / self.world)
@@ -127,7 +187,6 @@ class Trainer:
     def metadata(self) -> dict[str, str]:
         """What travels inside the adapter files: model, schedule for inference, dataset and settings."""
         shift, steps = self.config.inference_defaults(self.identity.base)
-        manifest = self.dataset.manifest
         return {
             "sidestep_version": __version__,
             "variant": self.identity.variant,
@@ -135,7 +194,7 @@ class Trainer:
             "model_name": self.identity.model_name,
             "shift": str(shift),
             "num_inference_steps": str(steps),
-            "dataset_hash": manifest.content_hash() if manifest else "",
+            "dataset_hash": self.dataset_hash,
             "epochs": str(self.progress.epoch),
             "global_step": str(self.progress.global_step),
             "timestep_mode": self.timestep_mode,
@@ -154,24 +213,13 @@ class Trainer:
             batch, config.timestep_mu, config.timestep_sigma, self.config.continuous_draws == "max_of_two", self.generator
         )
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _backward(self, batch: dict[str, torch.Tensor], share: int) -> torch.Tensor:
+        """Draw this batch's condition dropout, noise and timesteps, then take the step's backward pass."""
         size = batch["target_latents"].shape[0]
         keep = draw_cfg_keep_mask(size, self.cfg_ratio, self.generator)
         noise = torch.randn(batch["target_latents"].shape, generator=self.generator)
         t = self._draw_timesteps(size)
-        batch = {key: value.to(self.device) for key, value in batch.items()}
-        compute_dtype = self._compute_dtype()
-        autocast = torch.autocast(self.device.type, dtype=compute_dtype) if compute_dtype else nullcontext()
-        with autocast:
-            return flow_matching_loss(
-                self.decoder,
-                batch,
-                noise.to(self.device),
-                t.to(self.device),
-                keep.to(self.device) if self.cfg_ratio > 0 else None,
-                self.model.null_condition_emb,
-                self.config.min_snr_gamma,
-            )
+        return self.step.backward(batch, noise, t, keep if self.cfg_ratio > 0 else None, share)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -180,7 +228,7 @@ class Trainer:
 
     def save_checkpoint(self, optimizer, scheduler) -> Path:
         """Write `checkpoints/epoch_N/` (adapter files + training_state.pt) atomically; rank 0 only."""
-        folder = self.output_dir / "checkpoints" / f"epoch_{self.progress.epoch}"
+        folder = self.layout.checkpoint(self.progress.epoch)
         if not distributed.check_in_sync(self.adapter.parameters()):
             raise TrainingError("The training processes hold different adapter weights; data-parallel training went out of sync.")
         if self.rank == 0:
@@ -206,7 +254,7 @@ class Trainer:
 
     def save_final(self) -> Path:
         """Write the inference-ready adapter to `final/` atomically; rank 0 only."""
-        folder = self.output_dir / "final"
+        folder = self.layout.final
         if self.rank == 0:
             write_checkpoint_dir(folder, self._save_adapter, self.output_dir)
         distributed.barrier()
@@ -271,8 +319,10 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train to the configured number of epochs, or until stopped; always leaves a usable adapter behind.
 
-        The run folder is locked for the whole run (a second writer is refused) and repaired first after a kill.
+        The run folder is locked for the whole run (a second writer is refused) and repaired first after a kill. The
+        process-wide generators the run seeds (torch, Python, NumPy) are given back as they were when it ends.
         """
+        host_rng = process_rng()
         lock = self._lock_run_folder()
         try:
             if lock is not None:
@@ -281,6 +331,7 @@ class Trainer:
         finally:
             if lock is not None:
                 lock.release()
+            restore_process_rng(host_rng)
 
     def _lock_run_folder(self) -> RunLock | None:
         """Rank 0 takes the run folder's lock; every rank fails together when it cannot."""
@@ -313,7 +364,7 @@ class Trainer:
         last_checkpoint = self._resume(optimizer, scheduler, notes) if self.config.resume_from else None
         self._start_step = self.progress.global_step
         logger = RunLogger(
-            Path(self.config.log_dir) if self.config.log_dir else self.output_dir / "runs",
+            Path(self.config.log_dir) if self.config.log_dir else self.layout.tensorboard,
             enabled=self.rank == 0,
             purge_step=self.progress.global_step + 1 if last_checkpoint else None,
         )
@@ -363,9 +414,7 @@ class Trainer:
                 losses = []
                 for _ in range(group_size):
                     batch = next(loader)
-                    loss = self._loss(batch)
-                    (loss / group_size).backward()
-                    losses.append(loss.detach())
+                    losses.append(self._backward(batch, group_size))
                     samples += batch["target_latents"].shape[0]
                 position = group_end
                 step_loss = distributed.mean(torch.stack(losses).mean())
@@ -383,10 +432,7 @@ class Trainer:
                         )
                     continue
                 self.progress.nan_streak = 0
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), self.config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm = update(self.adapter.parameters(), optimizer, scheduler, self.config.max_grad_norm)
                 self.progress.global_step += 1
                 value = float(step_loss)
                 epoch_losses.append(value)

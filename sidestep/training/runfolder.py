@@ -17,8 +17,7 @@ from typing import Self
 from ..atomic import replace_synced
 from ..errors import TrainingError
 from .checkpoints import RETIRED_ENTRY, RETIRED_MARK
-
-LOCK_FILE = ".sidestep.lock"
+from .layout import RunLayout
 _RETIRED = re.compile(rf"^\.(?P<name>.+){re.escape(RETIRED_MARK)}[^.]+$")
 _STAGING = re.compile(r"^\..+\.tmp$")
 
@@ -28,7 +27,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
+        self.path = RunLayout(self.run_dir).lock
         self._handle: int | None = None
         self.warnings: list[str] = []
 
@@ -94,7 +93,8 @@ def recover_run_folder(run_dir: str | Path) -> list[str]:
     """Repair a run folder after a kill (call while holding its lock): put back a folder that was moved aside while
     its replacement moved in, and delete unfinished staging folders and files. Returns one line per repair."""
     notes = []
-    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+    layout = RunLayout(run_dir)
+    for folder in (layout.root, layout.checkpoints):
         if not folder.is_dir():
             continue
         for entry in sorted(folder.iterdir()):

@@ -1,0 +1,187 @@
+"""A training run's home: the trainer built from a model, "already finished?", resume (including `latest`), the
+ComfyUI export policy and previews — what the node, the CLI, the demo and the benchmarks share."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..adapters.config import AdapterConfig
+from ..dataset.loader import DatasetIndex, dataset_index
+from ..errors import AdapterError, TrainingError
+from ..model import PARTS, TRAINING_PARTS
+from .checkpoints import latest_checkpoint
+from .config import TrainConfig
+from .events import EventCallback, StopSignal
+from .layout import RunLayout
+from .loop import PreviewFn, RunIdentity, Trainer, TrainResult
+
+if TYPE_CHECKING:
+    from ..bundle import AceStepBundle
+
+LATEST = "latest"
+PREVIEW_SECONDS = 10.0
+# Settings that do not change the trained weights, so a finished adapter stays valid whatever they say.
+_NOT_COMPARED = ("resume_from", "log_dir")
+DORA_NOT_EXPORTED = "not exported: ComfyUI's LoRA loader cannot reproduce weight decomposition (DoRA)"
+
+
+@dataclass
+class RunOutcome:
+    """A run's adapter (trained now, or reused when `result` is None), its metadata and the ComfyUI export."""
+
+    adapter_dir: Path
+    metadata: dict[str, str]
+    comfy_lora: Path | None = None
+    export_note: str = ""
+    result: TrainResult | None = None
+
+
+def identity_of(bundle: AceStepBundle) -> RunIdentity:
+    """What an adapter trained on this bundle's model is for."""
+    return RunIdentity(variant=bundle.variant, base=bundle.base, model_name=bundle.entry.name)
+
+
+def adapter_metadata(folder: Path) -> dict[str, str] | None:
+    """The metadata in the header of the adapter weights inside `folder`, None when it holds no adapter."""
+    from safetensors import safe_open
+
+    from ..adapters.files import resolve_adapter_path
+
+    try:
+        weights = resolve_adapter_path(folder)
+    except AdapterError:
+        return None
+    with safe_open(str(weights), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def _comparable(train_config: dict[str, Any]) -> dict[str, Any]:
+    """A training config as JSON values, without the settings that leave the weights unchanged."""
+    return {key: value for key, value in json.loads(json.dumps(train_config)).items() if key not in _NOT_COMPARED}
+
+
+def is_finished(
+    metadata: dict[str, str], config: TrainConfig, adapter_config: AdapterConfig, dataset_hash: str, identity: RunIdentity
+) -> bool:
+    """Whether an adapter's metadata says it completed exactly this training (same model, data and settings)."""
+    try:
+        saved_train = _comparable(json.loads(metadata.get("train_config", "{}")))
+        saved_adapter = json.loads(metadata.get("adapter_config", "{}"))
+    except ValueError:
+        return False
+    return (
+        saved_train == _comparable(config.to_dict())
+        and saved_adapter == json.loads(json.dumps(adapter_config.to_dict()))
+        and metadata.get("dataset_hash") == dataset_hash
+        and (metadata.get("variant"), metadata.get("base"), metadata.get("model_name"))
+        == (identity.variant, identity.base, identity.model_name)
+        and metadata.get("epochs") == str(config.epochs)
+    )
+
+
+def resume_checkpoint(resume_from: str | None, run_dir: Path) -> str | None:
+    """The checkpoint to resume: none, the run's newest one ('latest'), or a folder (relative = inside the run)."""
+    text = (resume_from or "").strip()
+    if not text:
+        return None
+    if text == LATEST:
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            raise TrainingError(
+                f"resume_from is 'latest' but {run_dir} has no checkpoints/epoch_N folder yet. "
+                "Train this run once (or clear resume_from)."
+            )
+        return str(found)
+    path = Path(text).expanduser()
+    return str(path if path.is_absolute() else run_dir / path)
+
+
+def export_for_comfy(adapter_dir: Path, target: Path, adapter_config: AdapterConfig, replace: bool) -> tuple[Path | None, str]:
+    """Write the ComfyUI-native LoRA file (kept when it exists and `replace` is off); (None, why) for DoRA /
+    weight-decomposed adapters, which ComfyUI's LoRA loader cannot reproduce."""
+    from ..adapters.export import export_comfy
+
+    if adapter_config.use_dora if adapter_config.kind == "lora" else adapter_config.weight_decompose:
+        return None, DORA_NOT_EXPORTED
+    if replace or not target.is_file():
+        export_comfy(adapter_dir, target)
+    return target, f"ComfyUI LoRA: {target}"
+
+
+def previewer(bundle: AceStepBundle, config: TrainConfig) -> PreviewFn:
+    """A preview function for the trainer: a short song with the weights being trained → RUN/previews/epoch_N.flac."""
+    shift, steps = config.inference_defaults(bundle.base)
+    schedule = {"shift": str(shift), "num_inference_steps": str(steps)}
+    layout = RunLayout(config.output_dir)
+
+    def preview(epoch: int, _model: object) -> str:
+        from ..audio import save_audio
+        from ..generate import GenerationRequest, generate
+
+        # The bundle's DiT is the model under training, so `generate` hears the current adapter weights.
+        request = GenerationRequest(caption=config.preview_caption, duration=PREVIEW_SECONDS, seed=config.seed)
+        result = generate(bundle, request, adapter_metadata=schedule)
+        return str(save_audio(layout.preview(epoch), result.waveform[0], result.sample_rate))
+
+    return preview
+
+
+class TrainingRun:
+    """One adapter trained on a bundle's model and an encoded dataset, in the run folder `config.output_dir`."""
+
+    def __init__(
+        self, bundle: AceStepBundle, dataset: str | Path | DatasetIndex, adapter_config: AdapterConfig, config: TrainConfig
+    ) -> None:
+        self.bundle = bundle
+        self.dataset = dataset if isinstance(dataset, DatasetIndex) else dataset_index(dataset)
+        self.adapter_config = adapter_config
+        self.config = config
+        self.identity = identity_of(bundle)
+        self.layout = RunLayout(config.output_dir)
+
+    def finished(self, comfy_lora: Path | None = None) -> RunOutcome | None:
+        """The run's final adapter when it completed exactly this training (its ComfyUI export written to
+        `comfy_lora` if missing), else None."""
+        metadata = adapter_metadata(self.layout.final)
+        if metadata is None or not is_finished(
+            metadata, self.config, self.adapter_config, self.dataset.content_hash, self.identity
+        ):
+            return None
+        return self._outcome(self.layout.final, metadata, comfy_lora, replace=False)
+
+    def trainer(self, callback: EventCallback | None = None, stop: StopSignal | None = None, private: bool = False) -> Trainer:
+        """The trainer on the bundle's DiT, with every part when previews are on; `private`: on a copy of the DiT of its
+        own (training injects adapter layers), so the shared one reloads clean. `resume_from` is read as in
+        `resume_checkpoint`."""
+        bundle = self.bundle
+        if private:
+            bundle.release(dit=True)
+            bundle = bundle.with_own_dit()
+        previews = self.config.preview_every > 0
+        config = dataclasses.replace(self.config, resume_from=resume_checkpoint(self.config.resume_from, self.layout.root))
+        preview = previewer(bundle, config) if previews else None
+        model = bundle.dit(PARTS if previews else TRAINING_PARTS)
+        return Trainer(model, self.dataset, self.adapter_config, config, self.identity, callback, stop, preview)
+
+    def train(
+        self,
+        callback: EventCallback | None = None,
+        stop: StopSignal | None = None,
+        comfy_lora: Path | None = None,
+        private: bool = False,
+    ) -> RunOutcome:
+        """Train (or resume) to the end or until stopped; with `comfy_lora`, also write the ComfyUI export there."""
+        result = self.trainer(callback, stop, private).run()
+        outcome = self._outcome(result.adapter_dir, adapter_metadata(result.adapter_dir) or {}, comfy_lora, replace=True)
+        outcome.result = result
+        return outcome
+
+    def _outcome(self, adapter_dir: Path, metadata: dict[str, str], comfy_lora: Path | None, replace: bool) -> RunOutcome:
+        if comfy_lora is None:
+            return RunOutcome(adapter_dir, metadata)
+        exported, note = export_for_comfy(adapter_dir, comfy_lora, self.adapter_config, replace)
+        return RunOutcome(adapter_dir, metadata, exported, note)
