@@ -258,7 +258,7 @@ class TrainAdapter(io.ComfyNode):
 
     @classmethod
     def _train(cls, run: TrainingRun, run_name: str) -> io.NodeOutput:
-        """Train on a private copy of the DiT as a registered job, reporting every event to the node's progress.
+        """Train (on a copy of the DiT of its own) as a registered job, reporting every event to the node's progress.
         Stop & save (the widget) saves and returns the adapter normally; Cancel lets the trainer save too, then ends
         the prompt as interrupted."""
         from sidestep.training.events import StopSignal
@@ -277,7 +277,7 @@ class TrainAdapter(io.ComfyNode):
             make_room(run.bundle)
             # ComfyUI runs nodes in inference mode; weights loaded and steps taken here must be usable by autograd.
             with torch.inference_mode(False), torch.enable_grad():
-                outcome = run.train(report, stop, comfy_lora_path(run_name), private=True)
+                outcome = run.train(report, stop, comfy_lora_path(run_name))
         if stop.reason == CANCEL_REASON:
             raise model_management.InterruptProcessingException()
         result = outcome.result

@@ -116,7 +116,6 @@ def run_demo(
             flush=True,
         )
     result = run.train(ProgressPrinter()).result
-    bundle.release(dit=True)
     adapter = load_adapter(result.adapter_dir)
     request = GenerationRequest(caption="warm pad, demo", duration=sample_seconds, seed=1)
     print("Sampling a clip with the trained LoRA ...", flush=True)

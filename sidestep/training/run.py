@@ -153,14 +153,11 @@ class TrainingRun:
             return None
         return self._outcome(self.layout.final, metadata, comfy_lora, replace=False)
 
-    def trainer(self, callback: EventCallback | None = None, stop: StopSignal | None = None, private: bool = False) -> Trainer:
-        """The trainer on the bundle's DiT, with every part when previews are on; `private`: on a copy of the DiT of its
-        own (training injects adapter layers), so the shared one reloads clean. `resume_from` is read as in
-        `resume_checkpoint`."""
-        bundle = self.bundle
-        if private:
-            bundle.release(dit=True)
-            bundle = bundle.with_own_dit()
+    def trainer(self, callback: EventCallback | None = None, stop: StopSignal | None = None) -> Trainer:
+        """The trainer on a DiT of its own (training injects adapter layers; the bundle's DiT is released and reloads
+        clean), with every part when previews are on. `resume_from` is read as in `resume_checkpoint`."""
+        self.bundle.release(dit=True)
+        bundle = self.bundle.with_own_dit()
         previews = self.config.preview_every > 0
         config = dataclasses.replace(self.config, resume_from=resume_checkpoint(self.config.resume_from, self.layout.root))
         preview = previewer(bundle, config) if previews else None
@@ -172,10 +169,9 @@ class TrainingRun:
         callback: EventCallback | None = None,
         stop: StopSignal | None = None,
         comfy_lora: Path | None = None,
-        private: bool = False,
     ) -> RunOutcome:
         """Train (or resume) to the end or until stopped; with `comfy_lora`, also write the ComfyUI export there."""
-        result = self.trainer(callback, stop, private).run()
+        result = self.trainer(callback, stop).run()
         outcome = self._outcome(result.adapter_dir, adapter_metadata(result.adapter_dir) or {}, comfy_lora, replace=True)
         outcome.result = result
         return outcome
