@@ -173,8 +173,7 @@ class TrainingRun:
         """Train (or resume) to the end or until stopped; with `comfy_lora`, also write the ComfyUI export there."""
         result = self.trainer(callback, stop).run()
         outcome = self._outcome(result.adapter_dir, adapter_metadata(result.adapter_dir) or {}, comfy_lora, replace=True)
-        outcome.result = result
-        return outcome
+        return dataclasses.replace(outcome, result=result)
 
     def _outcome(self, adapter_dir: Path, metadata: dict[str, str], comfy_lora: Path | None, replace: bool) -> RunOutcome:
         if comfy_lora is None:
