@@ -153,9 +153,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _check_dataset_dir(folder: Path) -> None:
     """A folder of songs instead of an encoded dataset gets the `encode` command to run first."""
     from .audio import AUDIO_EXTENSIONS
+    from .dataset.tensors import MANIFEST_NAME
     from .errors import DatasetError
 
-    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.pt")) or (folder / "manifest.json").is_file():
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.pt")) or (folder / MANIFEST_NAME).is_file():
         return
     if any(path.suffix.lower() in AUDIO_EXTENSIONS for path in folder.rglob("*")):
         raise DatasetError(
