@@ -28,6 +28,7 @@ from .jobs import JOBS
 
 if TYPE_CHECKING:
     from sidestep.adapters.config import AdapterConfig
+    from sidestep.adapters.metadata import AdapterMetadata
     from sidestep.bundle import AceStepBundle
     from sidestep.training.config import TrainConfig
     from sidestep.training.events import StopSignal, TrainingEvent
@@ -57,11 +58,12 @@ def _mtime(path: Path) -> int | None:
     return path.stat().st_mtime_ns if path.exists() else None
 
 
-def _adapter_metadata(folder: Path) -> dict[str, str] | None:
-    """The metadata in the header of the adapter weights inside `folder`, None when it holds no adapter."""
+def _adapter_metadata(folder: Path) -> AdapterMetadata | None:
+    """The training record in the header of the adapter weights inside `folder`, None when it holds no adapter."""
     from safetensors import safe_open
 
     from sidestep.adapters.files import resolve_adapter_path
+    from sidestep.adapters.metadata import AdapterMetadata
     from sidestep.errors import AdapterError
 
     try:
@@ -69,7 +71,7 @@ def _adapter_metadata(folder: Path) -> dict[str, str] | None:
     except AdapterError:
         return None
     with safe_open(str(weights), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+        return AdapterMetadata.from_header(handle.metadata() or {})
 
 
 def _comparable(train_config: dict[str, Any]) -> dict[str, Any]:
@@ -78,21 +80,15 @@ def _comparable(train_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_finished(
-    metadata: dict[str, str], config: TrainConfig, adapter_config: AdapterConfig, dataset_hash: str, identity: RunIdentity
+    metadata: AdapterMetadata, config: TrainConfig, adapter_config: AdapterConfig, dataset_hash: str, identity: RunIdentity
 ) -> bool:
     """Whether an adapter's metadata says it completed exactly this training (same model, data and settings)."""
-    try:
-        saved_train = _comparable(json.loads(metadata.get("train_config", "{}")))
-        saved_adapter = json.loads(metadata.get("adapter_config", "{}"))
-    except ValueError:
-        return False
     return (
-        saved_train == _comparable(config.to_dict())
-        and saved_adapter == json.loads(json.dumps(adapter_config.to_dict()))
-        and metadata.get("dataset_hash") == dataset_hash
-        and (metadata.get("variant"), metadata.get("base"), metadata.get("model_name"))
-        == (identity.variant, identity.base, identity.model_name)
-        and metadata.get("epochs") == str(config.epochs)
+        _comparable(metadata.train_config or {}) == _comparable(config.to_dict())
+        and metadata.adapter_config == adapter_config
+        and metadata.dataset_hash == dataset_hash
+        and (metadata.variant, metadata.base, metadata.model_name) == (identity.variant, identity.base, identity.model_name)
+        and metadata.epochs == config.epochs
     )
 
 
@@ -119,18 +115,21 @@ def _export(adapter_dir: Path, target: Path, adapter_config: AdapterConfig, repl
     """Write the ComfyUI-native LoRA file (kept when it exists and `replace` is off); (None, why) for DoRA /
     weight-decomposed adapters, which ComfyUI's LoRA loader cannot reproduce."""
     from sidestep.adapters.export import export_comfy
+    from sidestep.adapters.files import load_adapter
 
-    if adapter_config.use_dora if adapter_config.kind == "lora" else adapter_config.weight_decompose:
+    if adapter_config.decomposes_weight:
         return None, "not exported: ComfyUI's LoRA loader cannot reproduce weight decomposition (DoRA)"
     if replace or not target.is_file():
-        export_comfy(adapter_dir, target)
+        export_comfy(load_adapter(adapter_dir), target)
     return target, f"ComfyUI LoRA: {target}"
 
 
 def _previewer(bundle: AceStepBundle, config: TrainConfig, out: Path, caption: str) -> PreviewFn:
     """A preview function for the trainer: a short song with the weights being trained → OUT/previews/epoch_N.flac."""
+    from sidestep.adapters.metadata import AdapterMetadata
+
     shift, steps = config.inference_defaults(bundle.base)
-    schedule = {"shift": str(shift), "num_inference_steps": str(steps)}
+    schedule = AdapterMetadata(shift=shift, num_inference_steps=steps)
 
     def preview(epoch: int, _model: object) -> str:
         from sidestep.audio import save_audio
@@ -379,7 +378,7 @@ class TrainAdapter(io.ComfyNode):
             f"{result.status}: epoch {result.epochs_completed}/{config.epochs}, step {result.global_step}, loss {loss}\n"
             f"adapter: {result.adapter_dir}\n{note}"
         )
-        metadata = _adapter_metadata(result.adapter_dir) or {}
+        metadata = _adapter_metadata(result.adapter_dir)
         handle = AdapterHandle(path=result.adapter_dir, run_dir=out, metadata=metadata, comfy_lora=exported)
         return io.NodeOutput(handle, ui={"text": [text]})
 

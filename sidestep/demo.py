@@ -94,7 +94,7 @@ def run_demo(
         callback=lambda event: print(f"  [{event.index}/{event.total}] {event.status} {event.file}", flush=True),
     )
     bundle.release(vae=True, text_encoder=True, dit=True)
-    from .adapters.config import AdapterConfig
+    from .adapters.config import LoraConfig
 
     run_dir = workdir / "runs" / "demo-lora"
     if run_dir.exists():
@@ -115,7 +115,7 @@ def run_demo(
             flush=True,
         )
     trainer = Trainer(
-        bundle.dit(parts=TRAINING_PARTS), dataset_dir, AdapterConfig(kind="lora", rank=DEMO_RANK, alpha=DEMO_ALPHA), config,
+        bundle.dit(parts=TRAINING_PARTS), dataset_dir, LoraConfig(rank=DEMO_RANK, alpha=DEMO_ALPHA), config,
         identity, callback=ProgressPrinter(),
     )
     result = trainer.run()

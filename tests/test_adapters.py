@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from lycoris import LycorisNetwork, create_lycoris, create_lycoris_from_weights
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sidestep.adapters.apply import apply_adapters
-from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.config import AdapterConfig, LokrConfig, LoraConfig
 from sidestep.adapters.export import export_comfy
 from sidestep.adapters.files import load_adapter
 from sidestep.adapters.targets import target_modules
@@ -29,13 +30,13 @@ FIXTURES = Path(__file__).parent / "fixtures" / "ace15"
 INPUTS = ("hidden_states", "timestep", "timestep_r", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents")
 METADATA = {"variant": "turbo", "base": "turbo", "shift": "3.0", "num_inference_steps": "8"}
 
-LORA = AdapterConfig(kind="lora", rank=4, alpha=8)
-DORA = AdapterConfig(kind="lora", rank=4, alpha=8, use_dora=True, target="attention_mlp")
-LOKR_FULL = AdapterConfig(kind="lokr")
-LOKR_LOWRANK = AdapterConfig(kind="lokr", linear_dim=2, linear_alpha=4)
-LOKR_BOTH = AdapterConfig(kind="lokr", linear_dim=2, linear_alpha=4, decompose_both=True)
-LOKR_FACTOR = AdapterConfig(kind="lokr", linear_dim=2, linear_alpha=3, factor=4, use_tucker=True, target="attention_mlp")
-LOKR_WD = AdapterConfig(kind="lokr", linear_dim=2, linear_alpha=4, weight_decompose=True)
+LORA = LoraConfig(rank=4, alpha=8)
+DORA = LoraConfig(rank=4, alpha=8, use_dora=True, target="attention_mlp")
+LOKR_FULL = LokrConfig()
+LOKR_LOWRANK = LokrConfig(linear_dim=2, linear_alpha=4)
+LOKR_BOTH = LokrConfig(linear_dim=2, linear_alpha=4, decompose_both=True)
+LOKR_FACTOR = LokrConfig(linear_dim=2, linear_alpha=3, factor=4, use_tucker=True, target="attention_mlp")
+LOKR_WD = LokrConfig(linear_dim=2, linear_alpha=4, weight_decompose=True)
 ALL_CONFIGS = [LORA, DORA, LOKR_FULL, LOKR_LOWRANK, LOKR_BOTH, LOKR_FACTOR, LOKR_WD]
 IDS = ["lora", "dora", "lokr-full", "lokr-lowrank", "lokr-both", "lokr-factor-tucker", "lokr-wd"]
 
@@ -96,17 +97,17 @@ def test_presets_select_the_right_modules() -> None:
     decoder = fresh_model().decoder
     attention = [f"layers.{i}.{b}.{p}_proj" for i in range(2) for b in ("self_attn", "cross_attn") for p in "qkvo"]
     mlp = [f"layers.{i}.mlp.{p}_proj" for i in range(2) for p in ("gate", "up", "down")]
-    assert sorted(target_modules(decoder, AdapterConfig())) == sorted(attention)
-    assert sorted(target_modules(decoder, AdapterConfig(target="attention_mlp"))) == sorted(attention + mlp)
-    assert target_modules(decoder, AdapterConfig(target="self_attention")) == [n for n in attention if "self_attn" in n]
-    assert target_modules(decoder, AdapterConfig(target="cross_attention")) == [n for n in attention if "cross_attn" in n]
+    assert sorted(target_modules(decoder, LoraConfig())) == sorted(attention)
+    assert sorted(target_modules(decoder, LoraConfig(target="attention_mlp"))) == sorted(attention + mlp)
+    assert target_modules(decoder, LoraConfig(target="self_attention")) == [n for n in attention if "self_attn" in n]
+    assert target_modules(decoder, LoraConfig(target="cross_attention")) == [n for n in attention if "cross_attn" in n]
 
 
 def test_custom_targets_accept_short_qualified_and_full_names() -> None:
     decoder = fresh_model().decoder
 
     def custom(*names: str) -> list[str]:
-        return target_modules(decoder, AdapterConfig(target="custom", custom_modules=names))
+        return target_modules(decoder, LoraConfig(target="custom", custom_modules=names))
 
     assert custom("q_proj") == [f"layers.{i}.{b}.q_proj" for i in range(2) for b in ("self_attn", "cross_attn")]
     assert custom("self_attn.v_proj") == ["layers.0.self_attn.v_proj", "layers.1.self_attn.v_proj"]
@@ -127,8 +128,8 @@ def test_custom_targets_accept_short_qualified_and_full_names() -> None:
         ({"rank": 2.5}, "rank"),
         ({"alpha": -1}, "alpha"),
         ({"dropout": 1.0}, "dropout"),
-        ({"linear_dim": 0}, "linear_dim"),
-        ({"factor": 0}, "factor"),
+        ({"kind": "lokr", "linear_dim": 0}, "linear_dim"),
+        ({"kind": "lokr", "factor": 0}, "factor"),
         ({"use_dora": "yes"}, "use_dora"),
         ({"target": "everything"}, "attention_mlp"),
         ({"target": "custom"}, "custom_modules"),
@@ -137,16 +138,16 @@ def test_custom_targets_accept_short_qualified_and_full_names() -> None:
 )
 def test_config_rejects_bad_values(settings: dict, words: str) -> None:
     with pytest.raises(AdapterError, match=words):
-        AdapterConfig(**settings)
+        AdapterConfig.from_dict(settings)
 
 
 def test_config_round_trips_and_describes() -> None:
-    config = AdapterConfig(kind="lokr", linear_dim=8, target="custom", custom_modules=("q_proj", "mlp.up_proj"))
+    config = LokrConfig(linear_dim=8, target="custom", custom_modules=("q_proj", "mlp.up_proj"))
     assert AdapterConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    assert AdapterConfig().rank == 64 and AdapterConfig().alpha == 128 and AdapterConfig().linear_dim == 64
-    assert "LoKR dim 8" in config.describe() and "LoRA rank 64" in AdapterConfig().describe()
-    assert config.shape_signature() != AdapterConfig(kind="lokr", linear_dim=4, target="custom", custom_modules=("q_proj",)).shape_signature()
-    assert AdapterConfig(alpha=1).shape_signature() == AdapterConfig(alpha=2).shape_signature()
+    assert LoraConfig().rank == 64 and LoraConfig().alpha == 128 and LokrConfig().linear_dim == 64
+    assert "LoKR dim 8" in config.describe() and "LoRA rank 64" in LoraConfig().describe()
+    assert config.shape_signature() != LokrConfig(linear_dim=4, target="custom", custom_modules=("q_proj",)).shape_signature()
+    assert LoraConfig(alpha=1).shape_signature() == LoraConfig(alpha=2).shape_signature()
     with pytest.raises(AdapterError, match="lr"):
         AdapterConfig.from_dict({"kind": "lora", "lr": 1e-4})
 
@@ -317,7 +318,7 @@ def test_loaded_adapter_reproduces_the_trained_decoder(config: AdapterConfig, tm
     model, _ = saved(config, tmp_path)
     expected = run(model.decoder, inputs)
     loaded = load_adapter(tmp_path)
-    assert loaded.kind == config.kind and loaded.metadata["variant"] == "turbo" and loaded.metadata["shift"] == "3.0"
+    assert loaded.kind == config.kind and loaded.metadata.variant == "turbo" and loaded.metadata.shift == 3.0
     declared = (config.rank, config.alpha) if config.kind == "lora" else (config.linear_dim, config.linear_alpha)
     assert (loaded.rank, loaded.alpha) == declared
 
@@ -367,13 +368,13 @@ def test_stacked_adapters_match_merged_weights(tmp_path: Path, inputs) -> None:
 
 def test_peft_written_folders_load_with_and_without_a_decoder_segment(tmp_path: Path, inputs) -> None:
     model = fresh_model()
-    peft_decoder = get_peft_model(model.decoder, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    peft_decoder = get_peft_model(model.decoder, PeftLoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     perturb(peft_decoder.base_model)
     expected = run(model.decoder, inputs)
     peft_decoder.save_pretrained(str(tmp_path / "decoder"))
 
     whole = fresh_model()
-    peft_whole = get_peft_model(whole, LoraConfig(r=2, lora_alpha=2, use_rslora=True, target_modules=r".*self_attn\.o_proj"))
+    peft_whole = get_peft_model(whole, PeftLoraConfig(r=2, lora_alpha=2, use_rslora=True, target_modules=r".*self_attn\.o_proj"))
     perturb(peft_whole.base_model, seed=5)
     expected_whole = run(whole.decoder, inputs)
     peft_whole.save_pretrained(str(tmp_path / "whole"))
@@ -396,7 +397,7 @@ def test_lycoris_native_files_load(tmp_path: Path, inputs) -> None:
     expected = run(model.decoder, inputs)
     network.save_weights(str(tmp_path / "native.safetensors"), torch.float32, {"note": "lycoris"})
     loaded = load_adapter(tmp_path / "native.safetensors")
-    assert loaded.kind == "lokr" and loaded.metadata["note"] == "lycoris" and sorted(loaded.modules) == sorted(
+    assert loaded.kind == "lokr" and loaded.header["note"] == "lycoris" and sorted(loaded.modules) == sorted(
         "lycoris_" + name.replace(".", "_") for name in names
     )
     other = fresh_model()
@@ -552,7 +553,7 @@ def test_variant_mismatch_is_a_warning(tmp_path: Path, inputs) -> None:
 @pytest.mark.parametrize("config", [LORA, LOKR_FULL, LOKR_LOWRANK, LOKR_BOTH, LOKR_FACTOR], ids=["lora", *IDS[2:6]])
 def test_export_reproduces_the_trained_delta_under_comfyui_rules(config: AdapterConfig, tmp_path: Path) -> None:
     model, adapter = saved(config, tmp_path / "adapter")
-    out = export_comfy(tmp_path / "adapter", tmp_path / "export.safetensors")
+    out = export_comfy(load_adapter(tmp_path / "adapter"), tmp_path / "export.safetensors")
     with safe_open(str(out), "pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         assert METADATA.items() <= handle.metadata().items()
@@ -573,7 +574,7 @@ def test_export_refuses_dora_and_bad_names(tmp_path: Path) -> None:
     saved(LOKR_WD, tmp_path / "lokr_wd")
     for folder in ("dora", "lokr_wd"):
         with pytest.raises(AdapterError, match="DoRA"):
-            export_comfy(tmp_path / folder, tmp_path / f"{folder}.safetensors")
+            export_comfy(load_adapter(tmp_path / folder), tmp_path / f"{folder}.safetensors")
         assert not (tmp_path / f"{folder}.safetensors").exists()
     with pytest.raises(AdapterError, match=".safetensors"):
-        export_comfy(tmp_path / "dora", tmp_path / "out.ckpt")
+        export_comfy(load_adapter(tmp_path / "dora"), tmp_path / "out.ckpt")

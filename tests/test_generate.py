@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.config import LoraConfig
 from sidestep.adapters.files import load_adapter
 from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.bundle import open_checkpoint
@@ -23,7 +23,7 @@ REQUEST = dict(caption="dreamy synth pop", lyrics="[Verse]\nhello", duration=2.0
 def adapter_dir(tiny_root, tmp_path_factory) -> Path:
     """A LoRA with non-zero weights, saved as training saves it (turbo metadata: shift 3, 8 steps)."""
     model = AceStepConditionGenerationModel.from_pretrained(tiny_root / "acestep-v15-turbo", parts=TRAINING_PARTS)
-    adapter = attach_trainable_adapter(model.decoder, AdapterConfig(kind="lora", rank=4, alpha=8, target="attention_mlp"))
+    adapter = attach_trainable_adapter(model.decoder, LoraConfig(rank=4, alpha=8, target="attention_mlp"))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in adapter.parameters():

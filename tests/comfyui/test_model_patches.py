@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.config import AdapterConfig, LokrConfig, LoraConfig
 from sidestep.adapters.files import load_adapter
 from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.errors import AdapterError
@@ -80,7 +80,7 @@ def trained_adapter(folder: Path, config: AdapterConfig, seed: int) -> Path:
 
 @pytest.mark.parametrize(
     "config",
-    [AdapterConfig(kind="lora", rank=4, alpha=8), AdapterConfig(kind="lokr", linear_dim=4, linear_alpha=8, factor=4)],
+    [LoraConfig(rank=4, alpha=8), LokrConfig(linear_dim=4, linear_alpha=8, factor=4)],
     ids=["lora", "lokr"],
 )
 def test_patches_add_strength_times_delta(comfy: ModuleType, node: type, tmp_path: Path, config: AdapterConfig) -> None:
@@ -111,7 +111,7 @@ def test_patches_add_strength_times_delta(comfy: ModuleType, node: type, tmp_pat
 
 def test_a_model_without_an_ace_step_decoder_is_refused(comfy: ModuleType, node: type, tmp_path: Path) -> None:
     """A MODEL that is not ACE-Step 1.5 gets a clear error instead of silently unpatched weights."""
-    folder = trained_adapter(tmp_path / "lora", AdapterConfig(kind="lora", rank=4, alpha=8), seed=2)
+    folder = trained_adapter(tmp_path / "lora", LoraConfig(rank=4, alpha=8), seed=2)
     wrapper = torch.nn.Module()
     wrapper.diffusion_model = torch.nn.Linear(4, 4)
     cpu = torch.device("cpu")
