@@ -19,6 +19,7 @@ from sidestep.adapters.apply import apply_adapters
 from sidestep.adapters.config import AdapterConfig, LokrConfig, LoraConfig
 from sidestep.adapters.export import export_comfy
 from sidestep.adapters.files import load_adapter
+from sidestep.adapters.metadata import AdapterMetadata
 from sidestep.adapters.targets import target_modules
 from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.adapters.keys import lycoris_name
@@ -150,6 +151,47 @@ def test_config_round_trips_and_describes() -> None:
     assert LoraConfig(alpha=1).shape_signature() == LoraConfig(alpha=2).shape_signature()
     with pytest.raises(AdapterError, match="lr"):
         AdapterConfig.from_dict({"kind": "lora", "lr": 1e-4})
+
+
+def test_both_kinds_save_the_settings_dict_they_always_saved() -> None:
+    """to_dict keeps every key of both kinds, as the Configure node wrote them before the split (finished runs are
+    recognised by it); from_dict dispatches on kind and ignores the other kind's settings."""
+    lora = LoraConfig(rank=16, alpha=32.0, dropout=0.1)
+    assert json.dumps(lora.to_dict()) == (
+        '{"kind": "lora", "rank": 16, "alpha": 32.0, "dropout": 0.1, "use_dora": false, "linear_dim": 16, '
+        '"linear_alpha": 32.0, "factor": -1, "decompose_both": false, "use_tucker": false, "weight_decompose": false, '
+        '"target": "attention", "custom_modules": []}'
+    )
+    lokr = LokrConfig(linear_dim=8, linear_alpha=16.0, factor=4, target="custom", custom_modules=("q_proj",))
+    assert json.dumps(lokr.to_dict()) == (
+        '{"kind": "lokr", "rank": 8, "alpha": 16.0, "dropout": 0.0, "use_dora": false, "linear_dim": 8, '
+        '"linear_alpha": 16.0, "factor": 4, "decompose_both": false, "use_tucker": false, "weight_decompose": false, '
+        '"target": "custom", "custom_modules": ["q_proj"]}'
+    )
+    written_by_the_cli = {**lokr.to_dict(), "rank": 64, "alpha": 128, "dropout": 0.0}
+    assert AdapterConfig.from_dict(written_by_the_cli) == lokr and AdapterConfig.from_dict(lora.to_dict()) == lora
+    assert (LORA.decomposes_weight, DORA.decomposes_weight, LOKR_BOTH.decomposes_weight, LOKR_WD.decomposes_weight) == (
+        False, True, False, True,
+    )
+
+
+def test_training_metadata_round_trips_under_namespaced_keys_and_reads_old_keys() -> None:
+    record = AdapterMetadata(
+        sidestep_version="0.1.0", model_name="acestep-v15-turbo", variant="turbo", base="turbo", shift=3.0,
+        num_inference_steps=8, dataset_hash="abc", epochs=0, global_step=12, timestep_mode="discrete", cfg_ratio=0.15,
+        adapter_config=LOKR_BOTH, train_config={"epochs": 10, "seed": 42},
+    )
+    header = record.to_header()
+    assert all(key.startswith("ss_") for key in header) and header["ss_epoch"] == "0" and header["ss_shift"] == "3.0"
+    assert AdapterMetadata.from_header(header) == record
+    old = {key.removeprefix("ss_"): value for key, value in header.items()}
+    old["epochs"], old["global_step"] = old.pop("epoch"), old.pop("steps")
+    assert AdapterMetadata.from_header(old) == record
+    assert AdapterMetadata.from_header({**old, "ss_variant": "xl-turbo"}).variant == "xl-turbo"
+    unreadable = AdapterMetadata.from_header({"num_inference_steps": "eight", "adapter_config": "{not json", "base": "sft"})
+    assert (unreadable.num_inference_steps, unreadable.adapter_config, unreadable.base) == (None, None, "sft")
+    assert len(unreadable.notes) == 2 and "'eight'" in unreadable.notes[0]
+    assert AdapterMetadata.from_header({}) == AdapterMetadata() and AdapterMetadata().to_header() == {}
 
 
 # ---------------------------------------------------------------------------------------------- training side
@@ -545,6 +587,30 @@ def test_variant_mismatch_is_a_warning(tmp_path: Path, inputs) -> None:
         assert len(applied.warnings) == 2 and "xl-turbo" in applied.warnings[0]
     with apply_adapters(model, [(loaded, 1.0)], variant="base", base="base") as applied:
         assert applied.warnings == []
+
+
+def test_creating_a_lokr_adapter_leaves_lycoris_class_settings_as_they_were() -> None:
+    names = ("ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "MODULE_ALGO_MAP", "NAME_ALGO_MAP",
+             "LORA_PREFIX", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")
+    before = {name: getattr(LycorisNetwork, name) for name in names}
+    snapshot = json.dumps(before, sort_keys=True)
+    trained(LOKR_BOTH)
+    after = {name: getattr(LycorisNetwork, name) for name in names}
+    assert all(after[name] is before[name] for name in names) and json.dumps(after, sort_keys=True) == snapshot
+
+
+@pytest.mark.parametrize("config", [LORA, DORA, LOKR_FACTOR, LOKR_WD], ids=["lora", "dora", "lokr", "lokr-wd"])
+def test_training_hands_over_what_saving_and_loading_give(config: AdapterConfig, tmp_path: Path) -> None:
+    _, adapter = saved(config, tmp_path)
+    handed, read = adapter.loaded(tmp_path, METADATA), load_adapter(tmp_path)
+    assert (handed.kind, handed.rank, handed.alpha, handed.metadata) == (read.kind, read.rank, read.alpha, read.metadata)
+    assert handed.modules.keys() == read.modules.keys() and handed.decomposes_weight == config.decomposes_weight
+    for key, weights in read.modules.items():
+        assert torch.equal(handed.modules[key].delta(), weights.delta()), key
+        magnitudes = (handed.modules[key].magnitude, weights.magnitude)
+        assert magnitudes == (None, None) or torch.equal(*magnitudes), key
+    perturb(adapter, seed=5)
+    assert not torch.equal(*(next(iter(a.modules.values())).delta() for a in (handed, adapter.loaded(tmp_path))))
 
 
 # ---------------------------------------------------------------------------------------------- ComfyUI export
