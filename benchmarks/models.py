@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.config import LokrConfig, LoraConfig
 from sidestep.dataset.tensors import ClipRecord, Manifest, save_clip, write_manifest
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel, AceStepConfig
 
@@ -17,8 +17,8 @@ FRAMES_PER_SECOND = 25
 VARIANT = "turbo"
 # The adapters the issue measures: LoRA r=64 and LoKR (Side-Step defaults), both on attention + MLP.
 ADAPTERS = {
-    "lora": AdapterConfig(kind="lora", rank=64, alpha=128, target="attention_mlp"),
-    "lokr": AdapterConfig(kind="lokr", target="attention_mlp"),
+    "lora": LoraConfig(rank=64, alpha=128, target="attention_mlp"),
+    "lokr": LokrConfig(target="attention_mlp"),
 }
 STORAGE = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from comfy_api.latest import io
-from sidestep.adapters.config import CUSTOM_TARGET, KINDS, TARGET_PRESETS, AdapterConfig
+from sidestep.adapters.config import CUSTOM_TARGET, KINDS, TARGET_PRESETS, LokrConfig, LoraConfig
 
 from .common import CATEGORY, NONE_CHOICE, adapter_choices, resolve_adapter_choice
 from .handles import AcestepModel, Adapter, AdapterConfigType, AdapterHandle, ModelHandle
@@ -14,7 +13,7 @@ from .handles import AcestepModel, Adapter, AdapterConfigType, AdapterHandle, Mo
 DECODER_PREFIX = "diffusion_model.decoder."
 WEIGHT_SUFFIX = ".weight"
 ADAPTER_TARGETS = (*TARGET_PRESETS, CUSTOM_TARGET)
-ADAPTER_DEFAULTS = AdapterConfig().to_dict()
+LORA_DEFAULTS, LOKR_DEFAULTS = LoraConfig(), LokrConfig()
 _STRENGTH_TOOLTIP = "How strongly the adapter applies: 1.0 as trained, 0 off, negative values push away from it."
 
 
@@ -92,19 +91,19 @@ class ConfigureAdapter(io.ComfyNode):
                 io.Combo.Input(
                     "adapter_type",
                     options=list(KINDS),
-                    default=ADAPTER_DEFAULTS["kind"],
+                    default=LORA_DEFAULTS.kind,
                     tooltip="lora: low-rank update (PEFT). lokr: Kronecker-product update (LyCORIS), smaller files.",
                 ),
                 io.Int.Input(
                     "rank",
-                    default=ADAPTER_DEFAULTS["rank"],
+                    default=LORA_DEFAULTS.rank,
                     min=1,
                     max=1024,
                     tooltip="LoRA rank / LoKR linear dimension: capacity of the adapter (16-128 is typical).",
                 ),
                 io.Float.Input(
                     "alpha",
-                    default=ADAPTER_DEFAULTS["alpha"],
+                    default=LORA_DEFAULTS.alpha,
                     min=0.01,
                     max=4096.0,
                     step=1.0,
@@ -112,7 +111,7 @@ class ConfigureAdapter(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "dropout",
-                    default=ADAPTER_DEFAULTS["dropout"],
+                    default=LORA_DEFAULTS.dropout,
                     min=0.0,
                     max=0.9,
                     step=0.01,
@@ -120,7 +119,7 @@ class ConfigureAdapter(io.ComfyNode):
                 ),
                 io.Boolean.Input(
                     "weight_decompose",
-                    default=ADAPTER_DEFAULTS["use_dora"],
+                    default=LORA_DEFAULTS.use_dora,
                     tooltip=(
                         "DoRA for LoRA / weight decomposition for LoKR. Often better quality, but ComfyUI's native "
                         "LoRA loader cannot reproduce it, so no models/loras export is written."
@@ -128,20 +127,20 @@ class ConfigureAdapter(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "lokr_factor",
-                    default=ADAPTER_DEFAULTS["factor"],
+                    default=LOKR_DEFAULTS.factor,
                     min=-1,
                     max=1024,
                     tooltip="LoKR only: Kronecker factor; -1 picks one automatically.",
                 ),
                 io.Boolean.Input(
                     "lokr_decompose_both",
-                    default=ADAPTER_DEFAULTS["decompose_both"],
+                    default=LOKR_DEFAULTS.decompose_both,
                     tooltip="LoKR only: also split the smaller Kronecker factor into a low-rank pair.",
                 ),
                 io.Combo.Input(
                     "target",
                     options=list(ADAPTER_TARGETS),
-                    default=ADAPTER_DEFAULTS["target"],
+                    default=LORA_DEFAULTS.target,
                     tooltip=(
                         "Which layers of every DiT block to adapt: attention (self + cross), attention_mlp, "
                         "self_attention, cross_attention, or custom (see custom_modules)."
@@ -172,25 +171,19 @@ class ConfigureAdapter(io.ComfyNode):
         target: str,
         custom_modules: str,
     ) -> io.NodeOutput:
-        """Build and validate the AdapterConfig (AdapterError for impossible settings)."""
+        """Build and validate the LoraConfig / LokrConfig (AdapterError for impossible settings)."""
         from sidestep.adapters.config import CUSTOM_TARGET, AdapterConfig
 
-        lora = adapter_type == "lora"
         modules = tuple(name.strip() for name in custom_modules.split(",") if name.strip())
-        config = AdapterConfig(
-            kind=adapter_type,
-            rank=rank,
-            alpha=alpha,
-            dropout=dropout,
-            use_dora=weight_decompose and lora,
-            linear_dim=rank,
-            linear_alpha=alpha,
-            factor=lokr_factor,
-            decompose_both=lokr_decompose_both,
-            weight_decompose=weight_decompose and not lora,
-            target=target,
-            custom_modules=modules if target == CUSTOM_TARGET else (),
-        )
+        where = {"target": target, "custom_modules": modules if target == CUSTOM_TARGET else ()}
+        if adapter_type == "lora":
+            settings = {"rank": rank, "alpha": alpha, "dropout": dropout, "use_dora": weight_decompose}
+        else:
+            settings = {
+                "linear_dim": rank, "linear_alpha": alpha, "factor": lokr_factor, "decompose_both": lokr_decompose_both,
+                "weight_decompose": weight_decompose,
+            }
+        config = AdapterConfig.from_dict({"kind": adapter_type, **settings, **where})
         return io.NodeOutput(config, ui={"text": [config.describe()]})
 
 
@@ -279,10 +272,11 @@ class ApplyAdapterToModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: object, adapter_file: str, strength: float, adapter: AdapterHandle | None = None) -> io.NodeOutput:
-        """Export the adapter in ComfyUI's key format, let ComfyUI turn it into patches, add them to a clone."""
+        """Put the adapter's tensors in ComfyUI's key format (in memory), let ComfyUI's LoRA loader turn them into
+        patches, add them to a clone."""
         import comfy.lora
-        import comfy.utils
-        from sidestep.adapters.export import export_comfy
+        from sidestep.adapters.export import comfy_tensors
+        from sidestep.adapters.files import load_adapter
         from sidestep.errors import AdapterError
 
         key_map = decoder_key_map(list(model.model_state_dict().keys()))
@@ -291,10 +285,7 @@ class ApplyAdapterToModel(io.ComfyNode):
                 "This MODEL has no diffusion_model.decoder weights, so it is not an ACE-Step 1.5 model. "
                 "Connect an ACE-Step 1.5 MODEL, or use Load Adapter with Load ACE-Step Checkpoint instead."
             )
-        with tempfile.TemporaryDirectory() as folder:
-            exported = export_comfy(_chosen_path(adapter, adapter_file), Path(folder) / "adapter.safetensors")
-            tensors = comfy.utils.load_torch_file(str(exported), safe_load=True)
-        patches = comfy.lora.load_lora(tensors, key_map)
+        patches = comfy.lora.load_lora(comfy_tensors(load_adapter(_chosen_path(adapter, adapter_file))), key_map)
         if not patches:
             raise AdapterError(
                 "None of the adapter's layers exist in this MODEL; it was trained for a different model."

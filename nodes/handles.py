@@ -10,6 +10,7 @@ from comfy_api.latest import io
 
 if TYPE_CHECKING:
     from sidestep.adapters.loaded import LoadedAdapter
+    from sidestep.adapters.metadata import AdapterMetadata
     from sidestep.bundle import AceStepBundle
     from sidestep.dataset.loader import DatasetIndex
 
@@ -31,9 +32,9 @@ class ModelHandle:
         return replace(self, adapters=(*self.adapters, (adapter, strength)))
 
     @property
-    def adapter_metadata(self) -> dict[str, str] | None:
-        """The first adapter's metadata (its recorded shift and steps drive "auto" sampling), or None."""
-        return dict(self.adapters[0][0].metadata) if self.adapters else None
+    def adapter_metadata(self) -> AdapterMetadata | None:
+        """The first adapter's training record (its recorded shift and steps drive "auto" sampling), or None."""
+        return self.adapters[0][0].metadata if self.adapters else None
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,9 @@ class DatasetHandle:
 
 @dataclass(frozen=True)
 class AdapterHandle:
-    """A trained adapter: its folder (OUT/final), run folder, metadata and the ComfyUI-native export (if any)."""
+    """A trained adapter: its folder (OUT/final), run folder, training record and the ComfyUI-native export (if any)."""
 
     path: Path
     run_dir: Path
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: AdapterMetadata | None = None
     comfy_lora: Path | None = None

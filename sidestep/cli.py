@@ -85,23 +85,20 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _adapter_config(args: argparse.Namespace):
-    from .adapters.config import AdapterConfig
+    from .adapters.config import LokrConfig, LoraConfig
 
     custom = tuple(args.target_modules or ())
-    return AdapterConfig(
-        kind=args.adapter,
-        rank=args.rank,
-        alpha=args.alpha,
-        dropout=args.dropout,
-        use_dora=args.dora,
+    where = {"target": "custom" if custom else args.target, "custom_modules": custom}
+    if args.adapter == "lora":
+        return LoraConfig(rank=args.rank, alpha=args.alpha, dropout=args.dropout, use_dora=args.dora, **where)
+    return LokrConfig(
         linear_dim=args.lokr_linear_dim,
         linear_alpha=args.lokr_linear_alpha,
         factor=args.lokr_factor,
         decompose_both=args.lokr_decompose_both,
         use_tucker=args.lokr_use_tucker,
         weight_decompose=args.lokr_weight_decompose,
-        target="custom" if custom else args.target,
-        custom_modules=custom,
+        **where,
     )
 
 
@@ -300,8 +297,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_export_comfy(args: argparse.Namespace) -> int:
     """Write one .safetensors that ComfyUI's LoraLoaderModelOnly applies to its ACE-Step 1.5 model."""
     from .adapters.export import export_comfy
+    from .adapters.files import load_adapter
 
-    path = export_comfy(args.adapter, args.out)
+    path = export_comfy(load_adapter(args.adapter), args.out)
     print(f"wrote {path}")
     return 0
 

@@ -72,6 +72,7 @@ def run_demo(
     sample_seconds: float = 5.0,
 ) -> DemoResult:
     """Build (or use) a checkpoint tree, encode songs, train a LoRA with live progress and sample a clip with it."""
+    from .adapters.config import LoraConfig
     from .adapters.files import load_adapter
     from .generate import GenerationRequest, generate
     from .tiny_models import make_tiny_checkpoints
@@ -94,14 +95,13 @@ def run_demo(
         callback=lambda event: print(f"  [{event.index}/{event.total}] {event.status} {event.file}", flush=True),
     )
     bundle.release(vae=True, text_encoder=True, dit=True)
-    from .adapters.config import AdapterConfig
 
     run_dir = workdir / "runs" / "demo-lora"
     if run_dir.exists():
         print(f"Replacing the previous demo run in {run_dir} (a fresh run, so TensorBoard shows each step once) ...")
         shutil.rmtree(run_dir)
     config = TrainConfig(output_dir=str(run_dir), epochs=epochs, learning_rate=DEMO_LR, save_every=max(1, epochs // 2))
-    adapter_config = AdapterConfig(kind="lora", rank=DEMO_RANK, alpha=DEMO_ALPHA)
+    adapter_config = LoraConfig(rank=DEMO_RANK, alpha=DEMO_ALPHA)
     run = TrainingRun(bundle, dataset_index(dataset_dir, encoded.manifest), adapter_config, config)
     print(
         f"Training a LoRA (rank {DEMO_RANK}, alpha {DEMO_ALPHA:g}, lr {DEMO_LR:g}: small and quick for a demo; `sidestep "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .adapters.metadata import AdapterMetadata
 from .bundle import AceStepBundle
 from .errors import SamplingError
 from .model import AceStepConditionGenerationModel, silence_context
@@ -102,13 +103,15 @@ def generate(
     bundle: AceStepBundle,
     request: GenerationRequest,
     adapters: Sequence[tuple[Any, float]] = (),
-    adapter_metadata: Mapping[str, Any] | None = None,
+    adapter_metadata: AdapterMetadata | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
-    """Generate `request.batch_size` songs; `adapters` are (LoadedAdapter, strength) pairs applied for this call only."""
+    """Generate `request.batch_size` songs; `adapters` are (LoadedAdapter, strength) pairs applied for this call only;
+    `adapter_metadata` (usually the first adapter's) gives the "auto" steps and shift."""
     model = bundle.dit()
     frames = math.ceil(request.duration * FRAMES_PER_SECOND)
-    plan = build_plan(bundle.base, request.steps, request.shift, adapter_metadata)
+    recorded = adapter_metadata or AdapterMetadata()
+    plan = build_plan(bundle.base, request.steps, request.shift, recorded.num_inference_steps, recorded.shift)
     guidance = DEFAULT_GUIDANCE[bundle.base] if request.guidance is None else request.guidance
     states, mask, context = encode_prompt(model, bundle.text_encoder(), bundle.silence_latent(), request, frames)
     batch = request.batch_size
@@ -127,6 +130,6 @@ def generate(
             model_decoder_fn(model), noise, plan, cond=cond, uncond=uncond, guidance=guidance,
             guidance_mode=request.guidance_mode, progress_callback=progress,
         )
-    warnings = list(plan.warnings) + list(getattr(patch, "warnings", []))
+    warnings = list(recorded.notes) + list(plan.warnings) + list(getattr(patch, "warnings", []))
     waveform = decode_latents(bundle.vae(), latents.float().cpu())
     return GenerationResult(waveform=waveform, sample_rate=SAMPLE_RATE, latents=latents.float().cpu(), warnings=warnings)

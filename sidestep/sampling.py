@@ -118,29 +118,20 @@ def resolve_steps_and_shift(
     variant_base: VariantBase,
     steps: int = 0,
     shift: float = 0.0,
-    adapter_metadata: Mapping[str, Any] | None = None,
+    adapter_steps: int | None = None,
+    adapter_shift: float | None = None,
 ) -> StepsAndShift:
-    """Pick steps and shift: the user's value, else the adapter's, else the variant default (0 = auto).
+    """Pick steps and shift: the user's value, else the adapter's recorded one, else the variant default (0 = auto).
 
-    `adapter_metadata` may hold "variant", "shift" and "num_inference_steps" (strings or numbers,
-    as read from safetensors metadata). Warns when the choice differs from what the adapter expects.
+    Warns when the choice differs from what the adapter was trained for (`AdapterMetadata.num_inference_steps` and
+    `.shift`; None when it recorded none).
     """
     default_steps, default_shift = default_steps_and_shift(variant_base)
     if steps < 0:
         raise SamplingError(f"Sampling steps must be 0 (auto) or positive, got {steps}.")
     if shift < 0 or not math.isfinite(shift):
         raise SamplingError(f"Shift must be 0 (auto) or a positive number, got {shift}.")
-    metadata = adapter_metadata or {}
     warnings: list[str] = []
-
-    adapter_variant = str(metadata.get("variant", "")).strip().lower()
-    if adapter_variant in _DEFAULT_STEPS_AND_SHIFT and adapter_variant != variant_base:
-        warnings.append(
-            f"This adapter was trained on a {adapter_variant} model but is applied to a {variant_base} model; "
-            "expect poor audio. Load the matching model."
-        )
-    adapter_shift = _metadata_number(metadata, "shift", float, warnings)
-    adapter_steps = _metadata_number(metadata, "num_inference_steps", int, warnings)
 
     chosen_shift = shift or adapter_shift or default_shift
     if shift and adapter_shift and shift != adapter_shift:
@@ -166,10 +157,11 @@ def build_plan(
     variant_base: VariantBase,
     steps: int = 0,
     shift: float = 0.0,
-    adapter_metadata: Mapping[str, Any] | None = None,
+    adapter_steps: int | None = None,
+    adapter_shift: float | None = None,
 ) -> SamplingPlan:
     """Resolve steps and shift (0 = auto) and build the matching turbo or base/sft plan with all warnings."""
-    chosen = resolve_steps_and_shift(variant_base, steps, shift, adapter_metadata)
+    chosen = resolve_steps_and_shift(variant_base, steps, shift, adapter_steps, adapter_shift)
     plan = turbo_plan(chosen.shift) if variant_base == "turbo" else flow_plan(chosen.steps, chosen.shift)
     return SamplingPlan(plan.timesteps, plan.is_turbo, chosen.warnings + plan.warnings)
 
@@ -283,18 +275,3 @@ def model_decoder_fn(model: AceStepConditionGenerationModel) -> DecoderFn:
 def _check_shift(shift: float) -> None:
     if not (math.isfinite(shift) and shift > 0):
         raise SamplingError(f"Shift must be a positive number, got {shift}; use 3.0 for turbo or 1.0 for base/sft.")
-
-
-def _metadata_number(metadata: Mapping[str, Any], key: str, kind: type, warnings: list[str]) -> Any:
-    """A positive number stored under `key` in adapter metadata, or None (warning when unreadable)."""
-    raw = metadata.get(key)
-    if raw in (None, ""):
-        return None
-    try:
-        value = kind(float(raw))
-    except (TypeError, ValueError, OverflowError):
-        value = None
-    if value is None or not math.isfinite(value) or value <= 0:
-        warnings.append(f"Ignored the adapter's unreadable {key} value {raw!r}.")
-        return None
-    return value

@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 from lycoris import LycorisNetwork, create_lycoris, create_lycoris_from_weights
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sidestep.adapters.apply import apply_adapters
-from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.config import AdapterConfig, LokrConfig, LoraConfig
 from sidestep.adapters.export import export_comfy
 from sidestep.adapters.files import load_adapter
+from sidestep.adapters.metadata import AdapterMetadata
 from sidestep.adapters.targets import target_modules
 from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.adapters.keys import lycoris_name
@@ -29,13 +31,13 @@ FIXTURES = Path(__file__).parent / "fixtures" / "ace15"
 INPUTS = ("hidden_states", "timestep", "timestep_r", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents")
 METADATA = {"variant": "turbo", "base": "turbo", "shift": "3.0", "num_inference_steps": "8"}
 
-LORA = AdapterConfig(kind="lora", rank=4, alpha=8)
-DORA = AdapterConfig(kind="lora", rank=4, alpha=8, use_dora=True, target="attention_mlp")
-LOKR_FULL = AdapterConfig(kind="lokr")
-LOKR_LOWRANK = AdapterConfig(kind="lokr", linear_dim=2, linear_alpha=4)
-LOKR_BOTH = AdapterConfig(kind="lokr", linear_dim=2, linear_alpha=4, decompose_both=True)
-LOKR_FACTOR = AdapterConfig(kind="lokr", linear_dim=2, linear_alpha=3, factor=4, use_tucker=True, target="attention_mlp")
-LOKR_WD = AdapterConfig(kind="lokr", linear_dim=2, linear_alpha=4, weight_decompose=True)
+LORA = LoraConfig(rank=4, alpha=8)
+DORA = LoraConfig(rank=4, alpha=8, use_dora=True, target="attention_mlp")
+LOKR_FULL = LokrConfig()
+LOKR_LOWRANK = LokrConfig(linear_dim=2, linear_alpha=4)
+LOKR_BOTH = LokrConfig(linear_dim=2, linear_alpha=4, decompose_both=True)
+LOKR_FACTOR = LokrConfig(linear_dim=2, linear_alpha=3, factor=4, use_tucker=True, target="attention_mlp")
+LOKR_WD = LokrConfig(linear_dim=2, linear_alpha=4, weight_decompose=True)
 ALL_CONFIGS = [LORA, DORA, LOKR_FULL, LOKR_LOWRANK, LOKR_BOTH, LOKR_FACTOR, LOKR_WD]
 IDS = ["lora", "dora", "lokr-full", "lokr-lowrank", "lokr-both", "lokr-factor-tucker", "lokr-wd"]
 
@@ -96,17 +98,17 @@ def test_presets_select_the_right_modules() -> None:
     decoder = fresh_model().decoder
     attention = [f"layers.{i}.{b}.{p}_proj" for i in range(2) for b in ("self_attn", "cross_attn") for p in "qkvo"]
     mlp = [f"layers.{i}.mlp.{p}_proj" for i in range(2) for p in ("gate", "up", "down")]
-    assert sorted(target_modules(decoder, AdapterConfig())) == sorted(attention)
-    assert sorted(target_modules(decoder, AdapterConfig(target="attention_mlp"))) == sorted(attention + mlp)
-    assert target_modules(decoder, AdapterConfig(target="self_attention")) == [n for n in attention if "self_attn" in n]
-    assert target_modules(decoder, AdapterConfig(target="cross_attention")) == [n for n in attention if "cross_attn" in n]
+    assert sorted(target_modules(decoder, LoraConfig())) == sorted(attention)
+    assert sorted(target_modules(decoder, LoraConfig(target="attention_mlp"))) == sorted(attention + mlp)
+    assert target_modules(decoder, LoraConfig(target="self_attention")) == [n for n in attention if "self_attn" in n]
+    assert target_modules(decoder, LoraConfig(target="cross_attention")) == [n for n in attention if "cross_attn" in n]
 
 
 def test_custom_targets_accept_short_qualified_and_full_names() -> None:
     decoder = fresh_model().decoder
 
     def custom(*names: str) -> list[str]:
-        return target_modules(decoder, AdapterConfig(target="custom", custom_modules=names))
+        return target_modules(decoder, LoraConfig(target="custom", custom_modules=names))
 
     assert custom("q_proj") == [f"layers.{i}.{b}.q_proj" for i in range(2) for b in ("self_attn", "cross_attn")]
     assert custom("self_attn.v_proj") == ["layers.0.self_attn.v_proj", "layers.1.self_attn.v_proj"]
@@ -127,8 +129,8 @@ def test_custom_targets_accept_short_qualified_and_full_names() -> None:
         ({"rank": 2.5}, "rank"),
         ({"alpha": -1}, "alpha"),
         ({"dropout": 1.0}, "dropout"),
-        ({"linear_dim": 0}, "linear_dim"),
-        ({"factor": 0}, "factor"),
+        ({"kind": "lokr", "linear_dim": 0}, "linear_dim"),
+        ({"kind": "lokr", "factor": 0}, "factor"),
         ({"use_dora": "yes"}, "use_dora"),
         ({"target": "everything"}, "attention_mlp"),
         ({"target": "custom"}, "custom_modules"),
@@ -137,18 +139,59 @@ def test_custom_targets_accept_short_qualified_and_full_names() -> None:
 )
 def test_config_rejects_bad_values(settings: dict, words: str) -> None:
     with pytest.raises(AdapterError, match=words):
-        AdapterConfig(**settings)
+        AdapterConfig.from_dict(settings)
 
 
 def test_config_round_trips_and_describes() -> None:
-    config = AdapterConfig(kind="lokr", linear_dim=8, target="custom", custom_modules=("q_proj", "mlp.up_proj"))
+    config = LokrConfig(linear_dim=8, target="custom", custom_modules=("q_proj", "mlp.up_proj"))
     assert AdapterConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    assert AdapterConfig().rank == 64 and AdapterConfig().alpha == 128 and AdapterConfig().linear_dim == 64
-    assert "LoKR dim 8" in config.describe() and "LoRA rank 64" in AdapterConfig().describe()
-    assert config.shape_signature() != AdapterConfig(kind="lokr", linear_dim=4, target="custom", custom_modules=("q_proj",)).shape_signature()
-    assert AdapterConfig(alpha=1).shape_signature() == AdapterConfig(alpha=2).shape_signature()
+    assert LoraConfig().rank == 64 and LoraConfig().alpha == 128 and LokrConfig().linear_dim == 64
+    assert "LoKR dim 8" in config.describe() and "LoRA rank 64" in LoraConfig().describe()
+    assert config.shape_signature() != LokrConfig(linear_dim=4, target="custom", custom_modules=("q_proj",)).shape_signature()
+    assert LoraConfig(alpha=1).shape_signature() == LoraConfig(alpha=2).shape_signature()
     with pytest.raises(AdapterError, match="lr"):
         AdapterConfig.from_dict({"kind": "lora", "lr": 1e-4})
+
+
+def test_both_kinds_save_the_settings_dict_they_always_saved() -> None:
+    """to_dict keeps every key of both kinds, as the Configure node wrote them before the split (finished runs are
+    recognised by it); from_dict dispatches on kind and ignores the other kind's settings."""
+    lora = LoraConfig(rank=16, alpha=32.0, dropout=0.1)
+    assert json.dumps(lora.to_dict()) == (
+        '{"kind": "lora", "rank": 16, "alpha": 32.0, "dropout": 0.1, "use_dora": false, "linear_dim": 16, '
+        '"linear_alpha": 32.0, "factor": -1, "decompose_both": false, "use_tucker": false, "weight_decompose": false, '
+        '"target": "attention", "custom_modules": []}'
+    )
+    lokr = LokrConfig(linear_dim=8, linear_alpha=16.0, factor=4, target="custom", custom_modules=("q_proj",))
+    assert json.dumps(lokr.to_dict()) == (
+        '{"kind": "lokr", "rank": 8, "alpha": 16.0, "dropout": 0.0, "use_dora": false, "linear_dim": 8, '
+        '"linear_alpha": 16.0, "factor": 4, "decompose_both": false, "use_tucker": false, "weight_decompose": false, '
+        '"target": "custom", "custom_modules": ["q_proj"]}'
+    )
+    written_by_the_cli = {**lokr.to_dict(), "rank": 64, "alpha": 128, "dropout": 0.0}
+    assert AdapterConfig.from_dict(written_by_the_cli) == lokr and AdapterConfig.from_dict(lora.to_dict()) == lora
+    assert (LORA.decomposes_weight, DORA.decomposes_weight, LOKR_BOTH.decomposes_weight, LOKR_WD.decomposes_weight) == (
+        False, True, False, True,
+    )
+
+
+def test_training_metadata_round_trips_under_namespaced_keys_and_reads_old_keys() -> None:
+    record = AdapterMetadata(
+        sidestep_version="0.1.0", model_name="acestep-v15-turbo", variant="turbo", base="turbo", shift=3.0,
+        num_inference_steps=8, dataset_hash="abc", epochs=0, global_step=12, timestep_mode="discrete", cfg_ratio=0.15,
+        adapter_config=LOKR_BOTH, train_config={"epochs": 10, "seed": 42},
+    )
+    header = record.to_header()
+    assert all(key.startswith("ss_") for key in header) and header["ss_epoch"] == "0" and header["ss_shift"] == "3.0"
+    assert AdapterMetadata.from_header(header) == record
+    old = {key.removeprefix("ss_"): value for key, value in header.items()}
+    old["epochs"], old["global_step"] = old.pop("epoch"), old.pop("steps")
+    assert AdapterMetadata.from_header(old) == record
+    assert AdapterMetadata.from_header({**old, "ss_variant": "xl-turbo"}).variant == "xl-turbo"
+    unreadable = AdapterMetadata.from_header({"num_inference_steps": "eight", "adapter_config": "{not json", "base": "sft"})
+    assert (unreadable.num_inference_steps, unreadable.adapter_config, unreadable.base) == (None, None, "sft")
+    assert len(unreadable.notes) == 2 and "'eight'" in unreadable.notes[0]
+    assert AdapterMetadata.from_header({}) == AdapterMetadata() and AdapterMetadata().to_header() == {}
 
 
 # ---------------------------------------------------------------------------------------------- training side
@@ -317,7 +360,7 @@ def test_loaded_adapter_reproduces_the_trained_decoder(config: AdapterConfig, tm
     model, _ = saved(config, tmp_path)
     expected = run(model.decoder, inputs)
     loaded = load_adapter(tmp_path)
-    assert loaded.kind == config.kind and loaded.metadata["variant"] == "turbo" and loaded.metadata["shift"] == "3.0"
+    assert loaded.kind == config.kind and loaded.metadata.variant == "turbo" and loaded.metadata.shift == 3.0
     declared = (config.rank, config.alpha) if config.kind == "lora" else (config.linear_dim, config.linear_alpha)
     assert (loaded.rank, loaded.alpha) == declared
 
@@ -367,13 +410,13 @@ def test_stacked_adapters_match_merged_weights(tmp_path: Path, inputs) -> None:
 
 def test_peft_written_folders_load_with_and_without_a_decoder_segment(tmp_path: Path, inputs) -> None:
     model = fresh_model()
-    peft_decoder = get_peft_model(model.decoder, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    peft_decoder = get_peft_model(model.decoder, PeftLoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
     perturb(peft_decoder.base_model)
     expected = run(model.decoder, inputs)
     peft_decoder.save_pretrained(str(tmp_path / "decoder"))
 
     whole = fresh_model()
-    peft_whole = get_peft_model(whole, LoraConfig(r=2, lora_alpha=2, use_rslora=True, target_modules=r".*self_attn\.o_proj"))
+    peft_whole = get_peft_model(whole, PeftLoraConfig(r=2, lora_alpha=2, use_rslora=True, target_modules=r".*self_attn\.o_proj"))
     perturb(peft_whole.base_model, seed=5)
     expected_whole = run(whole.decoder, inputs)
     peft_whole.save_pretrained(str(tmp_path / "whole"))
@@ -396,7 +439,7 @@ def test_lycoris_native_files_load(tmp_path: Path, inputs) -> None:
     expected = run(model.decoder, inputs)
     network.save_weights(str(tmp_path / "native.safetensors"), torch.float32, {"note": "lycoris"})
     loaded = load_adapter(tmp_path / "native.safetensors")
-    assert loaded.kind == "lokr" and loaded.metadata["note"] == "lycoris" and sorted(loaded.modules) == sorted(
+    assert loaded.kind == "lokr" and loaded.header["note"] == "lycoris" and sorted(loaded.modules) == sorted(
         "lycoris_" + name.replace(".", "_") for name in names
     )
     other = fresh_model()
@@ -546,13 +589,37 @@ def test_variant_mismatch_is_a_warning(tmp_path: Path, inputs) -> None:
         assert applied.warnings == []
 
 
+def test_creating_a_lokr_adapter_leaves_lycoris_class_settings_as_they_were() -> None:
+    names = ("ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "MODULE_ALGO_MAP", "NAME_ALGO_MAP",
+             "LORA_PREFIX", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")
+    before = {name: getattr(LycorisNetwork, name) for name in names}
+    snapshot = json.dumps(before, sort_keys=True)
+    trained(LOKR_BOTH)
+    after = {name: getattr(LycorisNetwork, name) for name in names}
+    assert all(after[name] is before[name] for name in names) and json.dumps(after, sort_keys=True) == snapshot
+
+
+@pytest.mark.parametrize("config", [LORA, DORA, LOKR_FACTOR, LOKR_WD], ids=["lora", "dora", "lokr", "lokr-wd"])
+def test_training_hands_over_what_saving_and_loading_give(config: AdapterConfig, tmp_path: Path) -> None:
+    _, adapter = saved(config, tmp_path)
+    handed, read = adapter.loaded(tmp_path, METADATA), load_adapter(tmp_path)
+    assert (handed.kind, handed.rank, handed.alpha, handed.metadata) == (read.kind, read.rank, read.alpha, read.metadata)
+    assert handed.modules.keys() == read.modules.keys() and handed.decomposes_weight == config.decomposes_weight
+    for key, weights in read.modules.items():
+        assert torch.equal(handed.modules[key].delta(), weights.delta()), key
+        magnitudes = (handed.modules[key].magnitude, weights.magnitude)
+        assert magnitudes == (None, None) or torch.equal(*magnitudes), key
+    perturb(adapter, seed=5)
+    assert not torch.equal(*(next(iter(a.modules.values())).delta() for a in (handed, adapter.loaded(tmp_path))))
+
+
 # ---------------------------------------------------------------------------------------------- ComfyUI export
 
 
 @pytest.mark.parametrize("config", [LORA, LOKR_FULL, LOKR_LOWRANK, LOKR_BOTH, LOKR_FACTOR], ids=["lora", *IDS[2:6]])
 def test_export_reproduces_the_trained_delta_under_comfyui_rules(config: AdapterConfig, tmp_path: Path) -> None:
     model, adapter = saved(config, tmp_path / "adapter")
-    out = export_comfy(tmp_path / "adapter", tmp_path / "export.safetensors")
+    out = export_comfy(load_adapter(tmp_path / "adapter"), tmp_path / "export.safetensors")
     with safe_open(str(out), "pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         assert METADATA.items() <= handle.metadata().items()
@@ -573,7 +640,7 @@ def test_export_refuses_dora_and_bad_names(tmp_path: Path) -> None:
     saved(LOKR_WD, tmp_path / "lokr_wd")
     for folder in ("dora", "lokr_wd"):
         with pytest.raises(AdapterError, match="DoRA"):
-            export_comfy(tmp_path / folder, tmp_path / f"{folder}.safetensors")
+            export_comfy(load_adapter(tmp_path / folder), tmp_path / f"{folder}.safetensors")
         assert not (tmp_path / f"{folder}.safetensors").exists()
     with pytest.raises(AdapterError, match=".safetensors"):
-        export_comfy(tmp_path / "dora", tmp_path / "out.ckpt")
+        export_comfy(load_adapter(tmp_path / "dora"), tmp_path / "out.ckpt")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.config import LoraConfig
+from sidestep.adapters.export import export_comfy
 from sidestep.adapters.files import load_adapter
 from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.bundle import open_checkpoint
@@ -23,7 +25,7 @@ REQUEST = dict(caption="dreamy synth pop", lyrics="[Verse]\nhello", duration=2.0
 def adapter_dir(tiny_root, tmp_path_factory) -> Path:
     """A LoRA with non-zero weights, saved as training saves it (turbo metadata: shift 3, 8 steps)."""
     model = AceStepConditionGenerationModel.from_pretrained(tiny_root / "acestep-v15-turbo", parts=TRAINING_PARTS)
-    adapter = attach_trainable_adapter(model.decoder, AdapterConfig(kind="lora", rank=4, alpha=8, target="attention_mlp"))
+    adapter = attach_trainable_adapter(model.decoder, LoraConfig(rank=4, alpha=8, target="attention_mlp"))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in adapter.parameters():
@@ -57,6 +59,19 @@ def test_a_shift_other_than_the_adapters_is_warned_about(bundle, adapter_dir):
     assert any("shift" in warning and "3" in warning for warning in result.warnings)
     quiet = generate(bundle, GenerationRequest(**REQUEST), adapters=[(loaded, 1.0)], adapter_metadata=loaded.metadata)
     assert not any("shift" in warning for warning in quiet.warnings)
+
+
+def test_one_variant_mismatch_is_warned_about_once(bundle, adapter_dir, tmp_path):
+    """An adapter trained on a base model, sampled on turbo: one warning (the adapter's record against the model)."""
+    base_adapter = tmp_path / "base.safetensors"
+    loaded = load_adapter(adapter_dir)
+    export_comfy(replace(loaded, header={**loaded.header, "variant": "base", "base": "base"}), base_adapter)
+    trained_on_base = load_adapter(base_adapter)
+    result = generate(
+        bundle, GenerationRequest(**REQUEST), adapters=[(trained_on_base, 1.0)], adapter_metadata=trained_on_base.metadata
+    )
+    mismatches = [warning for warning in result.warnings if "trained on" in warning]
+    assert len(mismatches) == 1 and "base model, this model is turbo" in mismatches[0], result.warnings
 
 
 def test_batch_rows_use_consecutive_seeds(bundle):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sidestep.adapters.metadata import AdapterMetadata
 from sidestep.errors import SamplingError, UnknownBaseModelError
 from sidestep.model import AceStepConditionGenerationModel
 from sidestep.sampling import (
@@ -242,40 +243,48 @@ def test_default_steps_and_shift() -> None:
         default_steps_and_shift("xl")  # type: ignore[arg-type]
 
 
+def recorded(header: dict) -> tuple[int | None, float | None]:
+    """The steps and shift an adapter header records, as the sampler takes them."""
+    metadata = AdapterMetadata.from_header(header)
+    return metadata.num_inference_steps, metadata.shift
+
+
 def test_auto_uses_adapter_metadata_then_defaults() -> None:
     metadata = {"variant": "base", "shift": "3.0", "num_inference_steps": "30"}
-    chosen = resolve_steps_and_shift("base", adapter_metadata=metadata)
+    chosen = resolve_steps_and_shift("base", 0, 0.0, *recorded(metadata))
     assert (chosen.steps, chosen.shift, chosen.warnings) == (30, 3.0, ())
-    assert resolve_steps_and_shift("sft") == resolve_steps_and_shift("sft", 0, 0.0, {})
+    assert resolve_steps_and_shift("sft") == resolve_steps_and_shift("sft", 0, 0.0, *recorded({}))
     assert (resolve_steps_and_shift("sft").steps, resolve_steps_and_shift("sft").shift) == (50, 1.0)
-    assert resolve_steps_and_shift("turbo", 0, 0.0, {"shift": 2}).shift == 2.0
+    assert resolve_steps_and_shift("turbo", 0, 0.0, *recorded({"shift": "2"})).shift == 2.0
 
 
 def test_wrong_shift_warns_that_it_breaks_audio() -> None:
-    chosen = resolve_steps_and_shift("turbo", 8, 1.0, {"variant": "turbo", "shift": "3.0"})
+    chosen = resolve_steps_and_shift("turbo", 8, 1.0, *recorded({"variant": "turbo", "shift": "3.0"}))
     assert chosen.shift == 1.0
     assert len(chosen.warnings) == 1 and "most common cause of bad audio" in chosen.warnings[0]
-    assert resolve_steps_and_shift("turbo", 8, 3.0, {"shift": "3.0"}).warnings == ()
+    assert resolve_steps_and_shift("turbo", 8, 3.0, *recorded({"shift": "3.0"})).warnings == ()
 
 
 def test_other_steps_warn_and_turbo_keeps_eight() -> None:
-    chosen = resolve_steps_and_shift("base", 20, 0.0, {"num_inference_steps": 50})
+    chosen = resolve_steps_and_shift("base", 20, 0.0, *recorded({"num_inference_steps": "50"}))
     assert chosen.steps == 20 and "50" in chosen.warnings[0]
     turbo = resolve_steps_and_shift("turbo", 30)
     assert turbo.steps == 8 and "8 steps" in turbo.warnings[0]
 
 
 def test_variant_mismatch_and_unreadable_metadata_warn() -> None:
-    chosen = resolve_steps_and_shift("base", adapter_metadata={"variant": "turbo", "shift": "three"})
+    """The sampler takes the typed record's numbers; the variant check and the unreadable value are the record's."""
+    metadata = AdapterMetadata.from_header({"variant": "turbo", "base": "turbo", "shift": "three"})
+    chosen = resolve_steps_and_shift("base", 0, 0.0, metadata.num_inference_steps, metadata.shift)
     assert chosen.shift == 1.0
-    assert any("trained on a turbo model" in w for w in chosen.warnings)
-    assert any("'three'" in w for w in chosen.warnings)
+    assert any("trained on a turbo model" in w for w in metadata.mismatch_warnings("adapter", "base", "base", False))
+    assert any("'three'" in w for w in metadata.notes)
     with pytest.raises(SamplingError):
         resolve_steps_and_shift("base", -1)
 
 
 def test_build_plan_carries_every_warning() -> None:
-    plan = build_plan("turbo", 0, 2.4, {"variant": "turbo", "shift": 3.0})
+    plan = build_plan("turbo", 0, 2.4, *recorded({"variant": "turbo", "shift": "3.0"}))
     assert plan.is_turbo and torch.equal(plan.timesteps, turbo_plan(2.0).timesteps)
     assert len(plan.warnings) == 2
     base = build_plan("base", 6, 3.0)

@@ -19,7 +19,8 @@ import torch
 from safetensors import safe_open
 
 from sidestep.adapters.apply import apply_adapters
-from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.config import LokrConfig, LoraConfig
+from sidestep.adapters.metadata import AdapterMetadata
 from sidestep.adapters.files import load_adapter
 from sidestep.bundle import open_checkpoint
 from sidestep.dataset.encode import EncodeConfig, encode_dataset
@@ -34,8 +35,8 @@ from sidestep.training.loop import RunIdentity, Trainer
 from sidestep.training.objective import flow_matching_loss
 from sidestep.training.checkpoints import STATE_FILE, latest_checkpoint
 
-LORA = AdapterConfig(kind="lora", rank=4, alpha=8)
-LOKR = AdapterConfig(kind="lokr", linear_dim=4, linear_alpha=4, factor=4)
+LORA = LoraConfig(rank=4, alpha=8)
+LOKR = LokrConfig(linear_dim=4, linear_alpha=4, factor=4)
 
 
 def write_song(path: Path, seconds: float, frequency: float) -> None:
@@ -179,10 +180,11 @@ def test_outputs_and_metadata_match_the_layout(tiny_root, datasets, tmp_path):
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "runs").iterdir())
     with safe_open(str(tmp_path / "final" / "adapter_model.safetensors"), framework="pt") as handle:
         meta = handle.metadata()
-    assert meta["variant"] == "turbo" and meta["base"] == "turbo"
-    assert (float(meta["shift"]), int(meta["num_inference_steps"])) == (3.0, 8)
-    assert meta["dataset_hash"] == read_manifest(datasets["acestep-v15-turbo"]).content_hash()
-    assert json.loads(meta["adapter_config"])["rank"] == 4
+    assert meta["ss_variant"] == "turbo" and meta["ss_base"] == "turbo"
+    assert (float(meta["ss_shift"]), int(meta["ss_num_inference_steps"])) == (3.0, 8)
+    assert meta["ss_dataset_hash"] == read_manifest(datasets["acestep-v15-turbo"]).content_hash()
+    assert json.loads(meta["ss_adapter_config"])["rank"] == 4
+    assert AdapterMetadata.from_header(meta) == trainer.metadata()
     kinds = [event.kind for event in events]
     assert kinds.count("step") == result.global_step and kinds[-1] == "finished"
     step = next(event for event in events if event.kind == "step")
@@ -237,7 +239,7 @@ def test_stop_saves_and_resume_matches_an_uninterrupted_run(tiny_root, datasets,
 
 def test_resume_refuses_a_different_adapter_shape(tiny_root, datasets, tmp_path):
     make_trainer(tiny_root, datasets["acestep-v15-turbo"], tmp_path, epochs=1).run()
-    bigger = AdapterConfig(kind="lora", rank=8, alpha=8)
+    bigger = LoraConfig(rank=8, alpha=8)
     trainer = make_trainer(
         tiny_root, datasets["acestep-v15-turbo"], tmp_path, adapter=bigger, resume_from=str(tmp_path / "checkpoints" / "epoch_1")
     )
@@ -318,7 +320,7 @@ def test_two_process_gloo_run_trains_in_sync_and_only_rank0_writes(tiny_root, da
     assert len(list((out / "runs").glob("events.out.tfevents*"))) == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_1", "epoch_2"]
     saved = load_adapter(out / "final")
-    assert saved.metadata["global_step"] == "2"  # 2 clips over 2 ranks: one optimiser step per epoch
+    assert saved.metadata.global_step == 2  # 2 clips over 2 ranks: one optimiser step per epoch
     assert done.stdout.count("finished: adapter in") == 1
 
 

@@ -120,20 +120,6 @@ def _resolve(adapter: LoadedAdapter, linears: dict[str, nn.Linear]) -> dict[str,
     return resolved
 
 
-def _variant_warnings(adapter: LoadedAdapter, variant: str | None, base: str | None, is_turbo: bool | None) -> list[str]:
-    """Non-fatal notes when the adapter's recorded variant/base differs from the model's."""
-    trained_variant, trained_base = adapter.metadata.get("variant") or None, adapter.metadata.get("base") or None
-    notes = []
-    if variant and trained_variant and trained_variant != variant:
-        notes.append(f"Adapter {adapter.source.name} was trained on variant {trained_variant}, this model is {variant}.")
-    if base and trained_base and trained_base != base:
-        notes.append(f"Adapter {adapter.source.name} was trained on a {trained_base} model, this model is {base}.")
-    elif not base and trained_base and is_turbo is not None and (trained_base == "turbo") != is_turbo:
-        model_kind = "turbo" if is_turbo else "non-turbo (base/sft)"
-        notes.append(f"Adapter {adapter.source.name} was trained on a {trained_base} model, this model is {model_kind}.")
-    return notes
-
-
 def apply_adapters(
     model: nn.Module,
     adapters: Sequence[tuple[LoadedAdapter, float]],
@@ -143,7 +129,8 @@ def apply_adapters(
     """Add `(adapter, strength)` pairs to `model.decoder` (or a bare decoder) until the returned handle is removed.
 
     Everything is checked before any hook is attached. `variant`/`base` (e.g. from the checkpoint entry) are compared
-    with the adapters' metadata; without them the model config's is_turbo is used. Strength 0 adds nothing.
+    with the adapters' metadata (the one place variant mismatches are warned about); without them the model config's
+    is_turbo is used. Strength 0 adds nothing.
     """
     decoder = model.decoder if hasattr(model, "decoder") else model
     if decoder is None:
@@ -157,7 +144,7 @@ def apply_adapters(
         if not math.isfinite(strength):
             raise AdapterError(f"Adapter {adapter.source} strength must be a finite number, got {strength}.")
         plans.append((adapter, strength, _resolve(adapter, linears)))
-        applied.warnings.extend(_variant_warnings(adapter, variant, base, is_turbo))
+        applied.warnings.extend(adapter.metadata.mismatch_warnings(adapter.source.name, variant, base, is_turbo))
     terms: dict[str, list[_Term]] = defaultdict(list)
     for adapter, strength, resolved in plans:
         if strength == 0:

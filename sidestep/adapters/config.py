@@ -1,10 +1,12 @@
-"""`AdapterConfig`: the one place for adapter kinds, hyper-parameter defaults, target presets and their validation."""
+"""`LoraConfig` and `LokrConfig`: the one place for adapter kinds, hyper-parameter defaults, target presets and their
+validation; both share `AdapterConfig`'s target selection."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 from ..errors import AdapterError
 
@@ -43,46 +45,34 @@ def _flag(name: str, value: Any) -> None:
         raise AdapterError(f"Adapter setting {name} must be true or false, got {value!r}.")
 
 
-@dataclass(frozen=True)
-class AdapterConfig:
-    """What adapter to train and where.
+@dataclass(frozen=True, kw_only=True)
+class AdapterConfig(ABC):
+    """Which of the decoder's Linear layers an adapter adapts; `LoraConfig` and `LokrConfig` add their own settings.
 
-    `kind` "lora" uses rank/alpha/dropout/use_dora (PEFT); "lokr" uses linear_dim/linear_alpha/factor/decompose_both/
-    use_tucker/weight_decompose (LyCORIS); the other kind's fields are ignored. `use_tucker` only changes convolution
-    layers in LyCORIS, so on the decoder's Linear targets it trains exactly like `use_tucker=False`.
     `target` is a preset from TARGET_PRESETS or "custom" with `custom_modules`, each entry a short name ("q_proj",
     every layer's self- and cross-attention q_proj), a block-qualified name ("self_attn.q_proj", "mlp.up_proj") or a
     full path relative to the decoder ("layers.0.self_attn.q_proj"); see `targets.target_modules`.
     """
 
-    kind: str = "lora"
-    rank: int = 64
-    alpha: float = 128
-    dropout: float = 0.0
-    use_dora: bool = False
-    linear_dim: int = 64
-    linear_alpha: float = 128
-    factor: int = -1
-    decompose_both: bool = False
-    use_tucker: bool = False
-    weight_decompose: bool = False
+    kind: ClassVar[str]
     target: str = "attention"
     custom_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise AdapterError(f"Adapter kind must be one of {', '.join(KINDS)}, got {self.kind!r}.")
-        _positive_int("rank", self.rank)
-        _positive_number("alpha", self.alpha)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise AdapterError(f"Adapter setting dropout must be at least 0 and below 1, got {self.dropout!r}.")
-        _positive_int("linear_dim", self.linear_dim)
-        _positive_number("linear_alpha", self.linear_alpha)
-        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or (self.factor <= 0 and self.factor != -1):
-            raise AdapterError(f"LoKR factor must be -1 (automatic) or a whole number above 0, got {self.factor!r}.")
-        for name in ("use_dora", "decompose_both", "use_tucker", "weight_decompose"):
-            _flag(name, getattr(self, name))
+        self._check_settings()
         self._check_target()
+
+    @abstractmethod
+    def _check_settings(self) -> None:
+        """Validate the kind's own settings."""
+
+    @abstractmethod
+    def shape_signature(self) -> tuple:
+        """Everything that decides the trainable tensors' names and shapes (two configs with equal signatures resume)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Short human description, e.g. 'LoRA rank 64, alpha 128 on attention'."""
 
     def _check_target(self) -> None:
         """Validate the preset name and the custom module list (their existence is checked against a decoder later)."""
@@ -102,39 +92,117 @@ class AdapterConfig:
                 "Choose target 'custom' or clear custom_modules."
             )
 
-    def shape_signature(self) -> tuple:
-        """Everything that decides the trainable tensors' names and shapes (two configs with equal signatures resume)."""
-        if self.kind == "lora":
-            shape = (self.rank, self.use_dora)
-        else:
-            shape = (self.linear_dim, self.factor, self.decompose_both, self.weight_decompose)
-        return (self.kind, *shape, self.target, tuple(self.custom_modules))
+    @property
+    @abstractmethod
+    def decomposes_weight(self) -> bool:
+        """True for DoRA / LyCORIS weight decomposition, which ComfyUI's LoRA loader cannot reproduce."""
 
-    def describe(self) -> str:
-        """Short human description, e.g. 'LoRA rank 64, alpha 128 on attention'."""
-        where = ", ".join(self.custom_modules) if self.target == CUSTOM_TARGET else self.target
-        if self.kind == "lora":
-            extra = " with DoRA" if self.use_dora else ""
-            return f"LoRA rank {self.rank}, alpha {self.alpha:g}{extra} on {where}"
-        extra = (", both factors decomposed" if self.decompose_both else "") + (
-            ", weight-decomposed" if self.weight_decompose else ""
-        )
-        return f"LoKR dim {self.linear_dim}, alpha {self.linear_alpha:g}, factor {self.factor}{extra} on {where}"
+    def _where(self) -> str:
+        """The target preset, or the custom modules, for descriptions."""
+        return ", ".join(self.custom_modules) if self.target == CUSTOM_TARGET else self.target
+
+    @abstractmethod
+    def _settings(self) -> dict[str, Any]:
+        """Both kinds' settings in the saved order (the other kind's as the Configure node always wrote them)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict of every field."""
-        data = asdict(self)
-        data["custom_modules"] = list(self.custom_modules)
-        return data
+        """Plain JSON-ready dict: kind, both kinds' settings (the same keys as before the kinds were split), target."""
+        return {"kind": self.kind, **self._settings(), "target": self.target, "custom_modules": list(self.custom_modules)}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
-        """Build from `to_dict()` output; unknown keys raise AdapterError."""
-        known = {field.name for field in fields(cls)}
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "AdapterConfig":
+        """Build a LoraConfig or LokrConfig from `to_dict()` output (by "kind", default lora); the other kind's
+        settings are ignored; unknown keys or kinds raise AdapterError."""
+        kinds = {config.kind: config for config in (LoraConfig, LokrConfig)}
+        known = {"kind", *(field.name for config in kinds.values() for field in fields(config))}
         unknown = sorted(set(data) - known)
         if unknown:
             raise AdapterError(f"Unknown adapter settings {unknown}; valid settings are {sorted(known)}.")
-        values = dict(data)
+        kind = data.get("kind", "lora")
+        if kind not in kinds:
+            raise AdapterError(f"Adapter kind must be one of {', '.join(KINDS)}, got {kind!r}.")
+        own = {field.name for field in fields(kinds[kind])}
+        values = {key: value for key, value in data.items() if key in own}
         if "custom_modules" in values and not isinstance(values["custom_modules"], str):
             values["custom_modules"] = tuple(values["custom_modules"])
-        return cls(**values)
+        return kinds[kind](**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig(AdapterConfig):
+    """A LoRA (PEFT): rank, alpha (scale = alpha / rank), dropout on the adapter's input, and DoRA."""
+
+    kind: ClassVar[str] = "lora"
+    rank: int = 64
+    alpha: float = 128
+    dropout: float = 0.0
+    use_dora: bool = False
+
+    def _check_settings(self) -> None:
+        _positive_int("rank", self.rank)
+        _positive_number("alpha", self.alpha)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise AdapterError(f"Adapter setting dropout must be at least 0 and below 1, got {self.dropout!r}.")
+        _flag("use_dora", self.use_dora)
+
+    @property
+    def decomposes_weight(self) -> bool:
+        return self.use_dora
+
+    def shape_signature(self) -> tuple:
+        return (self.kind, self.rank, self.use_dora, self.target, tuple(self.custom_modules))
+
+    def describe(self) -> str:
+        extra = " with DoRA" if self.use_dora else ""
+        return f"LoRA rank {self.rank}, alpha {self.alpha:g}{extra} on {self._where()}"
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "use_dora": self.use_dora,
+            "linear_dim": self.rank, "linear_alpha": self.alpha, "factor": -1, "decompose_both": False,
+            "use_tucker": False, "weight_decompose": False,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class LokrConfig(AdapterConfig):
+    """A LoKR (LyCORIS): linear_dim/linear_alpha, the Kronecker factor (-1 automatic), decompose_both, use_tucker and
+    weight decomposition. `use_tucker` only changes convolution layers in LyCORIS, so on the decoder's Linear targets
+    it trains exactly like `use_tucker=False`."""
+
+    kind: ClassVar[str] = "lokr"
+    linear_dim: int = 64
+    linear_alpha: float = 128
+    factor: int = -1
+    decompose_both: bool = False
+    use_tucker: bool = False
+    weight_decompose: bool = False
+
+    def _check_settings(self) -> None:
+        _positive_int("linear_dim", self.linear_dim)
+        _positive_number("linear_alpha", self.linear_alpha)
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or (self.factor <= 0 and self.factor != -1):
+            raise AdapterError(f"LoKR factor must be -1 (automatic) or a whole number above 0, got {self.factor!r}.")
+        for name in ("decompose_both", "use_tucker", "weight_decompose"):
+            _flag(name, getattr(self, name))
+
+    @property
+    def decomposes_weight(self) -> bool:
+        return self.weight_decompose
+
+    def shape_signature(self) -> tuple:
+        shape = (self.linear_dim, self.factor, self.decompose_both, self.weight_decompose)
+        return (self.kind, *shape, self.target, tuple(self.custom_modules))
+
+    def describe(self) -> str:
+        extra = (", both factors decomposed" if self.decompose_both else "") + (
+            ", weight-decomposed" if self.weight_decompose else ""
+        )
+        return f"LoKR dim {self.linear_dim}, alpha {self.linear_alpha:g}, factor {self.factor}{extra} on {self._where()}"
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "rank": self.linear_dim, "alpha": self.linear_alpha, "dropout": 0.0, "use_dora": False,
+            "linear_dim": self.linear_dim, "linear_alpha": self.linear_alpha, "factor": self.factor,
+            "decompose_both": self.decompose_both, "use_tucker": self.use_tucker, "weight_decompose": self.weight_decompose,
+        }

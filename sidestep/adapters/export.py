@@ -1,4 +1,5 @@
-"""Export any adapter as one .safetensors file that ComfyUI's own LoraLoaderModelOnly applies to ACE-Step 1.5.
+"""A LoadedAdapter in ComfyUI's LoRA key format: in memory (for ModelPatcher patches) or as one .safetensors file that
+ComfyUI's own LoraLoaderModelOnly applies to ACE-Step 1.5.
 
 LoRA → `base_model.model.<module>.lora_A.weight` / `.lora_B.weight` + `.alpha` = scale·rank, so ComfyUI's
 alpha / rank reproduces the trained scale at strength 1.0. LoKR → `lycoris_<module_with_underscores>.lokr_*` + the
@@ -16,15 +17,20 @@ from safetensors import SafetensorError
 
 from ..atomic import save_safetensors_atomic
 from ..errors import AdapterError
-from .files import load_adapter
 from .keys import lycoris_name, peft_name
-from .loaded import LoraWeights, ModuleWeights
+from .loaded import LoadedAdapter, LoraWeights
 
 
-def _comfy_tensors(modules: dict[str, ModuleWeights]) -> dict[str, torch.Tensor]:
-    """ComfyUI key → tensor for every module of a loaded adapter (no DoRA)."""
+def comfy_tensors(adapter: LoadedAdapter) -> dict[str, torch.Tensor]:
+    """ComfyUI key → tensor for every module; AdapterError for DoRA / weight decomposition."""
+    if adapter.decomposes_weight:
+        raise AdapterError(
+            f"Adapter {adapter.source} uses DoRA / weight decomposition, which ComfyUI's LoRA loader cannot reproduce "
+            "(it normalises by the base weight instead of the adapted one). Load it with Side-Step's Load Adapter "
+            "node instead, or retrain without DoRA to export."
+        )
     tensors: dict[str, torch.Tensor] = {}
-    for module, weights in modules.items():
+    for module, weights in adapter.modules.items():
         if isinstance(weights, LoraWeights):
             prefix = peft_name(module)
             tensors[f"{prefix}.lora_A.weight"] = weights.down
@@ -38,20 +44,14 @@ def _comfy_tensors(modules: dict[str, ModuleWeights]) -> dict[str, torch.Tensor]
     return tensors
 
 
-def export_comfy(adapter_path: str | Path, out_file: str | Path) -> Path:
-    """Write the adapter at `adapter_path` (any form `load_adapter` accepts) as a ComfyUI single file; returns its path."""
+def export_comfy(adapter: LoadedAdapter, out_file: str | Path) -> Path:
+    """Write `adapter` (its header included) as a ComfyUI single file; returns its path."""
     out_file = Path(out_file).expanduser()
     if out_file.suffix.lower() != ".safetensors":
         raise AdapterError(f"Export target {out_file} must end in .safetensors (ComfyUI lists only those as LoRAs).")
-    adapter = load_adapter(adapter_path)
-    if adapter.is_decomposed:
-        raise AdapterError(
-            f"Adapter {adapter.source} uses DoRA / weight decomposition, which ComfyUI's LoRA loader cannot reproduce "
-            "(it normalises by the base weight instead of the adapted one). Load it with Side-Step's Load Adapter "
-            "node instead, or retrain without DoRA to export."
-        )
+    tensors = comfy_tensors(adapter)
     try:
-        save_safetensors_atomic(_comfy_tensors(adapter.modules), out_file, {**adapter.metadata, "format": "pt"})
+        save_safetensors_atomic(tensors, out_file, {**adapter.header, "format": "pt"})
     except (OSError, SafetensorError) as error:
         raise AdapterError(
             f"Cannot write {out_file} ({getattr(error, 'strerror', None) or error}). Choose a file in a folder you can write to, "

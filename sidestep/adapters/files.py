@@ -271,25 +271,33 @@ def _check_scales(modules: dict[str, ModuleWeights], path: Path) -> None:
             )
 
 
+def adapter_from_tensors(
+    tensors: dict[str, torch.Tensor], header: dict[str, str], source: Path, peft_config: dict[str, Any] | None = None
+) -> LoadedAdapter:
+    """A LoadedAdapter from adapter tensors (PEFT, kohya/ComfyUI or LyCORIS names) and their header, all checked;
+    `peft_config` (r, lora_alpha, ...) gives LoRA modules without `.alpha` their scale."""
+    if not tensors:
+        raise AdapterError(f"Adapter file {source} holds no tensors. Re-save or re-export the adapter.")
+    groups = _group(tensors, source)
+    _check_values(groups, source)
+    modules = _modules(groups, peft_config, source)
+    _check_scales(modules, source)
+    kind = "lokr" if isinstance(next(iter(modules.values())), LokrWeights) else "lora"
+    rank, alpha = _declared(modules, peft_config, header)
+    return LoadedAdapter(source=source, kind=kind, modules=modules, rank=rank, alpha=alpha, header=header)
+
+
 def load_adapter(path: str | Path) -> LoadedAdapter:
     """Read any accepted adapter form (see the module docstring); AdapterError says what is wrong and where."""
     weights_path = resolve_adapter_path(path)
     config = _peft_config(weights_path.parent) if weights_path.name == PEFT_WEIGHTS_FILE else None
-    tensors, metadata = _read(weights_path)
-    if not tensors:
-        raise AdapterError(f"Adapter file {weights_path} holds no tensors. Re-save or re-export the adapter.")
-    groups = _group(tensors, weights_path)
-    _check_values(groups, weights_path)
-    modules = _modules(groups, config, weights_path)
-    _check_scales(modules, weights_path)
-    kind = "lokr" if isinstance(next(iter(modules.values())), LokrWeights) else "lora"
-    if kind == "lora" and config is None and weights_path.name == PEFT_WEIGHTS_FILE and any(
-        ALPHA_PART not in parts for parts in groups.values()
-    ):
+    tensors, header = _read(weights_path)
+    adapter = adapter_from_tensors(tensors, header, weights_path, config)
+    with_alpha = sum(split_key(key)[1] == ALPHA_PART for key in tensors)
+    if adapter.kind == "lora" and config is None and weights_path.name == PEFT_WEIGHTS_FILE and with_alpha < len(adapter.modules):
         raise AdapterError(
             f"Adapter folder {weights_path.parent} has {PEFT_WEIGHTS_FILE} but no {PEFT_CONFIG_FILE}, so its scale "
             f"(lora_alpha / r) is unknown and loading it would give the wrong strength. Put the {PEFT_CONFIG_FILE} "
             "saved with it back beside it."
         )
-    rank, alpha = _declared(modules, config, metadata)
-    return LoadedAdapter(source=weights_path, kind=kind, modules=modules, rank=rank, alpha=alpha, metadata=metadata)
+    return adapter

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
+
+from .metadata import AdapterMetadata
 
 
 @dataclass(frozen=True)
@@ -91,18 +94,23 @@ ModuleWeights = LoraWeights | LokrWeights
 
 @dataclass(frozen=True)
 class LoadedAdapter:
-    """An adapter read from disk: kind, per-module weights (keyed by decoder path or LyCORIS flat name), the
-    rank/alpha it declares (None when unknown) and the string metadata from its file (variant, base, shift,
-    num_inference_steps, ... when the trainer wrote them)."""
+    """An adapter in the one form every path shares (read from disk, handed over by training, exported, patched into
+    ComfyUI): kind, per-module weights (keyed by decoder path or LyCORIS flat name), the rank/alpha it declares (None
+    when unknown) and its safetensors header, whose training record `metadata` reads."""
 
     source: Path
     kind: str
     modules: dict[str, ModuleWeights]
     rank: int | None
     alpha: float | None
-    metadata: dict[str, str] = field(default_factory=dict)
+    header: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def metadata(self) -> AdapterMetadata:
+        """The typed training record in the header (variant, base, shift, steps, ...; empty for foreign files)."""
+        return AdapterMetadata.from_header(self.header)
 
     @property
-    def is_decomposed(self) -> bool:
+    def decomposes_weight(self) -> bool:
         """True when any module carries a DoRA / weight-decomposition magnitude."""
         return any(weights.magnitude is not None for weights in self.modules.values())

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import torch
 from lycoris import LycorisNetwork, create_lycoris
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 from ..atomic import save_safetensors_atomic, write_text_atomic
 from ..errors import AdapterError
-from .config import AdapterConfig
+from .config import AdapterConfig, LokrConfig, LoraConfig
+from .files import adapter_from_tensors
+from .loaded import LoadedAdapter
 from .keys import LOKR_CONFIG_KEY, LOKR_WEIGHTS_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, first_few, lycoris_name
 from .targets import target_modules
 
@@ -51,8 +54,21 @@ class TrainableAdapter(ABC):
         """Copy already-checked weights into the adapter."""
 
     @abstractmethod
+    def _header(self, metadata: Mapping[str, str]) -> dict[str, str]:
+        """The safetensors header of the weights file: `metadata` plus what loading needs."""
+
+    @abstractmethod
     def save(self, folder: str | Path, metadata: Mapping[str, str]) -> Path:
-        """Write the adapter files into `folder` (atomically, metadata in the safetensors header); returns the folder."""
+        """Write the adapter files into `folder` (atomically, `metadata` in the safetensors header); returns the folder."""
+
+    def loaded(self, source: Path, metadata: Mapping[str, str] | None = None) -> LoadedAdapter:
+        """A snapshot of the current weights as a LoadedAdapter (what saving to `source` and loading it back gives)."""
+        tensors = {key: value.detach().to("cpu", copy=True) for key, value in self.state_dict().items()}
+        return adapter_from_tensors(tensors, self._header(metadata or {}), Path(source), self._peft_config())
+
+    def _peft_config(self) -> dict | None:
+        """The PEFT adapter_config.json saved beside the weights (LoRA only)."""
+        return None
 
     @abstractmethod
     def _detach(self) -> None:
@@ -84,9 +100,9 @@ class TrainableAdapter(ABC):
 class LoraAdapter(TrainableAdapter):
     """LoRA / DoRA through PEFT's `get_peft_model` on the decoder."""
 
-    def __init__(self, decoder: nn.Module, config: AdapterConfig, modules: list[str]) -> None:
+    def __init__(self, decoder: nn.Module, config: LoraConfig, modules: list[str]) -> None:
         super().__init__(decoder, config, modules)
-        self.peft_config = LoraConfig(
+        self.peft_config = PeftLoraConfig(
             r=config.rank,
             lora_alpha=config.alpha,
             lora_dropout=config.dropout,
@@ -105,14 +121,20 @@ class LoraAdapter(TrainableAdapter):
     def _load(self, state: Mapping[str, torch.Tensor]) -> None:
         set_peft_model_state_dict(self.peft_model, dict(state))
 
+    def _header(self, metadata: Mapping[str, str]) -> dict[str, str]:
+        return {**metadata, "format": "pt"}
+
     def save(self, folder: str | Path, metadata: Mapping[str, str]) -> Path:
         folder = Path(folder)
-        save_safetensors_atomic(self.state_dict(), folder / PEFT_WEIGHTS_FILE, {**metadata, "format": "pt"})
+        save_safetensors_atomic(self.state_dict(), folder / PEFT_WEIGHTS_FILE, self._header(metadata))
+        write_text_atomic(folder / PEFT_CONFIG_FILE, json.dumps(self._peft_config(), indent=2, sort_keys=True) + "\n")
+        return folder
+
+    def _peft_config(self) -> dict:
         config = self.peft_config.to_dict()
         config = {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
         config["inference_mode"] = True
-        write_text_atomic(folder / PEFT_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
-        return folder
+        return config
 
     def _detach(self) -> None:
         self.peft_model.unload()
@@ -137,12 +159,18 @@ def _plain_lycoris_log() -> Iterator[None]:
         logger.handlers = saved
 
 
-class LokrAdapter(TrainableAdapter):
-    """LoKR through a LyCORIS network whose preset names exactly the target layers."""
+# The class attributes LycorisNetwork.apply_preset sets: LyCORIS keeps its target selection on the class.
+_LYCORIS_PRESET_ATTRIBUTES = (
+    "ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "MODULE_ALGO_MAP", "NAME_ALGO_MAP", "LORA_PREFIX",
+    "USE_FNMATCH", "TARGET_EXCLUDE_NAME",
+)
 
-    def __init__(self, decoder: nn.Module, config: AdapterConfig, modules: list[str]) -> None:
-        super().__init__(decoder, config, modules)
-        # LyCORIS keeps its target selection on the class; set all of it right before building the network.
+
+@contextmanager
+def _lycoris_targets(modules: list[str]) -> Iterator[None]:
+    """LyCORIS set to adapt exactly `modules` while the block runs, its class attributes as they were afterwards."""
+    saved = {name: getattr(LycorisNetwork, name) for name in _LYCORIS_PRESET_ATTRIBUTES}
+    try:
         LycorisNetwork.apply_preset(
             {
                 "enable_conv": False,
@@ -155,10 +183,21 @@ class LokrAdapter(TrainableAdapter):
                 "lora_prefix": "lycoris",
             }
         )
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(LycorisNetwork, name, value)
+
+
+class LokrAdapter(TrainableAdapter):
+    """LoKR through a LyCORIS network whose preset names exactly the target layers."""
+
+    def __init__(self, decoder: nn.Module, config: LokrConfig, modules: list[str]) -> None:
+        super().__init__(decoder, config, modules)
         self._own_forward = {name for name in modules if "forward" in vars(decoder.get_submodule(name))}
         # Bypass mode adds ΔW·x in the input's dtype (exact with bf16 base weights); weight decomposition needs the
         # merged weight, which only LyCORIS' rebuild mode computes.
-        with _plain_lycoris_log():
+        with _plain_lycoris_log(), _lycoris_targets(modules):
             self.network = create_lycoris(
                 decoder,
                 1.0,
@@ -206,10 +245,12 @@ class LokrAdapter(TrainableAdapter):
             "target_modules": list(self.modules),
         }
 
+    def _header(self, metadata: Mapping[str, str]) -> dict[str, str]:
+        return {**metadata, "format": "pt", LOKR_CONFIG_KEY: json.dumps(self._lokr_config())}
+
     def save(self, folder: str | Path, metadata: Mapping[str, str]) -> Path:
         folder = Path(folder)
-        header = {**metadata, "format": "pt", LOKR_CONFIG_KEY: json.dumps(self._lokr_config())}
-        save_safetensors_atomic(self.state_dict(), folder / LOKR_WEIGHTS_FILE, header)
+        save_safetensors_atomic(self.state_dict(), folder / LOKR_WEIGHTS_FILE, self._header(metadata))
         return folder
 
     def _detach(self) -> None:
@@ -223,4 +264,4 @@ class LokrAdapter(TrainableAdapter):
 def attach_trainable_adapter(decoder: nn.Module, config: AdapterConfig) -> TrainableAdapter:
     """Freeze `decoder` and attach a fresh adapter of `config.kind` to its target layers (base weights untouched)."""
     modules = target_modules(decoder, config)
-    return LoraAdapter(decoder, config, modules) if config.kind == "lora" else LokrAdapter(decoder, config, modules)
+    return LoraAdapter(decoder, config, modules) if isinstance(config, LoraConfig) else LokrAdapter(decoder, config, modules)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -16,6 +15,7 @@ import torch
 
 from .. import __version__
 from ..adapters.config import AdapterConfig
+from ..adapters.metadata import AdapterMetadata
 from ..adapters.training import TrainableAdapter, attach_trainable_adapter
 from ..dataset.loader import ClipDataset, DatasetIndex, epoch_order, make_loader
 from ..errors import AdapterError, TrainingError
@@ -184,24 +184,24 @@ class Trainer:
         """Optimiser steps in one epoch (the last accumulation group of an epoch may be short)."""
         return math.ceil(self._batches_per_epoch() / self.config.gradient_accumulation)
 
-    def metadata(self) -> dict[str, str]:
+    def metadata(self) -> AdapterMetadata:
         """What travels inside the adapter files: model, schedule for inference, dataset and settings."""
         shift, steps = self.config.inference_defaults(self.identity.base)
-        return {
-            "sidestep_version": __version__,
-            "variant": self.identity.variant,
-            "base": self.identity.base,
-            "model_name": self.identity.model_name,
-            "shift": str(shift),
-            "num_inference_steps": str(steps),
-            "dataset_hash": self.dataset_hash,
-            "epochs": str(self.progress.epoch),
-            "global_step": str(self.progress.global_step),
-            "timestep_mode": self.timestep_mode,
-            "cfg_ratio": str(self.cfg_ratio),
-            "adapter_config": json.dumps(self.adapter_config.to_dict()),
-            "train_config": json.dumps(self.config.to_dict()),
-        }
+        return AdapterMetadata(
+            sidestep_version=__version__,
+            model_name=self.identity.model_name,
+            variant=self.identity.variant,
+            base=self.identity.base,
+            shift=float(shift),
+            num_inference_steps=steps,
+            dataset_hash=self.dataset_hash,
+            epochs=self.progress.epoch,
+            global_step=self.progress.global_step,
+            timestep_mode=self.timestep_mode,
+            cfg_ratio=self.cfg_ratio,
+            adapter_config=self.adapter_config,
+            train_config=self.config.to_dict(),
+        )
 
     # ------------------------------------------------------------------ one step
 
@@ -224,7 +224,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _save_adapter(self, folder: Path) -> None:
-        self.adapter.save(folder, self.metadata())
+        self.adapter.save(folder, self.metadata().to_header())
 
     def save_checkpoint(self, optimizer, scheduler) -> Path:
         """Write `checkpoints/epoch_N/` (adapter files + training_state.pt) atomically; rank 0 only."""

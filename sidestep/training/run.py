@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..adapters.config import AdapterConfig
+from ..adapters.metadata import AdapterMetadata
 from ..dataset.loader import DatasetIndex, dataset_index
 from ..errors import AdapterError, TrainingError
 from ..model import PARTS, TRAINING_PARTS
@@ -34,7 +35,7 @@ class RunOutcome:
     """A run's adapter (trained now, or reused when `result` is None), its metadata and the ComfyUI export."""
 
     adapter_dir: Path
-    metadata: dict[str, str]
+    metadata: AdapterMetadata
     comfy_lora: Path | None = None
     export_note: str = ""
     result: TrainResult | None = None
@@ -45,8 +46,8 @@ def identity_of(bundle: AceStepBundle) -> RunIdentity:
     return RunIdentity(variant=bundle.variant, base=bundle.base, model_name=bundle.entry.name)
 
 
-def adapter_metadata(folder: Path) -> dict[str, str] | None:
-    """The metadata in the header of the adapter weights inside `folder`, None when it holds no adapter."""
+def adapter_metadata(folder: Path) -> AdapterMetadata | None:
+    """The training record in the header of the adapter weights inside `folder`, None when it holds no adapter."""
     from safetensors import safe_open
 
     from ..adapters.files import resolve_adapter_path
@@ -56,7 +57,7 @@ def adapter_metadata(folder: Path) -> dict[str, str] | None:
     except AdapterError:
         return None
     with safe_open(str(weights), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+        return AdapterMetadata.from_header(handle.metadata() or {})
 
 
 def _comparable(train_config: dict[str, Any]) -> dict[str, Any]:
@@ -65,21 +66,15 @@ def _comparable(train_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_finished(
-    metadata: dict[str, str], config: TrainConfig, adapter_config: AdapterConfig, dataset_hash: str, identity: RunIdentity
+    metadata: AdapterMetadata, config: TrainConfig, adapter_config: AdapterConfig, dataset_hash: str, identity: RunIdentity
 ) -> bool:
     """Whether an adapter's metadata says it completed exactly this training (same model, data and settings)."""
-    try:
-        saved_train = _comparable(json.loads(metadata.get("train_config", "{}")))
-        saved_adapter = json.loads(metadata.get("adapter_config", "{}"))
-    except ValueError:
-        return False
     return (
-        saved_train == _comparable(config.to_dict())
-        and saved_adapter == json.loads(json.dumps(adapter_config.to_dict()))
-        and metadata.get("dataset_hash") == dataset_hash
-        and (metadata.get("variant"), metadata.get("base"), metadata.get("model_name"))
-        == (identity.variant, identity.base, identity.model_name)
-        and metadata.get("epochs") == str(config.epochs)
+        _comparable(metadata.train_config or {}) == _comparable(config.to_dict())
+        and metadata.adapter_config == adapter_config
+        and metadata.dataset_hash == dataset_hash
+        and (metadata.variant, metadata.base, metadata.model_name) == (identity.variant, identity.base, identity.model_name)
+        and metadata.epochs == config.epochs
     )
 
 
@@ -104,18 +99,19 @@ def export_for_comfy(adapter_dir: Path, target: Path, adapter_config: AdapterCon
     """Write the ComfyUI-native LoRA file (kept when it exists and `replace` is off); (None, why) for DoRA /
     weight-decomposed adapters, which ComfyUI's LoRA loader cannot reproduce."""
     from ..adapters.export import export_comfy
+    from ..adapters.files import load_adapter
 
-    if adapter_config.use_dora if adapter_config.kind == "lora" else adapter_config.weight_decompose:
+    if adapter_config.decomposes_weight:
         return None, DORA_NOT_EXPORTED
     if replace or not target.is_file():
-        export_comfy(adapter_dir, target)
+        export_comfy(load_adapter(adapter_dir), target)
     return target, f"ComfyUI LoRA: {target}"
 
 
 def previewer(bundle: AceStepBundle, config: TrainConfig) -> PreviewFn:
     """A preview function for the trainer: a short song with the weights being trained → RUN/previews/epoch_N.flac."""
     shift, steps = config.inference_defaults(bundle.base)
-    schedule = {"shift": str(shift), "num_inference_steps": str(steps)}
+    schedule = AdapterMetadata(shift=shift, num_inference_steps=steps)
     layout = RunLayout(config.output_dir)
 
     def preview(epoch: int, _model: object) -> str:
@@ -172,10 +168,10 @@ class TrainingRun:
     ) -> RunOutcome:
         """Train (or resume) to the end or until stopped; with `comfy_lora`, also write the ComfyUI export there."""
         result = self.trainer(callback, stop).run()
-        outcome = self._outcome(result.adapter_dir, adapter_metadata(result.adapter_dir) or {}, comfy_lora, replace=True)
+        outcome = self._outcome(result.adapter_dir, adapter_metadata(result.adapter_dir) or AdapterMetadata(), comfy_lora, replace=True)
         return dataclasses.replace(outcome, result=result)
 
-    def _outcome(self, adapter_dir: Path, metadata: dict[str, str], comfy_lora: Path | None, replace: bool) -> RunOutcome:
+    def _outcome(self, adapter_dir: Path, metadata: AdapterMetadata, comfy_lora: Path | None, replace: bool) -> RunOutcome:
         if comfy_lora is None:
             return RunOutcome(adapter_dir, metadata)
         exported, note = export_for_comfy(adapter_dir, comfy_lora, self.adapter_config, replace)

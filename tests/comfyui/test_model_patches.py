@@ -11,13 +11,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.config import AdapterConfig, LokrConfig, LoraConfig
+from sidestep.adapters.export import export_comfy
 from sidestep.adapters.files import load_adapter
 from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.errors import AdapterError
@@ -37,7 +39,9 @@ def comfy() -> ModuleType:
 
     comfy.cli_args.args.cpu = True  # read when comfy.model_management is first imported
     import comfy.lora
+    import comfy.lora_convert
     import comfy.model_patcher
+    import comfy.utils
 
     if PACK_MODULE not in sys.modules:
         spec = importlib.util.spec_from_file_location(
@@ -80,13 +84,18 @@ def trained_adapter(folder: Path, config: AdapterConfig, seed: int) -> Path:
 
 @pytest.mark.parametrize(
     "config",
-    [AdapterConfig(kind="lora", rank=4, alpha=8), AdapterConfig(kind="lokr", linear_dim=4, linear_alpha=8, factor=4)],
+    [LoraConfig(rank=4, alpha=8), LokrConfig(linear_dim=4, linear_alpha=8, factor=4)],
     ids=["lora", "lokr"],
 )
-def test_patches_add_strength_times_delta(comfy: ModuleType, node: type, tmp_path: Path, config: AdapterConfig) -> None:
-    """Every adapted decoder layer gets one patch; ComfyUI computes W + strength·ΔW from it; the input is untouched."""
+def test_patches_add_strength_times_delta(
+    comfy: ModuleType, node: type, tmp_path: Path, config: AdapterConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every adapted decoder layer gets one patch, made in memory (nothing written to the temporary folder); ComfyUI
+    computes W + strength·ΔW from it, exactly what its LoRA loader makes of the exported file; the input is untouched."""
     folder = trained_adapter(tmp_path / config.kind, config, seed=1)
     model = native_model(comfy)
+    # A temporary folder that does not exist: writing any temporary file or folder would fail.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-temporary-files"))
     output = node.execute(model=model, adapter_file=str(folder), strength=0.5)
     patched = output.args[0]
     assert model.patches == {} and patched is not model
@@ -101,17 +110,25 @@ def test_patches_add_strength_times_delta(comfy: ModuleType, node: type, tmp_pat
     }
     assert set(patched.patches) == set(expected)
     assert all(key.startswith("diffusion_model.decoder.layers.") and key.endswith(".weight") for key in expected)
+    # What ComfyUI's LoraLoaderModelOnly does with the exported file (comfy.sd.load_lora_for_models), with the
+    # ACE-Step 1.5 key map its model_lora_keys_unet builds for the real model.
+    exported = export_comfy(loaded, tmp_path / "exported.safetensors")
+    from_file = model.clone()
+    lora = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(str(exported), safe_load=True))
+    from_file.add_patches(comfy.lora.load_lora(lora, key_map), 0.5)
+    assert set(from_file.patches) == set(patched.patches)
     state = model.model_state_dict()
     for key, weights in expected.items():
         base = state[key].float()
         merged = comfy.lora.calculate_weight(patched.patches[key], base.clone(), key)
+        assert torch.equal(merged, comfy.lora.calculate_weight(from_file.patches[key], base.clone(), key)), key
         torch.testing.assert_close(merged, base + 0.5 * weights.delta(), rtol=1e-5, atol=1e-6)
     assert "patched" in output.ui["text"][0]
 
 
 def test_a_model_without_an_ace_step_decoder_is_refused(comfy: ModuleType, node: type, tmp_path: Path) -> None:
     """A MODEL that is not ACE-Step 1.5 gets a clear error instead of silently unpatched weights."""
-    folder = trained_adapter(tmp_path / "lora", AdapterConfig(kind="lora", rank=4, alpha=8), seed=2)
+    folder = trained_adapter(tmp_path / "lora", LoraConfig(rank=4, alpha=8), seed=2)
     wrapper = torch.nn.Module()
     wrapper.diffusion_model = torch.nn.Linear(4, 4)
     cpu = torch.device("cpu")

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 from safetensors import safe_open
 
-from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.config import LokrConfig, LoraConfig
 from sidestep.adapters.files import load_adapter
 from sidestep.dataset.encode import EncodeConfig
 from sidestep.training.config import TrainConfig
@@ -199,14 +199,14 @@ def test_widget_defaults_are_the_core_defaults(pack: ComfyUIHost) -> None:
     def default(node_id: str, name: str) -> Any:
         return info[node_id]["input"]["required"][name][1]["default"]
 
-    adapter, encode, train = AdapterConfig(), EncodeConfig("in", "out"), TrainConfig(output_dir="out")
+    adapter, lokr, encode, train = LoraConfig(), LokrConfig(), EncodeConfig("in", "out"), TrainConfig(output_dir="out")
     configure = "SideStepConfigureAdapter"
     assert info[configure]["input"]["required"]["adapter_type"][1]["options"] == ["lora", "lokr"]
     assert [default(configure, name) for name in ("adapter_type", "rank", "alpha", "dropout", "weight_decompose")] == [
         adapter.kind, adapter.rank, adapter.alpha, adapter.dropout, adapter.use_dora,
     ]
     assert [default(configure, name) for name in ("lokr_factor", "lokr_decompose_both", "target")] == [
-        adapter.factor, adapter.decompose_both, adapter.target,
+        lokr.factor, lokr.decompose_both, adapter.target,
     ]
     from sidestep.adapters.config import CUSTOM_TARGET, TARGET_PRESETS
 
@@ -268,7 +268,7 @@ def test_train_lora_turbo_writes_the_documented_layout(pack: ComfyUIHost, lora_r
         assert (out / "checkpoints" / f"epoch_{epoch}" / "training_state.pt").is_file()
     assert any((out / "runs").rglob("events.out.tfevents.*"))
     _, metadata = header(out / "final" / "adapter_model.safetensors")
-    assert (metadata["variant"], metadata["base"], metadata["epochs"], metadata["shift"]) == ("turbo", "turbo", "2", "3.0")
+    assert (metadata["ss_variant"], metadata["ss_base"], metadata["ss_epoch"], metadata["ss_shift"]) == ("turbo", "turbo", "2", "3.0")
     keys, _ = header(comfy_lora(pack, LORA_RUN))
     assert keys and all(key.startswith("base_model.model.layers.") for key in keys)
     assert any(key.endswith(".alpha") for key in keys) and any(key.endswith(".lora_A.weight") for key in keys)
@@ -373,7 +373,7 @@ def test_resume_continues_from_the_latest_checkpoint(pack: ComfyUIHost, browser_
     out = run_folder(pack, LORA_RUN)
     assert (out / "checkpoints" / "epoch_3" / "training_state.pt").is_file()
     _, metadata = header(out / "final" / "adapter_model.safetensors")
-    assert (metadata["epochs"], metadata["global_step"]) == ("3", "3")
+    assert (metadata["ss_epoch"], metadata["ss_steps"]) == ("3", "3")
     assert_song(saved_flac(pack, run), SAMPLE_SECONDS)
 
 
@@ -389,7 +389,7 @@ def test_train_lokr_base_with_previews(pack: ComfyUIHost, browser_page: Frontend
     )
     out = run_folder(pack, LOKR_RUN)
     _, metadata = header(out / "final" / "lokr_weights.safetensors")
-    assert (metadata["variant"], metadata["base"], metadata["shift"]) == ("base", "base", "1.0")
+    assert (metadata["ss_variant"], metadata["ss_base"], metadata["ss_shift"]) == ("base", "base", "1.0")
     previews = [event for event in run.events("sidestep.progress", "4") if event["kind"] == "preview"]
     assert [Path(event["preview_path"]).name for event in previews] == ["epoch_2.flac"]
     assert_song(out / "previews" / "epoch_2.flac", 10.0)
