@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import SideStepError
+from .variants import DTYPES, resolve_device, resolve_dtype
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -39,17 +40,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
 def _bundle(args: argparse.Namespace):
     """Open the model the common --checkpoint-dir/--model-variant/--base-model flags name."""
-    import torch
-
     from .bundle import open_checkpoint
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype != "auto" else (torch.bfloat16 if device == "cuda" else torch.float32)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     return open_checkpoint(
         args.checkpoint_dir, args.model_variant, args.base_model, dtype=dtype, device=device, tokenizer_dir=args.tokenizer
     )

@@ -16,8 +16,7 @@ from .model import TRAINING_PARTS
 from .progress import ProgressPrinter
 from .training.config import TrainConfig
 from .training.loop import RunIdentity, Trainer
-
-SAMPLE_RATE = 48_000
+from .variants import SAMPLE_RATE
 DEMO_SONGS = (("warm pad", 110.0), ("bright arpeggio", 440.0), ("pulsing bass", 55.0))
 # A small, fast LoRA with a bigger step than `train`'s defaults (rank 64, alpha 128, lr 1e-4), which suit real models
 # and real datasets over many epochs: the demo only has a few epochs on a few short clips.

@@ -15,11 +15,8 @@ from .errors import SamplingError
 from .model import AceStepConditionGenerationModel, silence_context
 from .sampling import build_plan, decoder_conditions, model_decoder_fn, sample
 from .text import SongMetas, TextEncoder, caption_prompt, lyrics_prompt
+from .variants import FRAMES_PER_SECOND, SAMPLE_RATE, variant_defaults
 from .vae import decode_latents
-
-SAMPLE_RATE = 48_000
-FRAMES_PER_SECOND = 25
-DEFAULT_GUIDANCE = {"turbo": 1.0, "base": 7.0, "sft": 7.0}
 
 
 @dataclass
@@ -109,7 +106,7 @@ def generate(
     model = bundle.dit()
     frames = math.ceil(request.duration * FRAMES_PER_SECOND)
     plan = build_plan(bundle.base, request.steps, request.shift, adapter_metadata)
-    guidance = DEFAULT_GUIDANCE[bundle.base] if request.guidance is None else request.guidance
+    guidance = variant_defaults(bundle.base).guidance if request.guidance is None else request.guidance
     states, mask, context = encode_prompt(model, bundle.text_encoder(), bundle.silence_latent(), request, frames)
     batch = request.batch_size
     cond, uncond = decoder_conditions(

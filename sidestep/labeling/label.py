@@ -35,7 +35,8 @@ from ..dataset.sidecars import (
     load_dataset_json,
 )
 from ..errors import AudioError, DatasetError
-from ..vae import SAMPLE_RATE, encode_waveform
+from ..variants import SAMPLE_RATE
+from ..vae import encode_waveform
 from .decode import Sampling, generate_answer
 from .lm import LoadedLm, free_memory, load_lm
 from .parse import INSTRUMENTAL, Labels, extract_lyrics, parse_lm_output, validate

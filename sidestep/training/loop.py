@@ -21,6 +21,7 @@ from ..dataset.loader import ClipDataset, epoch_order, make_loader
 from ..errors import AdapterError, TrainingError
 from ..memory import return_freed_memory
 from ..model import AceStepConditionGenerationModel
+from ..variants import resolve_dtype
 from . import distributed
 from .config import TrainConfig
 from .events import EventCallback, StopSignal, TrainingEvent
@@ -111,10 +112,8 @@ class Trainer:
             )
 
     def _compute_dtype(self) -> torch.dtype | None:
-        precision = self.config.precision
-        if precision == "auto":
-            return torch.bfloat16 if self.device.type == "cuda" else None
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+        dtype = resolve_dtype(self.config.precision, self.device)
+        return None if dtype == torch.float32 else dtype
 
     def _batches_per_epoch(self) -> int:
         per_rank = math.ceil(len(self.dataset) / self.world)
