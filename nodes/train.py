@@ -405,12 +405,12 @@ class TrainAdapter(io.ComfyNode):
             progress.send(EVENT, _event_payload(event))
 
         make_room(bundle)
-        # Training injects adapter layers into the DiT: train a private copy and let the shared one reload clean.
-        bundle.release(dit=True)
-        private = bundle.with_own_dit()
         previews = config.preview_every > 0
+        parts = PARTS if previews else TRAINING_PARTS
         # ComfyUI runs nodes in inference mode; weights loaded and steps taken here must be usable by autograd.
         with torch.inference_mode(False), torch.enable_grad():
-            dit = private.dit(PARTS if previews else TRAINING_PARTS)
+            # Training injects adapter layers: train a private DiT over the shared one's weights (which stay clean).
+            private = bundle.with_own_dit(parts)
+            dit = private.dit(parts)
             preview = _previewer(private, config, Path(config.output_dir), config.preview_caption) if previews else None
             return Trainer(dit, dataset.folder, adapter_config, config, identity, report, stop, preview).run()
