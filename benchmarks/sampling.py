@@ -7,7 +7,7 @@ import torch
 from sidestep.generate import initial_noise
 from sidestep.model import AceStepConditionGenerationModel
 from sidestep.sampling import DecoderFn, build_plan, decoder_conditions, model_decoder_fn, sample
-from sidestep.variants import variant_defaults
+from sidestep.variants import resolve_dtype, variant_defaults
 
 from .models import STORAGE, benchmark_device, dtype_label, frozen_model, size_config, synthetic_clip
 from .report import Row
@@ -31,8 +31,8 @@ def _uncached_decoder_fn(model: AceStepConditionGenerationModel) -> DecoderFn:
 def sampling_rows(size: str, settings: RunSettings) -> list[Row]:
     """Wall time of a 30 s generation's sampling loop (condition ready, VAE decode excluded)."""
     config, device = size_config(size), benchmark_device()
-    storage = "bf16" if device.type == "cuda" else "fp32"  # the generation default per device (CLI --dtype auto)
-    dtype = STORAGE[storage]
+    dtype = resolve_dtype("auto", device)  # the generation default per device (CLI --dtype auto)
+    storage = next(name for name, kind in STORAGE.items() if kind == dtype)
     model = frozen_model(config, dtype, device).eval()
     clip = synthetic_clip(config, FRAMES)
     states = clip["encoder_hidden_states"][None].to(device, dtype)
