@@ -283,9 +283,10 @@ class AceStepBundle:
         """A copy sharing the loaded VAE, text encoder and silence latent whose DiT (with `parts`) is its own module tree
         over this bundle's DiT weights: adapter layers trained into it leave this DiT clean, and nothing is read twice.
 
-        Call it outside inference mode when the copy will be trained (weights a host created in inference mode are
-        copied then, as autograd cannot use them)."""
-        shared = self.dit(parts)
+        Call it outside inference mode when the copy will be trained: weights a host (ComfyUI) created in inference mode
+        are copied for it then, as autograd cannot use them, while this bundle's DiT keeps sharing the host's."""
+        with torch.inference_mode():
+            shared = self.dit(parts)
         own = AceStepConditionGenerationModel.on_meta_device(shared.config, parts)
         tensors = shared.state_dict()
         own.assign_weights({name: _usable(tensors[name], self.dtype, self.device) for name in own.state_dict()})

@@ -14,7 +14,7 @@ import torch
 
 from sidestep.adapters.config import AdapterConfig
 from sidestep.adapters.files import load_adapter
-from sidestep.bundle import open_checkpoint
+from sidestep.bundle import AceStepBundle, StateDictSource, open_checkpoint
 from sidestep.dataset.encode import encode_dataset
 from sidestep.dataset.settings import EncodeConfig
 from sidestep.generate import GenerationRequest, generate
@@ -76,3 +76,20 @@ def test_encode_train_sample_reads_every_dit_weight_once(
     assert set(shared.state_dict()) == every_weight  # no adapter tensors in the shared DiT
     assert not any("lora" in name for name, _ in shared.named_modules())
     assert shares_weights  # the private training DiT took no copy
+
+
+def test_a_training_copy_of_weights_a_host_holds_copies_only_for_itself(tiny_root: Path) -> None:
+    """With ComfyUI's MODEL (weights created in inference mode), the shared DiT keeps sharing ComfyUI's tensors while the
+    private training copy gets its own, which autograd can use."""
+    files = open_checkpoint(tiny_root, "acestep-v15-turbo")
+    with torch.inference_mode():
+        host = {name: tensor.clone() for name, tensor in files.dit().state_dict().items()}
+    bundle = AceStepBundle(entry=files.entry, base="turbo", source=StateDictSource(lambda: host, None, None, None))
+    with torch.inference_mode():  # Encode Dataset, as ComfyUI runs it
+        bundle.dit(("encoder",))
+    private = bundle.with_own_dit(TRAINING_PARTS)
+
+    name = "decoder.layers.0.self_attn.q_proj.weight"
+    shared, own = bundle.dit(TRAINING_PARTS).state_dict()[name], private.dit(TRAINING_PARTS).state_dict()[name]
+    assert shared.data_ptr() == host[name].data_ptr()
+    assert own.data_ptr() != host[name].data_ptr() and not own.is_inference() and torch.equal(own, host[name])
