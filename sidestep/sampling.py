@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import SamplingError
+from .request import GUIDANCE_MODES
 from .variants import BASE_MODELS, TURBO_SHIFTS, TURBO_STEPS, default_schedule
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ def sample(
     """
     if not math.isfinite(guidance) or guidance < 1.0:
         raise SamplingError(f"Guidance must be 1.0 (off) or more, got {guidance}.")
-    if guidance_mode not in ("apg", "cfg"):
+    if guidance_mode not in GUIDANCE_MODES:
         raise SamplingError(f"Unknown guidance mode {guidance_mode!r}; use 'apg' or 'cfg'.")
     guided = guidance > 1.0
     if guided:
