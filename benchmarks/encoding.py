@@ -21,7 +21,8 @@ from sidestep.tiny_models import (
     write_tiny_text_encoder,
     write_tiny_vae,
 )
-from sidestep.vae import LATENT_CHANNELS, LATENT_RATE, SAMPLE_RATE, decode_latents, load_vae
+from sidestep.variants import FRAMES_PER_SECOND, SAMPLE_RATE
+from sidestep.vae import LATENT_CHANNELS, decode_latents, load_vae
 
 from .memory import run_worker
 from .models import benchmark_device
@@ -119,7 +120,7 @@ def _decode_figures(tree: Path, size: str, settings: RunSettings) -> list[Row]:
     official = vae_kind(size) == "official"
     vae = load_vae(tree / VAE_FOLDER, device=benchmark_device())
     seconds = 10.0 if official else 1.0
-    latents = torch.randn(1, int(seconds * LATENT_RATE), LATENT_CHANNELS, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(1, int(seconds * FRAMES_PER_SECOND), LATENT_CHANNELS, generator=torch.Generator().manual_seed(0))
     stat = measure(lambda: decode_latents(vae, latents), Repeats(warmup=0, repeats=1) if official else settings.repeats)
     return [Row("vae", f"decode {_label(seconds)} of latents", size, benchmark_device().type, f"fp32 {vae_kind(size)} VAE",
                 "s", stat, note=f"{seconds / stat.median:.2f} audio s/s")]

@@ -9,11 +9,11 @@ import torch
 from sidestep.adapters.config import LokrConfig, LoraConfig
 from sidestep.dataset.tensors import ClipRecord, Manifest, save_clip, write_manifest
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel, AceStepConfig
+from sidestep.variants import FRAMES_PER_SECOND, resolve_device
 
 SIZES = ("tiny", "small", "full")
 # Encoder tokens of a typical condition: caption prompt (~100) plus lyrics (~200).
 CONDITION_TOKENS = 300
-FRAMES_PER_SECOND = 25
 VARIANT = "turbo"
 # The adapters the issue measures: LoRA r=64 and LoKR (Side-Step defaults), both on attention + MLP.
 ADAPTERS = {
@@ -25,7 +25,7 @@ STORAGE = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 def benchmark_device() -> torch.device:
     """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device("auto")
 
 
 def dtype_label(storage: str, device: torch.device) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from sidestep.generate import DEFAULT_GUIDANCE, initial_noise
+from sidestep.generate import initial_noise
 from sidestep.model import AceStepConditionGenerationModel
 from sidestep.sampling import DecoderFn, build_plan, decoder_conditions, model_decoder_fn, sample
+from sidestep.variants import resolve_dtype, variant_defaults
 
 from .models import STORAGE, benchmark_device, dtype_label, frozen_model, size_config, synthetic_clip
 from .report import Row
@@ -30,8 +31,8 @@ def _uncached_decoder_fn(model: AceStepConditionGenerationModel) -> DecoderFn:
 def sampling_rows(size: str, settings: RunSettings) -> list[Row]:
     """Wall time of a 30 s generation's sampling loop (condition ready, VAE decode excluded)."""
     config, device = size_config(size), benchmark_device()
-    storage = "bf16" if device.type == "cuda" else "fp32"  # the generation default per device (CLI --dtype auto)
-    dtype = STORAGE[storage]
+    dtype = resolve_dtype("auto", device)  # the generation default per device (CLI --dtype auto)
+    storage = next(name for name, kind in STORAGE.items() if kind == dtype)
     model = frozen_model(config, dtype, device).eval()
     clip = synthetic_clip(config, FRAMES)
     states = clip["encoder_hidden_states"][None].to(device, dtype)
@@ -46,7 +47,7 @@ def sampling_rows(size: str, settings: RunSettings) -> list[Row]:
     turns = measure_in_turns({"before": run(uncached, turbo), "after": run(cached, turbo)}, settings.repeats)
     before, after = turns["before"], turns["after"]
     slow = Repeats(warmup=0, repeats=settings.repeats.repeats)
-    base_stat = measure(run(cached, base, guidance=DEFAULT_GUIDANCE["base"], guidance_mode="apg"), slow)
+    base_stat = measure(run(cached, base, guidance=variant_defaults("base").guidance, guidance_mode="apg"), slow)
     reference = lambda kind: f"official-style reference {REFERENCE_SECONDS[kind]} s" if size == "small" else ""
     return [
         Row("sampling", "turbo 30 s, 8 steps, time_embed_r recomputed", size, device.type, label, "s", before,

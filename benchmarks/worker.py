@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sidestep.atomic import write_text_atomic
 
 from .memory import cuda_peak_gb, peak_resident_gb, reset_peak, resident_gb
@@ -100,6 +98,7 @@ def label(params: dict[str, Any]) -> dict[str, Any]:
     """Label every song in `params["audio_dir"]` with the LM file `params["lm"]`, timing the phases."""
     from sidestep.bundle import open_checkpoint
     from sidestep.labeling.label import LabelConfig, label_songs
+    from sidestep.variants import resolve_dtype
 
     from .models import benchmark_device
 
@@ -110,7 +109,7 @@ def label(params: dict[str, Any]) -> dict[str, Any]:
     reset_peak()
     started = time.perf_counter()
     config = LabelConfig(params["audio_dir"], params["lm"], params["tokenizer"], overwrite="all")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = resolve_dtype("auto", device)
     label_songs(bundle, config, callback=record, device=device, dtype=dtype)
     return {
         "seconds": time.perf_counter() - started,

@@ -176,13 +176,6 @@ def resolve_device(choice: str) -> torch.device:
     return model_management.get_torch_device() if choice == "auto" else torch.device(choice)
 
 
-def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """'auto' → bf16 weights on CUDA, fp32 elsewhere (CPUs without bf16 units run bf16 far slower)."""
-    if choice == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[choice]
-
-
 def make_room(bundle: AceStepBundle) -> None:
     """Ask ComfyUI to unload its own models until the bundle's weights fit, then return cached memory."""
     model_management.free_memory(bundle.bytes_to_load(), bundle.device)

@@ -30,10 +30,10 @@ class LabelSongs(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         """Model (VAE + audio tokenizer), LM, song folder, what to write, overwrite rule and sampling in; the folder out."""
-        from sidestep.labeling.decode import Sampling
-        from sidestep.labeling.label import OVERWRITE_MODES
+        from sidestep.labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
+        from sidestep.variants import config_defaults
 
-        sampling = Sampling()
+        sampling, labeling = Sampling(), config_defaults(LabelConfig)
         return io.Schema(
             node_id=NODE_TYPE,
             display_name="Label Songs",
@@ -59,16 +59,22 @@ class LabelSongs(io.ComfyNode):
                     default="sidestep/songs",
                     tooltip="Folder of songs; a relative path is inside ComfyUI's input folder. Sidecars are written beside the songs.",
                 ),
-                io.Boolean.Input("caption", default=True, tooltip="Write a caption describing genre, mood and instruments."),
-                io.Boolean.Input("metadata", default=True, tooltip="Write BPM, key, time signature and language."),
-                io.Boolean.Input("lyrics", default=True, tooltip="Transcribe the lyrics ([Instrumental] when there are none)."),
+                io.Boolean.Input(
+                    "caption", default="caption" in labeling["fields"], tooltip="Write a caption describing genre, mood and instruments."
+                ),
+                io.Boolean.Input("metadata", default="metadata" in labeling["fields"], tooltip="Write BPM, key, time signature and language."),
+                io.Boolean.Input(
+                    "lyrics", default="lyrics" in labeling["fields"], tooltip="Transcribe the lyrics ([Instrumental] when there are none)."
+                ),
                 io.Combo.Input(
                     "overwrite",
                     options=list(OVERWRITE_MODES),
-                    default="empty",
+                    default=labeling["overwrite"],
                     tooltip="never: leave songs that have any label alone. empty: fill only missing fields. all: rewrite the chosen fields.",
                 ),
-                io.String.Input("trigger_word", default="", tooltip="Optional trigger word written into every song's sidecar."),
+                io.String.Input(
+                    "trigger_word", default=labeling["trigger_word"], tooltip="Optional trigger word written into every song's sidecar."
+                ),
                 io.Float.Input(
                     "temperature", default=sampling.temperature, min=0.0, max=2.0, step=0.05,
                     tooltip="Sampling temperature; 0 is greedy (always the most likely token).",
@@ -111,8 +117,8 @@ class LabelSongs(io.ComfyNode):
         trigger_word: str, temperature: float, top_p: float, seed: int, constrained: bool,
     ) -> io.NodeOutput:
         """Label (reporting each song), then show the table of what was written."""
-        from sidestep.labeling.decode import Sampling
-        from sidestep.labeling.label import LabelConfig, LabelEvent, label_songs
+        from sidestep.labeling.label import LabelEvent, label_songs
+        from sidestep.labeling.settings import LabelConfig, Sampling
 
         entry = next(entry for entry in _lms() if entry.label == lm)
         config = LabelConfig(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from comfy_api.latest import io
+from sidestep.variants import resolve_dtype
 
 from .common import (
     CATEGORY,
@@ -18,7 +19,6 @@ from .common import (
     find_discovered,
     model_name_of,
     resolve_device,
-    resolve_dtype,
 )
 from .handles import AcestepModel, ModelHandle
 
@@ -94,7 +94,7 @@ class LoadCheckpoint(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         """The discovered models (rescanned whenever ComfyUI asks for node definitions) and loading options."""
-        from sidestep.model_folders import BASE_MODELS
+        from sidestep.variants import BASE_MODELS
 
         return io.Schema(
             node_id="SideStepLoadCheckpoint",
@@ -207,7 +207,7 @@ class AceStepFromComfyModels(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         """MODEL from Load Diffusion Model or Load Checkpoint; CLIP and VAE from the stock loaders."""
-        from sidestep.model_folders import BASE_MODELS
+        from sidestep.variants import BASE_MODELS
 
         return io.Schema(
             node_id="SideStepFromComfyModels",

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 
 from comfy_api.latest import io
+from sidestep.request import GenerationRequest
+from sidestep.variants import config_defaults, default_schedule, per_base
 
 from .common import CATEGORY, NodeProgress, make_room
 from .handles import AcestepModel, ModelHandle
 
 AUTO_GUIDANCE = -1.0
 MAX_SEED = 2**63 - 1
+DEFAULTS = config_defaults(GenerationRequest)
 
 
 class SampleWithShift(io.ComfyNode):
@@ -46,13 +49,13 @@ class SampleWithShift(io.ComfyNode):
                     default="en",
                     tooltip="Language code of the lyrics (en, zh, ja, ko, es, fr, de, ...); 'unknown' lets the model guess.",
                 ),
-                io.Float.Input("duration", default=30.0, min=1.0, max=600.0, step=1.0, tooltip="Length of each song in seconds."),
-                io.Int.Input("bpm", default=0, min=0, max=300, tooltip="Tempo in beats per minute; 0 leaves it to the model."),
-                io.String.Input("keyscale", default="", tooltip="Key and scale, e.g. 'C Major' or 'F# minor'; empty leaves it to the model."),
-                io.String.Input("timesignature", default="", tooltip="Beats per bar, e.g. '4' or '3'; empty leaves it to the model."),
+                io.Float.Input("duration", default=DEFAULTS["duration"], min=1.0, max=600.0, step=1.0, tooltip="Length of each song in seconds."),
+                io.Int.Input("bpm", default=DEFAULTS["bpm"] or 0, min=0, max=300, tooltip="Tempo in beats per minute; 0 leaves it to the model."),
+                io.String.Input("keyscale", default=DEFAULTS["keyscale"], tooltip="Key and scale, e.g. 'C Major' or 'F# minor'; empty leaves it to the model."),
+                io.String.Input("timesignature", default=DEFAULTS["timesignature"], tooltip="Beats per bar, e.g. '4' or '3'; empty leaves it to the model."),
                 io.Int.Input(
                     "seed",
-                    default=0,
+                    default=DEFAULTS["seed"],
                     min=0,
                     max=MAX_SEED,
                     control_after_generate=True,
@@ -60,20 +63,23 @@ class SampleWithShift(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "steps",
-                    default=0,
+                    default=DEFAULTS["steps"],
                     min=0,
                     max=200,
-                    tooltip="Sampling steps; 0 = auto (the adapter's, else 8 for turbo, 50 for base/sft). Turbo always uses 8.",
+                    tooltip=(
+                        f"Sampling steps; 0 = auto (the adapter's, else the variant's: {per_base(lambda v: v.schedule.steps)}). "
+                        f"Turbo always uses {default_schedule('turbo').steps}."
+                    ),
                 ),
                 io.Float.Input(
                     "shift",
-                    default=0.0,
+                    default=DEFAULTS["shift"],
                     min=0.0,
                     max=20.0,
                     step=0.1,
                     tooltip=(
-                        "Timestep shift; 0 = auto (the adapter's, else 3.0 for turbo, 1.0 for base/sft). A shift the "
-                        "adapter was not trained for is the most common cause of bad audio."
+                        f"Timestep shift; 0 = auto (the adapter's, else the variant's: {per_base(lambda v: v.schedule.shift)}). "
+                        "A shift the adapter was not trained for is the most common cause of bad audio."
                     ),
                 ),
                 io.Float.Input(
@@ -82,9 +88,9 @@ class SampleWithShift(io.ComfyNode):
                     min=AUTO_GUIDANCE,
                     max=30.0,
                     step=0.1,
-                    tooltip="Guidance scale; -1 = auto (1.0 = off for turbo, 7.0 for base/sft).",
+                    tooltip=f"Guidance scale; -1 = auto (the variant's: {per_base(lambda v: v.guidance)}; 1 = off).",
                 ),
-                io.Int.Input("batch_size", default=1, min=1, max=16, tooltip="How many songs to generate at once."),
+                io.Int.Input("batch_size", default=DEFAULTS["batch_size"], min=1, max=16, tooltip="How many songs to generate at once."),
             ],
             outputs=[io.Audio.Output(display_name="audio", tooltip="48 kHz stereo audio; connect Save Audio or Preview Audio.")],
             hidden=[io.Hidden.unique_id],
@@ -108,7 +114,7 @@ class SampleWithShift(io.ComfyNode):
         batch_size: int,
     ) -> io.NodeOutput:
         """Generate (progress on ComfyUI's bar, Cancel honoured between steps) and show any warnings."""
-        from sidestep.generate import GenerationRequest, generate
+        from sidestep.generate import generate
 
         request = GenerationRequest(
             caption=caption,

@@ -11,6 +11,7 @@ import comfy.model_management as model_management
 import torch
 from comfy_api.latest import io
 from sidestep.training.layout import FINAL_FOLDER, SUMMARY, RunLayout
+from sidestep.variants import per_base
 
 from .common import (
     CATEGORY,
@@ -135,7 +136,7 @@ class TrainAdapter(io.ComfyNode):
                     min=-1.0,
                     max=0.99,
                     step=0.01,
-                    tooltip="Share of samples trained without their caption (for guidance); -1 = auto (0 turbo, 0.15 base/sft).",
+                    tooltip=f"Share of samples trained without their caption (for guidance); -1 = auto ({per_base(lambda v: v.cfg_ratio)}).",
                 ),
                 io.Int.Input(
                     "save_every", default=default["save_every"], min=1, max=100_000,

@@ -19,9 +19,9 @@ from scipy.signal import lfilter
 
 from .atomic import write_atomic
 from .errors import AudioError
+from .variants import SAMPLE_RATE
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
-SAMPLE_RATE = 48000
 SILENCE_PEAK = 1e-4  # −80 dBFS: a clip whose every sample stays below this is silent
 MAX_PEAK = 64.0  # +36 dBFS: float samples beyond this are a scaling error, not loud audio
 MIN_RATE, MAX_RATE = 4000, 768000  # sample rates outside these are a broken header

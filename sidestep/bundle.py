@@ -48,7 +48,11 @@ class PartsHost(Protocol):
 class WeightsSource(Protocol):
     """Where a bundle's parts come from."""
 
-    def dit(self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device) -> AceStepConditionGenerationModel: ...
+    def dit(
+        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device, held: StateDict
+    ) -> AceStepConditionGenerationModel:
+        """The DiT with `parts`, taking the tensors `held` in memory already (official names) instead of loading them."""
+        ...
 
     def vae(self, device: torch.device): ...
 
@@ -80,14 +84,18 @@ class FilesSource:
 
     shared: SharedParts
 
-    def dit(self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device) -> AceStepConditionGenerationModel:
-        if entry.in_official_tree:
-            return AceStepConditionGenerationModel.from_pretrained(entry.path, dtype=dtype, device=device, parts=parts)
-        from .comfy_models import dit_index
+    def dit(
+        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device, held: StateDict
+    ) -> AceStepConditionGenerationModel:
+        # Read outside inference mode (ComfyUI runs nodes in it): a training copy can then share these tensors.
+        with torch.inference_mode(False):
+            if entry.in_official_tree:
+                return AceStepConditionGenerationModel.from_pretrained(entry.path, dtype, device, parts, held)
+            from .comfy_models import dit_index
 
-        return AceStepConditionGenerationModel.from_weights(
-            entry.config, dit_index(entry), str(entry.path), dtype, device, parts, INFERRED_CONFIG_FIX
-        )
+            return AceStepConditionGenerationModel.from_weights(
+                entry.config, dit_index(entry), str(entry.path), dtype, device, parts, INFERRED_CONFIG_FIX, held
+            )
 
     def vae(self, device: torch.device):
         if self.shared.vae_path.is_dir():
@@ -167,10 +175,12 @@ class StateDictSource:
     silence_latent_path: Path | None = None
     _identity: list = field(default_factory=list)
 
-    def dit(self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device) -> AceStepConditionGenerationModel:
+    def dit(
+        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device, held: StateDict
+    ) -> AceStepConditionGenerationModel:
         model = AceStepConditionGenerationModel.on_meta_device(entry.config, parts)
         source = self.dit_state()
-        tensors = {name: _usable(source[name], dtype, device) for name in model.state_dict()}
+        tensors = {name: held[name] if name in held else _usable(source[name], dtype, device) for name in model.state_dict()}
         return model.assign_weights(tensors)
 
     def vae(self, device: torch.device):
@@ -226,11 +236,14 @@ class AceStepBundle:
         return module
 
     def dit(self, parts: tuple[str, ...] = PARTS) -> AceStepConditionGenerationModel:
-        """The DiT model with at least `parts` loaded (reloaded with more parts when asked for)."""
+        """The DiT model with at least `parts` loaded; parts it lacks are added, the loaded ones are kept (never re-read)."""
         loaded = self._dit
-        if loaded is None or any(getattr(loaded, part) is None for part in parts):
-            self._dit = None
-            self._dit = self._loaded("dit", self.source.dit(self.entry, parts, self.dtype, self.device))
+        if loaded is not None and all(getattr(loaded, part) is not None for part in parts):
+            return loaded
+        held = loaded.state_dict() if loaded is not None else {}
+        wanted = tuple(part for part in PARTS if part in parts or (loaded is not None and getattr(loaded, part) is not None))
+        self._dit = None
+        self._dit = self._loaded("dit", self.source.dit(self.entry, wanted, self.dtype, self.device, held))
         return self._dit
 
     def vae(self):
@@ -266,9 +279,18 @@ class AceStepBundle:
         held = {"dit": self._dit, "vae": self._vae, "text_encoder": self._text_encoder}
         return [name for name, part in held.items() if part is not None]
 
-    def with_own_dit(self) -> "AceStepBundle":
-        """A copy sharing the loaded VAE, text encoder and silence latent but loading its own DiT (e.g. to train on)."""
-        return dataclasses.replace(self, _dit=None)
+    def with_own_dit(self, parts: tuple[str, ...] = PARTS) -> "AceStepBundle":
+        """A copy sharing the loaded VAE, text encoder and silence latent whose DiT (with `parts`) is its own module tree
+        over this bundle's DiT weights: adapter layers trained into it leave this DiT clean, and nothing is read twice.
+
+        Call it outside inference mode when the copy will be trained: weights a host (ComfyUI) created in inference mode
+        are copied for it then, as autograd cannot use them, while this bundle's DiT keeps sharing the host's."""
+        with torch.inference_mode():
+            shared = self.dit(parts)
+        own = AceStepConditionGenerationModel.on_meta_device(shared.config, parts)
+        tensors = shared.state_dict()
+        own.assign_weights({name: _usable(tensors[name], self.dtype, self.device) for name in own.state_dict()})
+        return dataclasses.replace(self, _dit=own)
 
     def release(self, *, dit: bool = False, vae: bool = False, text_encoder: bool = False) -> None:
         """Drop loaded parts so their memory can be reused."""

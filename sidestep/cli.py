@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from .adapters.config import KINDS, TARGET_PRESETS, LokrConfig, LoraConfig
+from .dataset.settings import NORMALIZE_MODES, EncodeConfig
+from .dataset.sidecars import TAG_POSITIONS
 from .errors import SideStepError
+from .labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
+from .request import GUIDANCE_MODES, GenerationRequest
+from .training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
+from .variants import DTYPES, FRAMES_PER_SECOND, config_defaults, per_base, resolve_device, resolve_dtype
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -39,17 +46,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
 def _bundle(args: argparse.Namespace):
     """Open the model the common --checkpoint-dir/--model-variant/--base-model flags name."""
-    import torch
-
     from .bundle import open_checkpoint
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype != "auto" else (torch.bfloat16 if device == "cuda" else torch.float32)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     return open_checkpoint(
         args.checkpoint_dir, args.model_variant, args.base_model, dtype=dtype, device=device, tokenizer_dir=args.tokenizer
     )
@@ -209,44 +211,45 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_train_parser(commands, name: str, help_text: str) -> None:
     train = commands.add_parser(name, help=help_text, formatter_class=HelpFormatter)
+    lora, lokr, config = config_defaults(LoraConfig), config_defaults(LokrConfig), config_defaults(TrainConfig)
     _add_model_flags(train)
     train.add_argument("--dataset-dir", required=True, help="encoded dataset (ours, or Side-Step .pt files)")
     train.add_argument("--output-dir", required=True, help="run folder: final/, checkpoints/epoch_N/, runs/")
-    train.add_argument("--adapter", "--adapter-type", default="lora", choices=["lora", "lokr"], help="adapter type")
-    train.add_argument("--rank", type=int, default=64, help="LoRA rank")
-    train.add_argument("--alpha", type=float, default=128, help="LoRA alpha (scale = alpha / rank)")
-    train.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
-    train.add_argument("--dora", action="store_true", help="weight-decomposed LoRA")
-    train.add_argument("--lokr-linear-dim", type=int, default=64, help="LoKR dimension")
-    train.add_argument("--lokr-linear-alpha", type=float, default=128, help="LoKR alpha")
-    train.add_argument("--lokr-factor", type=int, default=-1, help="LoKR Kronecker factor (-1 = automatic)")
-    train.add_argument("--lokr-decompose-both", action="store_true", help="LoKR: decompose both Kronecker factors")
-    train.add_argument("--lokr-use-tucker", action="store_true", help="LoKR: Tucker decomposition")
-    train.add_argument("--lokr-weight-decompose", action="store_true", help="LoKR: weight decomposition (DoRA-style)")
-    train.add_argument("--target", default="attention", choices=["attention", "attention_mlp", "self_attention", "cross_attention"], help="which decoder layers get the adapter")
+    train.add_argument("--adapter", "--adapter-type", default=LoraConfig.kind, choices=KINDS, help="adapter type")
+    train.add_argument("--rank", type=int, default=lora["rank"], help="LoRA rank")
+    train.add_argument("--alpha", type=float, default=lora["alpha"], help="LoRA alpha (scale = alpha / rank)")
+    train.add_argument("--dropout", type=float, default=lora["dropout"], help="LoRA dropout")
+    train.add_argument("--dora", action="store_true", default=lora["use_dora"], help="weight-decomposed LoRA")
+    train.add_argument("--lokr-linear-dim", type=int, default=lokr["linear_dim"], help="LoKR dimension")
+    train.add_argument("--lokr-linear-alpha", type=float, default=lokr["linear_alpha"], help="LoKR alpha")
+    train.add_argument("--lokr-factor", type=int, default=lokr["factor"], help="LoKR Kronecker factor (-1 = automatic)")
+    train.add_argument("--lokr-decompose-both", action="store_true", default=lokr["decompose_both"], help="LoKR: decompose both Kronecker factors")
+    train.add_argument("--lokr-use-tucker", action="store_true", default=lokr["use_tucker"], help="LoKR: Tucker decomposition")
+    train.add_argument("--lokr-weight-decompose", action="store_true", default=lokr["weight_decompose"], help="LoKR: weight decomposition (DoRA-style)")
+    train.add_argument("--target", default=lora["target"], choices=list(TARGET_PRESETS), help="which decoder layers get the adapter")
     train.add_argument("--target-modules", nargs="+", help="custom module list (overrides --target)")
-    train.add_argument("--epochs", type=int, default=100, help="passes over the dataset")
-    train.add_argument("--lr", "--learning-rate", type=float, default=1e-4, help="learning rate (on resume the checkpoint's is kept)")
-    train.add_argument("--optimizer", "--optimizer-type", default="adamw", choices=["adamw", "adamw8bit", "prodigy", "adafactor"], help="optimiser")
-    train.add_argument("--scheduler", "--scheduler-type", default="cosine", choices=["constant", "linear", "cosine", "cosine_restarts"], help="learning-rate schedule over all epochs")
-    train.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps")
-    train.add_argument("--batch-size", type=int, default=1, help="clips per batch")
-    train.add_argument("--gradient-accumulation", type=int, default=1, help="batches per optimiser step")
-    train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm")
-    train.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="compute precision (auto: bf16 on CUDA, fp32 on CPU)")
-    train.add_argument("--no-gradient-checkpointing", action="store_true", help="faster steps, more memory")
-    train.add_argument("--seed", type=int, default=42, help="random seed (noise, timesteps, crops, order)")
-    train.add_argument("--save-every", type=int, default=10, help="write checkpoints/epoch_N every N epochs")
-    train.add_argument("--timestep-mode", default="auto", choices=["auto", "discrete", "continuous"], help="auto: discrete for turbo, continuous for base/sft")
-    train.add_argument("--continuous-draws", default="max_of_two", choices=["max_of_two", "single"], help="continuous timesteps: the larger of two draws (official) or one")
-    train.add_argument("--cfg-ratio", type=float, default=None, help="condition dropout (default 0.15 for base/sft, 0 for turbo)")
-    train.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting gamma (off when not given)")
-    train.add_argument("--max-latent-frames", type=int, default=1500, help="random crop length in 25 Hz frames (0 = whole clips)")
-    train.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
-    train.add_argument("--shift", type=float, default=None, help="recorded for inference (turbo 3.0, base/sft 1.0)")
-    train.add_argument("--num-inference-steps", type=int, default=None, help="recorded for inference (turbo 8, base/sft 50)")
-    train.add_argument("--resume-from", default=None, help="checkpoints/epoch_N folder or the training_state.pt inside it")
-    train.add_argument("--log-dir", default=None, help="TensorBoard folder (default OUT/runs)")
+    train.add_argument("--epochs", type=int, default=config["epochs"], help="passes over the dataset")
+    train.add_argument("--lr", "--learning-rate", type=float, default=config["learning_rate"], help="learning rate (on resume the checkpoint's is kept)")
+    train.add_argument("--optimizer", "--optimizer-type", default=config["optimizer"], choices=OPTIMIZERS, help="optimiser")
+    train.add_argument("--scheduler", "--scheduler-type", default=config["scheduler"], choices=SCHEDULERS, help="learning-rate schedule over all epochs")
+    train.add_argument("--warmup-steps", type=int, default=config["warmup_steps"], help="linear warm-up steps")
+    train.add_argument("--batch-size", type=int, default=config["batch_size"], help="clips per batch")
+    train.add_argument("--gradient-accumulation", type=int, default=config["gradient_accumulation"], help="batches per optimiser step")
+    train.add_argument("--max-grad-norm", type=float, default=config["max_grad_norm"], help="gradient clipping norm")
+    train.add_argument("--precision", default=config["precision"], choices=PRECISIONS, help="compute precision (auto: bf16 on CUDA, fp32 on CPU)")
+    train.add_argument("--no-gradient-checkpointing", action="store_true", default=not config["gradient_checkpointing"], help="faster steps, more memory")
+    train.add_argument("--seed", type=int, default=config["seed"], help="random seed (noise, timesteps, crops, order)")
+    train.add_argument("--save-every", type=int, default=config["save_every"], help="write checkpoints/epoch_N every N epochs")
+    train.add_argument("--timestep-mode", default=config["timestep_mode"], choices=TIMESTEP_MODES, help="auto: discrete for turbo, continuous for base/sft")
+    train.add_argument("--continuous-draws", default=config["continuous_draws"], choices=CONTINUOUS_DRAWS, help="continuous timesteps: the larger of two draws (official) or one")
+    train.add_argument("--cfg-ratio", type=float, default=config["cfg_ratio"], help=f"condition dropout (when not given: {per_base(lambda v: v.cfg_ratio)})")
+    train.add_argument("--min-snr-gamma", type=float, default=config["min_snr_gamma"], help="min-SNR loss weighting gamma (off when not given)")
+    train.add_argument("--max-latent-frames", type=int, default=config["max_latent_frames"], help=f"random crop length in {FRAMES_PER_SECOND} Hz frames (0 = whole clips)")
+    train.add_argument("--num-workers", type=int, default=config["num_workers"], help="data loader worker processes")
+    train.add_argument("--shift", type=float, default=config["shift"], help=f"recorded for inference (when not given: {per_base(lambda v: v.schedule.shift)})")
+    train.add_argument("--num-inference-steps", type=int, default=config["num_inference_steps"], help=f"recorded for inference (when not given: {per_base(lambda v: v.schedule.steps)})")
+    train.add_argument("--resume-from", default=config["resume_from"], help="checkpoints/epoch_N folder or the training_state.pt inside it")
+    train.add_argument("--log-dir", default=config["log_dir"], help="TensorBoard folder (default OUT/runs)")
     train.set_defaults(run=cmd_train)
 
 
@@ -358,50 +361,53 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(run=cmd_make_tiny_checkpoints)
 
     encode = commands.add_parser("encode", help="encode a folder of songs into a training dataset", formatter_class=HelpFormatter)
+    encoding = config_defaults(EncodeConfig)
     _add_model_flags(encode)
     encode.add_argument("--dataset-dir", required=True, help="folder of songs (searched recursively) with optional sidecars")
     encode.add_argument("--output-dir", required=True, help="where the clip tensors and manifest.json go")
-    encode.add_argument("--max-duration", type=float, default=0.0, help="split songs into clips of at most this many seconds (0 = keep whole)")
-    encode.add_argument("--normalize", default="none", choices=["none", "peak", "loudness"])
-    encode.add_argument("--min-seconds", type=float, default=1.0, help="reject clips shorter than this")
-    encode.add_argument("--trigger", default="", help="trigger word / custom tag added to every caption")
-    encode.add_argument("--tag-position", default=None, choices=["prepend", "append", "replace"])
-    encode.add_argument("--force", action="store_true", help="re-encode clips even when unchanged")
+    encode.add_argument("--max-duration", type=float, default=encoding["max_duration"], help="split songs into clips of at most this many seconds (0 = keep whole)")
+    encode.add_argument("--normalize", default=encoding["normalize"], choices=NORMALIZE_MODES)
+    encode.add_argument("--min-seconds", type=float, default=encoding["min_seconds"], help="reject clips shorter than this")
+    encode.add_argument("--trigger", default=encoding["custom_tag"], help="trigger word / custom tag added to every caption")
+    encode.add_argument("--tag-position", default=encoding["tag_position"], choices=TAG_POSITIONS)
+    encode.add_argument("--force", action="store_true", default=not encoding["skip_existing"], help="re-encode clips even when unchanged")
     encode.set_defaults(run=cmd_encode)
 
     label = commands.add_parser("label", help="caption, tag and transcribe songs with ACE-Step's 5 Hz LM")
+    labeling, sampling = config_defaults(LabelConfig), config_defaults(Sampling)
     _add_model_flags(label)
     label.add_argument("--dataset-dir", required=True, help="folder of songs; song.txt sidecars are written beside them")
     label.add_argument("--lm", default="", help="acestep-5Hz-lm-* folder name under --checkpoint-dir, or a path (folder or ComfyUI qwen_*_ace15.safetensors)")
-    label.add_argument("--fields", default="caption,metadata,lyrics", help="comma-separated: caption, metadata, lyrics")
-    label.add_argument("--overwrite", default="empty", choices=["never", "empty", "all"], help="never: skip labelled songs; empty: fill missing fields; all: rewrite")
-    label.add_argument("--trigger", default="", help="trigger word written to every song's sidecar")
-    label.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    label.add_argument("--top-p", type=float, default=1.0)
-    label.add_argument("--seed", type=int, default=0)
-    label.add_argument("--free-decoding", action="store_true", help="sample freely and validate after (default: constrained)")
+    label.add_argument("--fields", default=",".join(labeling["fields"]), help="comma-separated: caption, metadata, lyrics")
+    label.add_argument("--overwrite", default=labeling["overwrite"], choices=OVERWRITE_MODES, help="never: skip labelled songs; empty: fill missing fields; all: rewrite")
+    label.add_argument("--trigger", default=labeling["trigger_word"], help="trigger word written to every song's sidecar")
+    label.add_argument("--temperature", type=float, default=sampling["temperature"], help="0 = greedy")
+    label.add_argument("--top-p", type=float, default=sampling["top_p"])
+    label.add_argument("--seed", type=int, default=sampling["seed"])
+    label.add_argument("--free-decoding", action="store_true", default=not sampling["constrained"], help="sample freely and validate after (default: constrained)")
     label.set_defaults(run=cmd_label)
 
     _add_train_parser(commands, "train", "train a LoRA or LoKR adapter")
     _add_train_parser(commands, "fixed", "alias of train (Side-Step's name)")
 
     sample = commands.add_parser("sample", help="generate music, optionally with trained adapters", formatter_class=HelpFormatter)
+    request = config_defaults(GenerationRequest)
     _add_model_flags(sample)
     sample.add_argument("--adapter", action="append", help="adapter folder/file (repeat to stack two)")
     sample.add_argument("--strength", type=float, action="append", help="strength per --adapter (default 1.0)")
     sample.add_argument("--caption", required=True, help="what the music should be")
-    sample.add_argument("--lyrics", default="", help="lyrics (empty: instrumental)")
-    sample.add_argument("--language", default="unknown", help="lyrics language code")
-    sample.add_argument("--duration", type=float, default=30.0, help="seconds")
-    sample.add_argument("--bpm", type=int, default=None, help="tempo")
-    sample.add_argument("--keyscale", default="", help="key and scale, e.g. 'C major'")
-    sample.add_argument("--timesignature", default="", help="time signature, e.g. 4")
-    sample.add_argument("--seed", type=int, default=0, help="random seed")
-    sample.add_argument("--batch-size", type=int, default=1, help="songs to generate (NAME_1, NAME_2, ...)")
-    sample.add_argument("--steps", type=int, default=0, help="0 = from the adapter, else the variant (turbo 8, base/sft 50)")
-    sample.add_argument("--shift", type=float, default=0.0, help="0 = from the adapter, else the variant (turbo 3, base/sft 1)")
-    sample.add_argument("--guidance", type=float, default=None, help="default: none for turbo, 7.0 for base/sft")
-    sample.add_argument("--guidance-mode", default="apg", choices=["apg", "cfg"], help="guidance for base/sft")
+    sample.add_argument("--lyrics", default=request["lyrics"], help="lyrics (empty: instrumental)")
+    sample.add_argument("--language", default=request["language"], help="lyrics language code")
+    sample.add_argument("--duration", type=float, default=request["duration"], help="seconds")
+    sample.add_argument("--bpm", type=int, default=request["bpm"], help="tempo")
+    sample.add_argument("--keyscale", default=request["keyscale"], help="key and scale, e.g. 'C major'")
+    sample.add_argument("--timesignature", default=request["timesignature"], help="time signature, e.g. 4")
+    sample.add_argument("--seed", type=int, default=request["seed"], help="random seed")
+    sample.add_argument("--batch-size", type=int, default=request["batch_size"], help="songs to generate (NAME_1, NAME_2, ...)")
+    sample.add_argument("--steps", type=int, default=request["steps"], help=f"0 = from the adapter, else the variant's ({per_base(lambda v: v.schedule.steps)})")
+    sample.add_argument("--shift", type=float, default=request["shift"], help=f"0 = from the adapter, else the variant's ({per_base(lambda v: v.schedule.shift)})")
+    sample.add_argument("--guidance", type=float, default=request["guidance"], help=f"when not given: the variant's ({per_base(lambda v: v.guidance)}; 1 = off)")
+    sample.add_argument("--guidance-mode", default=request["guidance_mode"], choices=GUIDANCE_MODES, help="guidance for base/sft")
     sample.add_argument("--out", default="song.flac", help=".flac or .wav")
     sample.set_defaults(run=cmd_sample)
 

@@ -24,7 +24,8 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 from .atomic import write_text_atomic
 from .errors import CheckpointError
 from .text import TextEncoder
-from .vae import SAMPLE_RATE, check_vae_geometry
+from .variants import SAMPLE_RATE
+from .vae import check_vae_geometry
 
 COMFY_FILES = "https://huggingface.co/Comfy-Org/ace_step_1.5_ComfyUI_files (split_files/)"
 AIO_DIT_PREFIX = "model.diffusion_model."

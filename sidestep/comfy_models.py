@@ -11,7 +11,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from .model_folders import BASE_MODELS, ModelEntry, SharedParts
+from .model_folders import ModelEntry, SharedParts
+from .variants import BASE_MODELS
 from .comfy_formats import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX, COMFY_TOKENIZER_DIR, TEXT_ENCODER_PREFIX
 from .errors import CheckpointError, ConfigError
 from .model.config import config_from_shapes

@@ -16,8 +16,8 @@ from .dataset.loader import dataset_index
 from .progress import ProgressPrinter
 from .training.config import TrainConfig
 from .training.run import TrainingRun
+from .variants import SAMPLE_RATE
 
-SAMPLE_RATE = 48_000
 DEMO_SONGS = (("warm pad", 110.0), ("bright arpeggio", 440.0), ("pulsing bass", 55.0))
 # A small, fast LoRA with a bigger step than `train`'s defaults (rank 64, alpha 128, lr 1e-4), which suit real models
 # and real datasets over many epochs: the demo only has a few epochs on a few short clips.

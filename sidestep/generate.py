@@ -12,42 +12,12 @@ import torch
 
 from .adapters.metadata import AdapterMetadata
 from .bundle import AceStepBundle
-from .errors import SamplingError
 from .model import AceStepConditionGenerationModel, silence_context
+from .request import GenerationRequest
 from .sampling import build_plan, decoder_conditions, model_decoder_fn, sample
 from .text import SongMetas, TextEncoder, caption_prompt, lyrics_prompt
+from .variants import FRAMES_PER_SECOND, SAMPLE_RATE, variant_defaults
 from .vae import decode_latents
-
-SAMPLE_RATE = 48_000
-FRAMES_PER_SECOND = 25
-DEFAULT_GUIDANCE = {"turbo": 1.0, "base": 7.0, "sft": 7.0}
-
-
-@dataclass
-class GenerationRequest:
-    """What to generate; 0 / None fields mean "auto" (from the adapter's metadata, else the variant's defaults)."""
-
-    caption: str
-    lyrics: str = ""
-    language: str = "unknown"
-    duration: float = 30.0
-    bpm: int | None = None
-    keyscale: str = ""
-    timesignature: str = ""
-    seed: int = 0
-    batch_size: int = 1
-    steps: int = 0
-    shift: float = 0.0
-    guidance: float | None = None
-    guidance_mode: str = "apg"
-
-    def __post_init__(self) -> None:
-        if not 1.0 <= self.duration <= 600.0:
-            raise SamplingError(f"duration must be between 1 and 600 seconds (got {self.duration}).")
-        if self.batch_size < 1:
-            raise SamplingError(f"batch_size must be at least 1 (got {self.batch_size}).")
-        if self.guidance_mode not in ("apg", "cfg"):
-            raise SamplingError(f"guidance_mode must be 'apg' or 'cfg' (got {self.guidance_mode!r}).")
 
 
 @dataclass
@@ -112,7 +82,7 @@ def generate(
     frames = math.ceil(request.duration * FRAMES_PER_SECOND)
     recorded = adapter_metadata or AdapterMetadata()
     plan = build_plan(bundle.base, request.steps, request.shift, recorded.num_inference_steps, recorded.shift)
-    guidance = DEFAULT_GUIDANCE[bundle.base] if request.guidance is None else request.guidance
+    guidance = variant_defaults(bundle.base).guidance if request.guidance is None else request.guidance
     states, mask, context = encode_prompt(model, bundle.text_encoder(), bundle.silence_latent(), request, frames)
     batch = request.batch_size
     cond, uncond = decoder_conditions(

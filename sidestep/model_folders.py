@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 
 from .errors import CheckpointError, ConfigError, UnknownBaseModelError
 from .model.config import AceStepConfig
+from .variants import BASE_MODELS
 
 OFFICIAL_TREE = "official tree"
 LABEL_SEPARATOR = " · "
 OFFICIAL_VARIANTS = ("turbo", "base", "sft", "xl-turbo", "xl-base", "xl-sft")
-BASE_MODELS = ("turbo", "base", "sft")
 VAE_FOLDER = "vae"
 TEXT_ENCODER_PREFIX = "Qwen3-Embedding-"
 PREFERRED_TEXT_ENCODER = "Qwen3-Embedding-0.6B"

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import torch
 import torch.nn.functional as F
 
-from .errors import SamplingError, UnknownBaseModelError
+from .errors import SamplingError
+from .request import GUIDANCE_MODES
+from .variants import TURBO_SHIFTS, TURBO_STEPS, default_schedule
 
 if TYPE_CHECKING:
     from .model import AceStepConditionGenerationModel
@@ -19,15 +21,8 @@ VariantBase = Literal["turbo", "base", "sft"]
 GuidanceMode = Literal["apg", "cfg"]
 ProgressCallback = Callable[[int, int], None]
 
-TURBO_STEPS = 8
-TURBO_SHIFTS = (1.0, 2.0, 3.0)
 APG_MOMENTUM = -0.75
 APG_NORM_THRESHOLD = 2.5
-_DEFAULT_STEPS_AND_SHIFT: dict[str, tuple[int, float]] = {
-    "turbo": (TURBO_STEPS, 3.0),
-    "base": (50, 1.0),
-    "sft": (50, 1.0),
-}
 
 
 class DecoderFn(Protocol):
@@ -81,7 +76,7 @@ def shift_timesteps(t: Any, shift: float) -> Any:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def turbo_plan(shift: float = 3.0) -> SamplingPlan:
+def turbo_plan(shift: float = default_schedule("turbo").shift) -> SamplingPlan:
     """The fixed 8-step turbo grid for shift 1, 2 or 3; other shifts snap to the nearest of these."""
     _check_shift(shift)
     table_shift = min(TURBO_SHIFTS, key=lambda s: abs(s - shift))
@@ -96,22 +91,13 @@ def turbo_plan(shift: float = 3.0) -> SamplingPlan:
     return SamplingPlan(timesteps=timesteps, is_turbo=True, warnings=warnings)
 
 
-def flow_plan(steps: int, shift: float = 1.0) -> SamplingPlan:
+def flow_plan(steps: int, shift: float = default_schedule("base").shift) -> SamplingPlan:
     """The base/sft grid: `steps` uniform fp32 steps from 1 to 0, then shifted in fp32."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise SamplingError(f"Sampling steps must be a whole number of at least 1, got {steps!r}; use e.g. 50.")
     _check_shift(shift)
     timesteps = shift_timesteps(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float32), shift)
     return SamplingPlan(timesteps=timesteps, is_turbo=False)
-
-
-def default_steps_and_shift(variant_base: VariantBase) -> tuple[int, float]:
-    """The official defaults: turbo (8, 3.0); base and sft (50, 1.0)."""
-    if variant_base not in _DEFAULT_STEPS_AND_SHIFT:
-        raise UnknownBaseModelError(
-            f"Unknown model variant {variant_base!r} for sampling; expected 'turbo', 'base' or 'sft'."
-        )
-    return _DEFAULT_STEPS_AND_SHIFT[variant_base]
 
 
 def resolve_steps_and_shift(
@@ -126,7 +112,7 @@ def resolve_steps_and_shift(
     Warns when the choice differs from what the adapter was trained for (`AdapterMetadata.num_inference_steps` and
     `.shift`; None when it recorded none).
     """
-    default_steps, default_shift = default_steps_and_shift(variant_base)
+    default_shift, default_steps = default_schedule(variant_base)
     if steps < 0:
         raise SamplingError(f"Sampling steps must be 0 (auto) or positive, got {steps}.")
     if shift < 0 or not math.isfinite(shift):
@@ -218,7 +204,7 @@ def sample(
     """
     if not math.isfinite(guidance) or guidance < 1.0:
         raise SamplingError(f"Guidance must be 1.0 (off) or more, got {guidance}.")
-    if guidance_mode not in ("apg", "cfg"):
+    if guidance_mode not in GUIDANCE_MODES:
         raise SamplingError(f"Unknown guidance mode {guidance_mode!r}; use 'apg' or 'cfg'.")
     guided = guidance > 1.0
     if guided:

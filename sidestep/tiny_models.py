@@ -25,7 +25,8 @@ from .atomic import save_safetensors_atomic, staging_folder, torch_save_atomic
 from .errors import CheckpointError
 from .model import AceStepConditionGenerationModel, AceStepConfig
 from .text import CAPTION_TEMPLATE, DEFAULT_INSTRUCTION, LYRICS_TEMPLATE
-from .vae import LATENT_CHANNELS, SAMPLE_RATE, quiet_weight_norm
+from .variants import SAMPLE_RATE
+from .vae import LATENT_CHANNELS, quiet_weight_norm
 
 TURBO_FOLDER = "acestep-v15-turbo"
 BASE_FOLDER = "acestep-v15-base"

@@ -33,10 +33,9 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from .errors import CheckpointError
+from .variants import FRAMES_PER_SECOND, SAMPLE_RATE
 
-SAMPLE_RATE = 48_000
-HOP_LENGTH = 1920
-LATENT_RATE = SAMPLE_RATE // HOP_LENGTH
+HOP_LENGTH = SAMPLE_RATE // FRAMES_PER_SECOND
 LATENT_CHANNELS = 64
 
 
@@ -125,7 +124,7 @@ def _plan_tiles(total: int, chunk: int, overlap: int) -> list[_Tile]:
 
 def _seconds_to_frames(seconds: float) -> int:
     """Whole latent frames in `seconds` (rounded)."""
-    return round(seconds * LATENT_RATE)
+    return round(seconds * FRAMES_PER_SECOND)
 
 
 def encode_waveform(

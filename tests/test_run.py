@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sidestep.adapters.config import AdapterConfig
+from sidestep.adapters.config import LoraConfig
 from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.bundle import open_checkpoint
 from sidestep.dataset import tensors
@@ -90,7 +90,7 @@ def test_one_run_reads_the_manifest_once_and_hashes_it_once(tiny_root, encoded, 
     outcome = run.train()
     assert outcome.result.status == "finished" and outcome.result.epochs_completed == 3  # three saves
     assert counted == {"reads": 1, "hashes": 1}
-    assert outcome.metadata["dataset_hash"] == run.dataset.content_hash != ""
+    assert outcome.metadata.dataset_hash == run.dataset.content_hash != ""
 
     # Encode Dataset hands its manifest on: a run from that reads manifest.json not at all.
     index = dataset_index(encoded.output_dir, encoded.manifest)
@@ -114,9 +114,9 @@ def test_a_finished_run_is_reused_and_changed_settings_train_again(tiny_root, en
     assert reused.metadata == trained.metadata and reused.comfy_lora.stat().st_mtime_ns == export_time
     for changed in (train_config(out, epochs=2), train_config(out, epochs=1, learning_rate=1e-3)):
         assert TrainingRun(bundle, index, LORA, changed).finished() is None
-    assert TrainingRun(bundle, index, AdapterConfig(kind="lora", rank=8, alpha=8), train_config(out, epochs=1)).finished() is None
+    assert TrainingRun(bundle, index, LoraConfig(rank=8, alpha=8), train_config(out, epochs=1)).finished() is None
 
-    dora = AdapterConfig(kind="lora", rank=4, alpha=8, use_dora=True)
+    dora = LoraConfig(rank=4, alpha=8, use_dora=True)
     outcome = TrainingRun(bundle, index, dora, train_config(tmp_path / "dora", epochs=1)).train(
         comfy_lora=tmp_path / "dora.safetensors"
     )

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from sidestep.adapters.metadata import AdapterMetadata
 from sidestep.errors import SamplingError, UnknownBaseModelError
+from sidestep.variants import Schedule, default_schedule
 from sidestep.model import AceStepConditionGenerationModel
 from sidestep.sampling import (
     ApgMomentum,
@@ -19,7 +20,6 @@ from sidestep.sampling import (
     build_plan,
     cfg_guidance,
     decoder_conditions,
-    default_steps_and_shift,
     euler_step,
     flow_plan,
     model_decoder_fn,
@@ -235,12 +235,12 @@ def test_sampler_rejects_bad_guidance() -> None:
 # --- defaults and adapter metadata ---------------------------------------------------------------
 
 
-def test_default_steps_and_shift() -> None:
-    assert default_steps_and_shift("turbo") == (8, 3.0)
-    assert default_steps_and_shift("base") == (50, 1.0)
-    assert default_steps_and_shift("sft") == (50, 1.0)
+def test_default_schedule() -> None:
+    assert default_schedule("turbo") == Schedule(steps=8, shift=3.0)
+    assert default_schedule("base") == Schedule(steps=50, shift=1.0)
+    assert default_schedule("sft") == Schedule(steps=50, shift=1.0)
     with pytest.raises(UnknownBaseModelError, match="turbo"):
-        default_steps_and_shift("xl")  # type: ignore[arg-type]
+        default_schedule("xl")
 
 
 def recorded(header: dict) -> tuple[int | None, float | None]:

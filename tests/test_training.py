@@ -28,7 +28,7 @@ from sidestep.dataset.loader import collate_clips
 from sidestep.dataset.tensors import load_clip, read_manifest, save_clip, write_manifest
 from sidestep.errors import TrainingError
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel
-from sidestep.model.config import TURBO_TIMESTEPS_SHIFT3
+from sidestep.variants import TURBO_TIMESTEPS_SHIFT3
 from sidestep.training.config import TrainConfig
 from sidestep.training.events import StopSignal
 from sidestep.training.loop import RunIdentity, Trainer

@@ -13,7 +13,8 @@ from diffusers import AutoencoderOobleck
 
 from sidestep.errors import CheckpointError
 from sidestep.tiny_models import write_tiny_vae
-from sidestep.vae import HOP_LENGTH, LATENT_RATE, decode_latents, encode_waveform, latent_length, load_vae
+from sidestep.variants import FRAMES_PER_SECOND
+from sidestep.vae import HOP_LENGTH, decode_latents, encode_waveform, latent_length, load_vae
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def waveform(frames: int, extra: int = 0, seed: int = 0) -> torch.Tensor:
 
 
 def test_shapes_and_25_hz(vae: AutoencoderOobleck) -> None:
-    assert LATENT_RATE == 25 and HOP_LENGTH == vae.hop_length == 1920
+    assert FRAMES_PER_SECOND == 25 and HOP_LENGTH == vae.hop_length == 1920
     audio = waveform(6, extra=7)
     latents = encode_waveform(vae, audio)
     assert latents.shape == (latent_length(audio.shape[1]), 64) == (7, 64)
@@ -55,7 +56,7 @@ def test_shapes_and_25_hz(vae: AutoencoderOobleck) -> None:
 def test_tiled_encode_matches_an_untiled_encode_and_sees_only_chunks(vae: AutoencoderOobleck) -> None:
     audio = waveform(32, extra=-100)  # 31.95 frames: the end is zero-padded to 32
     with input_lengths(vae.encoder) as lengths:
-        tiled = encode_waveform(vae, audio, chunk_seconds=20 / LATENT_RATE, overlap_seconds=6 / LATENT_RATE)
+        tiled = encode_waveform(vae, audio, chunk_seconds=20 / FRAMES_PER_SECOND, overlap_seconds=6 / FRAMES_PER_SECOND)
     assert lengths == [20 * HOP_LENGTH, 20 * HOP_LENGTH, 16 * HOP_LENGTH]  # keeps [0, 14), [14, 22), [22, 32)
     padded = torch.nn.functional.pad(audio, (0, 100)).unsqueeze(0)
     with torch.inference_mode():

@@ -23,7 +23,8 @@ from ..errors import AudioError, DatasetError
 from ..memory import return_freed_memory
 from ..model import silence_context
 from ..text import SongMetas, caption_prompt, lyrics_prompt
-from ..vae import LATENT_CHANNELS, SAMPLE_RATE, encode_waveform
+from ..variants import SAMPLE_RATE
+from ..vae import LATENT_CHANNELS, encode_waveform
 from .settings import EncodeConfig
 from .sidecars import SongMetadata, load_dataset_json, read_song_metadata
 from .tensors import MANIFEST_NAME, ClipRecord, Manifest, Rejection, read_manifest, save_clip, write_manifest

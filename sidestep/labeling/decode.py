@@ -9,24 +9,11 @@ Sampling: temperature (0 = greedy), top-p, and a seed that makes runs repeatable
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .lm import LoadedLm
 from .parse import BPM_MAX, BPM_MIN, KEYSCALES, LANGUAGES, TIME_SIGNATURES
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How tokens are drawn: temperature (0 = greedy), top-p, seed, length limits, constrained or free decoding."""
-
-    temperature: float = 0.7
-    top_p: float = 1.0
-    seed: int = 0
-    max_caption_tokens: int = 200
-    max_lyric_tokens: int = 1024
-    constrained: bool = True
+from .settings import Sampling
 
 
 class _Decoder:

@@ -35,33 +35,16 @@ from ..dataset.sidecars import (
     load_dataset_json,
 )
 from ..errors import AudioError, DatasetError
-from ..vae import SAMPLE_RATE, encode_waveform
-from .decode import Sampling, generate_answer
+from ..variants import SAMPLE_RATE
+from ..vae import encode_waveform
+from .decode import generate_answer
 from .lm import LoadedLm, free_memory, load_lm
 from .parse import INSTRUMENTAL, Labels, extract_lyrics, parse_lm_output, validate
 from .prompt import audio_code_indices, code_string, understanding_prompt
+from .settings import FIELD_GROUPS, OVERWRITE_MODES, LabelConfig
 
 LABELS_FILE = ".labels.json"
-OVERWRITE_MODES = ("never", "empty", "all")
-FIELD_GROUPS = {
-    "caption": ("caption",),
-    "metadata": ("bpm", "keyscale", "timesignature", "language"),
-    "lyrics": ("lyrics",),
-}
 _SIDECAR_KEYS = {"custom_tag": "trigger"}
-
-
-@dataclass(frozen=True)
-class LabelConfig:
-    """What to label and how: the song folder, the LM, which field groups, the overwrite rule and sampling."""
-
-    audio_dir: str
-    lm_path: str
-    tokenizer_dir: str | None = None
-    fields: tuple[str, ...] = ("caption", "metadata", "lyrics")
-    overwrite: str = "empty"
-    trigger_word: str = ""
-    sampling: Sampling = field(default_factory=Sampling)
 
 
 @dataclass

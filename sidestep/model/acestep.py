@@ -81,12 +81,13 @@ class AceStepConditionGenerationModel(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         parts: Iterable[str] = PARTS,
+        held: dict[str, torch.Tensor] | None = None,
     ) -> "AceStepConditionGenerationModel":
         """Load an official model folder (config.json + model.safetensors or shards); never runs code from it."""
         folder = Path(path)
         if not folder.is_dir():
             raise SideStepError(f"Model folder {folder} does not exist. Pass a folder such as checkpoints/acestep-v15-turbo.")
-        return cls.from_weights(AceStepConfig.from_json(folder), folder_index(folder), str(folder), dtype, device, parts)
+        return cls.from_weights(AceStepConfig.from_json(folder), folder_index(folder), str(folder), dtype, device, parts, held=held)
 
     @classmethod
     def from_weights(
@@ -98,12 +99,17 @@ class AceStepConditionGenerationModel(nn.Module):
         device: torch.device | str = "cpu",
         parts: Iterable[str] = PARTS,
         fix: str = CONFIG_MISMATCH_FIX,
+        held: dict[str, torch.Tensor] | None = None,
     ) -> "AceStepConditionGenerationModel":
-        """Build `config` and fill the wanted `parts` from indexed weights, after checking every name and shape."""
+        """Build `config` and fill the wanted `parts` from indexed weights, after checking every name and shape; tensors
+        `held` in memory already (official names, in `dtype` on `device`) are taken as they are instead of read again."""
         model = cls.on_meta_device(config, parts)
         full_expected = {name: tuple(p.shape) for name, p in cls.on_meta_device(config).state_dict().items()}
         check_names_and_shapes(full_expected, index.shapes(), source, fix)
-        return model.assign_weights(index.read(list(model.state_dict().keys()), dtype, device))
+        held = held or {}
+        names = list(model.state_dict().keys())
+        read = index.read([name for name in names if name not in held], dtype, device)
+        return model.assign_weights({name: held[name] if name in held else read[name] for name in names})
 
     def assign_weights(self, tensors: dict[str, torch.Tensor]) -> "AceStepConditionGenerationModel":
         """Take `tensors` (official names, every one this model holds) as its weights without copying; frozen, eval."""

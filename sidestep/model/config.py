@@ -10,8 +10,6 @@ from typing import Any
 
 from ..errors import ConfigError
 
-TURBO_TIMESTEPS_SHIFT3 = (1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3)
-
 
 @dataclass
 class AceStepConfig:

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TrainingError
+from ..variants import Schedule, variant_defaults
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
 SCHEDULERS = ("constant", "linear", "cosine", "cosine_restarts")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TIMESTEP_MODES = ("auto", "discrete", "continuous")
 CONTINUOUS_DRAWS = ("max_of_two", "single")
-INFERENCE_DEFAULTS = {"turbo": (3.0, 8), "base": (1.0, 50), "sft": (1.0, 50)}
 
 
 @dataclass
@@ -74,18 +74,18 @@ class TrainConfig:
         """discrete for turbo, continuous for base/sft, unless set explicitly."""
         if self.timestep_mode != "auto":
             return self.timestep_mode
-        return "discrete" if base == "turbo" else "continuous"
+        return variant_defaults(base).timestep_mode
 
     def resolved_cfg_ratio(self, base: str) -> float:
         """15 % condition dropout for base/sft, none for turbo, unless set explicitly."""
         if self.cfg_ratio is not None:
             return self.cfg_ratio
-        return 0.0 if base == "turbo" else 0.15
+        return variant_defaults(base).cfg_ratio
 
-    def inference_defaults(self, base: str) -> tuple[float, int]:
-        """(shift, steps) the adapter is meant to be sampled with."""
-        shift, steps = INFERENCE_DEFAULTS[base]
-        return (self.shift if self.shift is not None else shift, self.num_inference_steps or steps)
+    def inference_defaults(self, base: str) -> Schedule:
+        """The schedule the adapter is meant to be sampled with (the variant's unless set)."""
+        default = variant_defaults(base).schedule
+        return Schedule(self.shift if self.shift is not None else default.shift, self.num_inference_steps or default.steps)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary (for metadata and the training state)."""

@@ -21,6 +21,7 @@ from ..dataset.loader import ClipDataset, DatasetIndex, epoch_order, make_loader
 from ..errors import AdapterError, TrainingError
 from ..memory import return_freed_memory
 from ..model import AceStepConditionGenerationModel, AceStepDiTModel
+from ..variants import resolve_dtype
 from . import distributed
 from .config import TrainConfig
 from .events import EventCallback, StopSignal, TrainingEvent
@@ -70,9 +71,8 @@ PreviewFn = Callable[[int, AceStepConditionGenerationModel], str]
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a precision setting on `device` (None: compute in the weights' own dtype)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    dtype = resolve_dtype(precision, device)
+    return None if dtype == torch.float32 else dtype
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.config import TURBO_TIMESTEPS_SHIFT3
+from ..variants import TURBO_TIMESTEPS_SHIFT3
 
 
 def draw_cfg_keep_mask(batch: int, cfg_ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -150,14 +150,15 @@ class TrainingRun:
         return self._outcome(self.layout.final, metadata, comfy_lora, replace=False)
 
     def trainer(self, callback: EventCallback | None = None, stop: StopSignal | None = None) -> Trainer:
-        """The trainer on a DiT of its own (training injects adapter layers; the bundle's DiT is released and reloads
-        clean), with every part when previews are on. `resume_from` is read as in `resume_checkpoint`."""
-        self.bundle.release(dit=True)
-        bundle = self.bundle.with_own_dit()
+        """The trainer on a DiT of its own: a private module tree over the bundle's weights (training injects adapter
+        layers; the bundle's DiT stays clean), with every part when previews are on. Call it outside inference mode.
+        `resume_from` is read as in `resume_checkpoint`."""
         previews = self.config.preview_every > 0
+        parts = PARTS if previews else TRAINING_PARTS
+        bundle = self.bundle.with_own_dit(parts)
         config = dataclasses.replace(self.config, resume_from=resume_checkpoint(self.config.resume_from, self.layout.root))
         preview = previewer(bundle, config) if previews else None
-        model = bundle.dit(PARTS if previews else TRAINING_PARTS)
+        model = bundle.dit(parts)
         return Trainer(model, self.dataset, self.adapter_config, config, self.identity, callback, stop, preview)
 
     def train(

@@ -1,0 +1,93 @@
+"""ACE-Step 1.5 variant facts and defaults, each stated once: audio rates, schedules, guidance, training draws, auto rules.
+
+A light module (torch is imported only by the auto rules): the CLI and the nodes read it while building their options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .errors import UnknownBaseModelError
+
+if TYPE_CHECKING:
+    import torch
+
+SAMPLE_RATE = 48_000  # Hz, stereo, what the VAE reads and writes
+FRAMES_PER_SECOND = 25  # latent frames per second of audio (1920 samples each)
+BASE_MODELS = ("turbo", "base", "sft")
+TURBO_STEPS = 8
+TURBO_SHIFTS = (1.0, 2.0, 3.0)  # the shifts the turbo model was distilled with
+# The turbo model's discrete training timesteps: its 8 sampling steps at shift 3.
+TURBO_TIMESTEPS_SHIFT3 = (1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3)
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # choice → torch dtype name
+
+
+class Schedule(NamedTuple):
+    """How to sample: the timestep shift and the number of Euler steps."""
+
+    shift: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class VariantDefaults:
+    """One base's defaults: its sampling schedule and guidance, its training timestep mode and condition dropout."""
+
+    schedule: Schedule
+    guidance: float
+    timestep_mode: str
+    cfg_ratio: float
+
+
+_DEFAULTS = {
+    "turbo": VariantDefaults(Schedule(shift=3.0, steps=TURBO_STEPS), guidance=1.0, timestep_mode="discrete", cfg_ratio=0.0),
+    "base": VariantDefaults(Schedule(shift=1.0, steps=50), guidance=7.0, timestep_mode="continuous", cfg_ratio=0.15),
+    "sft": VariantDefaults(Schedule(shift=1.0, steps=50), guidance=7.0, timestep_mode="continuous", cfg_ratio=0.15),
+}
+
+
+def variant_defaults(base: str) -> VariantDefaults:
+    """The official defaults of a base (turbo, base or sft); UnknownBaseModelError for anything else."""
+    if base not in _DEFAULTS:
+        raise UnknownBaseModelError(f"Unknown model variant {base!r}; expected 'turbo', 'base' or 'sft'.")
+    return _DEFAULTS[base]
+
+
+def default_schedule(base: str) -> Schedule:
+    """The official sampling schedule: turbo shift 3.0, 8 steps; base and sft shift 1.0, 50 steps."""
+    return variant_defaults(base).schedule
+
+
+def per_base(pick: Callable[[VariantDefaults], float]) -> str:
+    """One default for every base, for help texts and tooltips: 'turbo 8, base 50, sft 50'."""
+    return ", ".join(f"{base} {pick(variant_defaults(base)):g}" for base in BASE_MODELS)
+
+
+def config_defaults(config: type) -> dict[str, Any]:
+    """A settings dataclass's defaults by field name, the one place the CLI's and the nodes' defaults come from."""
+    return {
+        field.name: field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+        for field in dataclasses.fields(config)
+        if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    }
+
+
+def resolve_device(choice: str = "auto") -> torch.device:
+    """'auto' → CUDA when available, else the CPU; otherwise the named device."""
+    import torch
+
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def resolve_dtype(choice: str, device: torch.device | str) -> torch.dtype:
+    """'auto' → bf16 on CUDA, fp32 elsewhere (CPUs without bf16 units run bf16 far slower); else bf16/fp16/fp32."""
+    import torch
+
+    if choice == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return getattr(torch, DTYPES[choice])
