@@ -13,6 +13,7 @@ from .errors import SideStepError
 from .labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
 from .request import GUIDANCE_MODES, GenerationRequest
 from .training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
+from .training.layout import SUMMARY
 from .variants import DTYPES, FRAMES_PER_SECOND, config_defaults, per_base, resolve_device, resolve_dtype
 
 
@@ -109,11 +110,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .progress import ProgressPrinter
     from .training import distributed
     from .training.config import TrainConfig
-    from .training.run import TrainingRun
+    from .training.run import LATEST, TrainingRun
 
     _check_dataset_dir(Path(args.dataset_dir))
-    if args.resume_from:
-        _check_resume_from(Path(args.resume_from), Path(args.output_dir))
+    resume_from = args.resume_from
+    if resume_from and resume_from != LATEST:
+        _check_resume_from(Path(resume_from), Path(args.output_dir))
+        # Relative to the working directory here (the core reads a relative path as inside the run folder).
+        resume_from = str(Path(resume_from).absolute())
     adapter = _adapter_config(args)
     config = TrainConfig(
         output_dir=args.output_dir,
@@ -137,8 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         shift=args.shift,
         num_inference_steps=args.num_inference_steps,
-        # A relative --resume-from is relative to the working directory (the run folder's, in the core).
-        resume_from=str(Path(args.resume_from).absolute()) if args.resume_from else None,
+        resume_from=resume_from,
         log_dir=args.log_dir,
     )
     _init_distributed()
@@ -214,7 +217,7 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     lora, lokr, config = config_defaults(LoraConfig), config_defaults(LokrConfig), config_defaults(TrainConfig)
     _add_model_flags(train)
     train.add_argument("--dataset-dir", required=True, help="encoded dataset (ours, or Side-Step .pt files)")
-    train.add_argument("--output-dir", required=True, help="run folder: final/, checkpoints/epoch_N/, runs/")
+    train.add_argument("--output-dir", required=True, help=f"run folder: {SUMMARY}")
     train.add_argument("--adapter", "--adapter-type", default=LoraConfig.kind, choices=KINDS, help="adapter type")
     train.add_argument("--rank", type=int, default=lora["rank"], help="LoRA rank")
     train.add_argument("--alpha", type=float, default=lora["alpha"], help="LoRA alpha (scale = alpha / rank)")
@@ -248,7 +251,7 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     train.add_argument("--num-workers", type=int, default=config["num_workers"], help="data loader worker processes")
     train.add_argument("--shift", type=float, default=config["shift"], help=f"recorded for inference (when not given: {per_base(lambda v: v.schedule.shift)})")
     train.add_argument("--num-inference-steps", type=int, default=config["num_inference_steps"], help=f"recorded for inference (when not given: {per_base(lambda v: v.schedule.steps)})")
-    train.add_argument("--resume-from", default=config["resume_from"], help="checkpoints/epoch_N folder or the training_state.pt inside it")
+    train.add_argument("--resume-from", default=config["resume_from"], help="'latest' (the run's newest checkpoint), a checkpoints/epoch_N folder or the training_state.pt inside it")
     train.add_argument("--log-dir", default=config["log_dir"], help="TensorBoard folder (default OUT/runs)")
     train.set_defaults(run=cmd_train)
 

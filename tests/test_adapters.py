@@ -25,7 +25,6 @@ from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.adapters.keys import lycoris_name
 from sidestep.errors import AdapterError
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel
-from sidestep.model.layers import Linear
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ace15"
 INPUTS = ("hidden_states", "timestep", "timestep_r", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "context_latents")
@@ -198,7 +197,7 @@ def test_training_metadata_round_trips_under_namespaced_keys_and_reads_old_keys(
 
 
 @pytest.mark.parametrize("config", [LORA, DORA, LOKR_LOWRANK, LOKR_WD], ids=["lora", "dora", "lokr", "lokr-wd"])
-def test_attach_freezes_base_and_remove_restores_it(config: AdapterConfig, inputs) -> None:
+def test_attach_freezes_the_base_and_trains_only_the_adapter(config: AdapterConfig, inputs) -> None:
     model = fresh_model()
     decoder = model.decoder
     model.decoder.requires_grad_(True)
@@ -219,13 +218,6 @@ def test_attach_freezes_base_and_remove_restores_it(config: AdapterConfig, input
     decoder(*inputs)[0].square().mean().backward()
     optimizer.step()
     assert all(torch.equal(p, before[name]) for name, p in base_params.items())
-
-    adapter.remove()
-    assert all(type(decoder.get_submodule(name)) is Linear for name in adapter.modules)
-    assert all("forward" not in vars(decoder.get_submodule(name)) for name in adapter.modules)
-    assert dict(decoder.named_parameters()).keys() == before.keys()
-    assert all(p.requires_grad for p in decoder.parameters())
-    assert torch.equal(run(decoder, inputs), base_out)
 
 
 @pytest.mark.parametrize("config", [LORA, LOKR_BOTH], ids=["lora", "lokr"])

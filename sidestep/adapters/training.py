@@ -32,13 +32,12 @@ from .targets import target_modules
 
 
 class TrainableAdapter(ABC):
-    """An adapter attached to a decoder for training: its parameters, weights for resume, save and remove."""
+    """An adapter attached to a decoder for training: its parameters, resumable weights, saving, a LoadedAdapter copy."""
 
     def __init__(self, decoder: nn.Module, config: AdapterConfig, modules: list[str]) -> None:
         self.decoder = decoder
         self.config = config
         self.modules = modules
-        self._requires_grad = {name: p.requires_grad for name, p in decoder.named_parameters()}
         decoder.requires_grad_(False)
 
     @abstractmethod
@@ -70,10 +69,6 @@ class TrainableAdapter(ABC):
         """The PEFT adapter_config.json saved beside the weights (LoRA only)."""
         return None
 
-    @abstractmethod
-    def _detach(self) -> None:
-        """Take the adapter layers out of the decoder."""
-
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore weights from `state_dict()` output (for resume); AdapterError naming missing/extra/misshaped keys."""
         own = self.state_dict()
@@ -89,12 +84,6 @@ class TrainableAdapter(ABC):
                 f"Saved adapter weights do not fit this {self.config.describe()}: {first_few(problems)}."
             )
         self._load(state)
-
-    def remove(self) -> None:
-        """Detach the adapter and restore the plain decoder (modules and requires_grad flags)."""
-        self._detach()
-        for name, param in self.decoder.named_parameters():
-            param.requires_grad_(self._requires_grad.get(name, False))
 
 
 class LoraAdapter(TrainableAdapter):
@@ -135,9 +124,6 @@ class LoraAdapter(TrainableAdapter):
         config = {key: sorted(value) if isinstance(value, set) else value for key, value in config.items()}
         config["inference_mode"] = True
         return config
-
-    def _detach(self) -> None:
-        self.peft_model.unload()
 
 
 @contextmanager
@@ -194,7 +180,6 @@ class LokrAdapter(TrainableAdapter):
 
     def __init__(self, decoder: nn.Module, config: LokrConfig, modules: list[str]) -> None:
         super().__init__(decoder, config, modules)
-        self._own_forward = {name for name in modules if "forward" in vars(decoder.get_submodule(name))}
         # Bypass mode adds ΔW·x in the input's dtype (exact with bf16 base weights); weight decomposition needs the
         # merged weight, which only LyCORIS' rebuild mode computes.
         with _plain_lycoris_log(), _lycoris_targets(modules):
@@ -252,13 +237,6 @@ class LokrAdapter(TrainableAdapter):
         folder = Path(folder)
         save_safetensors_atomic(self.state_dict(), folder / LOKR_WEIGHTS_FILE, self._header(metadata))
         return folder
-
-    def _detach(self) -> None:
-        self.network.restore()
-        # LyCORIS leaves the original forward as an instance attribute; drop it so the layer is a plain Linear again.
-        for name in self.modules:
-            if name not in self._own_forward:
-                vars(self.decoder.get_submodule(name)).pop("forward", None)
 
 
 def attach_trainable_adapter(decoder: nn.Module, config: AdapterConfig) -> TrainableAdapter:
