@@ -19,7 +19,7 @@ from ..adapters.config import AdapterConfig
 from ..adapters.training import TrainableAdapter, attach_trainable_adapter
 from ..dataset.loader import ClipDataset, epoch_order, make_loader
 from ..errors import AdapterError, TrainingError
-from ..memory import return_freed_memory
+from ..memory import return_freed_memory, trim_freed_memory
 from ..model import AceStepConditionGenerationModel
 from . import distributed
 from .config import TrainConfig
@@ -387,6 +387,7 @@ class Trainer:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                trim_freed_memory()
                 self.progress.global_step += 1
                 value = float(step_loss)
                 epoch_losses.append(value)
