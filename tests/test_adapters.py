@@ -231,7 +231,7 @@ def test_fused_lora_layers_match_peft_arithmetic(storage: torch.dtype) -> None:
     for layer in (layers[0], layers[-1]):
         x = torch.randn(2, 7, layer.in_features, generator=generator)
         results = []
-        for forward in (layer.forward, lambda x: PeftLoraLinear.forward(layer, x)):
+        for forward in (layer.forward, lambda x, layer=layer: PeftLoraLinear.forward(layer, x)):
             x_leaf = x.clone().requires_grad_()
             factors = (layer.lora_A["default"].weight, layer.lora_B["default"].weight)
             out = forward(x_leaf)

@@ -74,7 +74,7 @@ def test_trainer_hands_freed_heap_pages_back(tmp_path, setting, trimmed):
     if setting is not None:
         environment["SIDESTEP_LOW_MEMORY"] = setting
     command = [sys.executable, "-c", PROBE, str(tmp_path), _glibc()]
-    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["contiguous"] and answer["before"] == 1.0  # glibc kept the freed blocks resident: the probe can tell
