@@ -32,16 +32,22 @@ def _attention_backward(grad, query, key, value, *args, out_shape=None, **kwargs
     return flop_counter.sdpa_backward_flop_count(grad, query, key, value)
 
 
-# torch's counter knows the CUDA attention kernels; the CPU's flash kernel counts the same products.
-_CPU_ATTENTION = {
+def _addmm_in_place(target, mat1, mat2, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.mm_flop(mat1, mat2)
+
+
+# torch's counter knows the CUDA attention kernels; the CPU's flash kernel counts the same products. The fused LoRA
+# product accumulates with in-place addmm_, which the counter does not know either.
+_UNCOUNTED = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward,
+    torch.ops.aten.addmm_: _addmm_in_place,
 }
 
 
 def count_flops(fn: Callable[[], object]) -> int:
     """Run `fn` once and return the FLOPs of its matrix products and attention (multiply-add = 2)."""
-    with flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=_UNCOUNTED) as counter:
         fn()
     return counter.get_total_flops()
 

@@ -20,9 +20,9 @@ REFERENCE_MEMORY = "9.5 GB decoder only / 11.1 GB whole model"
 MB = 1e6
 
 
-# The trainer fixes glibc's mmap threshold itself (sidestep/memory.py); this variable keeps glibc's default, the
-# baseline the setting is compared with in the same run.
-LOW_MEMORY = {ENABLE_VARIABLE: "1"}
+# SIDESTEP_LOW_MEMORY per run (sidestep/memory.py): None = the default (heap trimmed after every step), "0" = glibc
+# untouched (the baseline the default is compared with in the same run), "1" = fixed 128 kB mmap threshold as well.
+MEMORY_SETTING = {None: "", "0": f", {ENABLE_VARIABLE}=0", "1": f", {ENABLE_VARIABLE}=1"}
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class TrainRun:
     storage: str
     checkpointing: bool
     clip: str = "30 s"
-    low_memory: bool = False
+    memory: str | None = None
     rank: int = 64
     optimizer: str = "adamw"
 
@@ -41,21 +41,20 @@ class TrainRun:
         """e.g. 'LoRA r64 attn+MLP, 30 s, checkpointing on'."""
         name = ADAPTER_NAMES[self.kind].replace("r64", f"r{self.rank}")
         optimizer = ", AdamW 8-bit" if self.optimizer == "adamw8bit" else ""
-        malloc = ", SIDESTEP_LOW_MEMORY=1" if self.low_memory else ""
-        return f"{name}, {self.clip}, checkpointing {'on' if self.checkpointing else 'off'}{optimizer}{malloc}"
+        return f"{name}, {self.clip}, checkpointing {'on' if self.checkpointing else 'off'}{optimizer}{MEMORY_SETTING[self.memory]}"
 
 
 RUNS = {
     "tiny": (TrainRun("lora", "bf16", True),),
     "small": (
         TrainRun("lora", "bf16", True),
-        TrainRun("lora", "bf16", True, low_memory=True),
+        TrainRun("lora", "bf16", True, memory="1"),
         TrainRun("lora", "fp32", True),
         TrainRun("lora", "bf16", False),
         TrainRun("lora", "fp32", False),
         TrainRun("lokr", "bf16", True),
     ),
-    "full": (TrainRun("lora", "bf16", True), TrainRun("lora", "bf16", True, low_memory=True)),
+    "full": (TrainRun("lora", "bf16", True), TrainRun("lora", "bf16", True, memory="0")),
 }
 # On a GPU the full size also fills the VRAM table: rank 16/64 × checkpointing on/off × AdamW/8-bit AdamW.
 CUDA_FULL_RUNS = tuple(
@@ -96,7 +95,7 @@ def _targets(run: TrainRun, answer: dict) -> list[Target]:
     cuda = answer["cuda_peak_steps_gb"]
     peak = cuda if cuda is not None else answer["peak_steps_gb"]
     what = "CUDA max_memory_allocated" if cuda is not None else "peak RSS"
-    setting = ", SIDESTEP_LOW_MEMORY=1" if run.low_memory else ""
+    setting = MEMORY_SETTING[run.memory]
     why = f"reference {REFERENCE_MEMORY}"
     if peak > MEMORY_LIMIT_GB:
         why = f"{peak - MEMORY_LIMIT_GB:.2f} GB over; {why}"
@@ -104,7 +103,7 @@ def _targets(run: TrainRun, answer: dict) -> list[Target]:
         Target(f"full LoRA step memory (r64, attn+MLP, 30 s, checkpointing){setting}", f"≤ {MEMORY_LIMIT_GB} GB",
                f"{peak:.2f} GB {what}", peak <= MEMORY_LIMIT_GB, why),
     ]
-    if not run.low_memory:
+    if run.memory is None:
         step, (fastest, slowest) = min(answer["step_seconds"][1:] or answer["step_seconds"]), REFERENCE_STEP_SECONDS
         limit = f"≤ reference {fastest:g}–{slowest:g} s"
         measured = f"{step:.1f} s (best step after the first)"
@@ -131,7 +130,7 @@ def trainer_rows(size: str, settings: RunSettings) -> tuple[list[Row], list[Targ
             "steps": STEPS,
             "workdir": str(settings.workdir / f"trainer-{size}-{index}"),
         }
-        answer = run_worker("train", params, LOW_MEMORY if run.low_memory else None)
+        answer = run_worker("train", params, None if run.memory is None else {ENABLE_VARIABLE: run.memory})
         rows += _rows(size, run, answer)
         if size == "full" and run.rank == 64 and run.optimizer == "adamw" and run.checkpointing:
             targets += _targets(run, answer)

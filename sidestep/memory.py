@@ -1,39 +1,67 @@
-"""Process memory behaviour: hand large freed blocks back to the system, so the resident peak is what is really live.
+"""Process memory behaviour: hand freed memory back to the system, so the resident peak stays near what is live.
 
-glibc raises its mmap threshold (up to 32 MB) after the first large block is freed and then serves such blocks from a
-heap that it rarely shrinks: per-layer weight casts and activations leave the process gigabytes above its live memory.
-Fixing the threshold (what `MALLOC_MMAP_THRESHOLD_=131072` does at start-up) maps every large block and unmaps it on
-free. Opt-in (SIDESTEP_LOW_MEMORY=1): on the CPU it keeps the resident peak at what is live but makes training steps
-markedly slower, since every large block is then mapped and page-faulted afresh. Applied when training or encoding
-starts, in any process (ComfyUI included).
+glibc serves blocks under its mmap threshold (raised up to 32 MB after the first large block is freed) from a heap
+that it rarely shrinks: per-layer activations and gradients freed inside the heap stay resident. By default the trainer
+calls `trim_freed_memory` after every optimiser step (glibc `malloc_trim(0)`: the free pages inside the heap go back
+to the system, a few milliseconds per step). `SIDESTEP_LOW_MEMORY=1` also fixes the mmap threshold at 128 kB when
+training or encoding starts (what `MALLOC_MMAP_THRESHOLD_=131072` does): every large block is then mapped and unmapped,
+so the peak is what is really live, but on the CPU steps get markedly slower (each block is page-faulted afresh).
+`SIDESTEP_LOW_MEMORY=0` keeps glibc's behaviour untouched. A user's own MALLOC_* variables or glibc malloc tunables
+always win (then nothing is changed); without glibc (musl, macOS, Windows) nothing is changed either. Any process
+(ComfyUI included).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 THRESHOLD_BYTES = 128 * 1024
-# Set to 1 to hand freed memory back at once (lower peak, slower steps); a user's own MALLOC_* variables always win.
+# "1": lowest peak (fixed mmap threshold and trimming, slower steps); "0": glibc's own behaviour; unset: trimming.
 ENABLE_VARIABLE = "SIDESTEP_LOW_MEMORY"
 _USER_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
-def return_freed_memory() -> bool:
-    """Fix glibc's mmap and trim thresholds at 128 kB when asked to; True if they are set now, False otherwise."""
-    chosen = any(name in os.environ for name in _USER_VARIABLES) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
-    if chosen or os.environ.get(ENABLE_VARIABLE) != "1":
-        return False
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library if it is glibc (it has mallopt and malloc_trim), else None."""
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
         libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): nothing to tune
+        libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return None
+    return libc
+
+
+def _left_to_us(setting: str) -> ctypes.CDLL | None:
+    """glibc, when SIDESTEP_LOW_MEMORY allows `setting` ("trim" or "low") and the user chose no malloc settings."""
+    chosen = any(name in os.environ for name in _USER_VARIABLES) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
+    wanted = os.environ.get(ENABLE_VARIABLE, "")
+    if chosen or wanted == "0" or (setting == "low" and wanted != "1"):
+        return None
+    return _glibc()
+
+
+def return_freed_memory() -> bool:
+    """Fix glibc's mmap and trim thresholds at 128 kB when asked to (=1); True if they are set now, False otherwise."""
+    libc = _left_to_us("low")
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES)
+    )
+
+
+def trim_freed_memory() -> bool:
+    """Hand the free pages inside glibc's heaps back to the system (unless opted out); True if it ran."""
+    libc = _left_to_us("trim")
+    if libc is None:
         return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES))
+    libc.malloc_trim(0)
+    return True

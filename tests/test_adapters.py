@@ -11,6 +11,7 @@ import torch
 from lycoris import LycorisNetwork, create_lycoris, create_lycoris_from_weights
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -251,6 +252,29 @@ def test_adapters_train_under_gradient_checkpointing(config: AdapterConfig, inpu
         grads.append([param.grad.clone() for param in adapter.parameters()])
     assert all(g.abs().sum() > 0 for g in grads[1])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("storage", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_lora_layers_match_peft_arithmetic(storage: torch.dtype) -> None:
+    """Every LoRA layer runs the fused product; output and gradients equal PEFT's own layer arithmetic."""
+    model = fresh_model().to(storage)
+    adapter = attach_trainable_adapter(model.decoder, dataclasses.replace(LORA, alpha=6, target="attention_mlp"))
+    perturb(adapter)
+    layers = [module for module in model.decoder.modules() if isinstance(module, PeftLoraLinear)]
+    assert layers and all(type(layer).__name__ == "_FusedLoraLinear" for layer in layers)
+    generator = torch.Generator().manual_seed(3)
+    for layer in (layers[0], layers[-1]):
+        x = torch.randn(2, 7, layer.in_features, generator=generator)
+        results = []
+        for forward in (layer.forward, lambda x, layer=layer: PeftLoraLinear.forward(layer, x)):
+            x_leaf = x.clone().requires_grad_()
+            factors = (layer.lora_A["default"].weight, layer.lora_B["default"].weight)
+            out = forward(x_leaf)
+            grads = torch.autograd.grad(out.square().sum(), (x_leaf, *factors))
+            results.append((out, *grads))
+        for fused, reference in zip(*results):
+            assert fused.shape == reference.shape
+            assert (fused - reference).abs().max() <= 1e-5 * reference.abs().max()  # float rounding only
 
 
 @pytest.mark.parametrize("config", [LORA, DORA], ids=["lora", "dora"])

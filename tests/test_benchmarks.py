@@ -102,7 +102,7 @@ def test_adapter_overheads_carry_their_flop_bound_and_throughput(quick_run):
     assert all(row["unit"] == "TFLOP/s" and "GFLOP per step" in row["note"] for row in throughput)
 
 
-def test_flop_count_covers_products_and_cpu_attention(monkeypatch):
+def test_flop_count_covers_products_in_place_products_and_cpu_attention(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     import torch
 
@@ -110,6 +110,7 @@ def test_flop_count_covers_products_and_cpu_attention(monkeypatch):
 
     a, b = torch.randn(3, 5), torch.randn(5, 7)
     assert count_flops(lambda: a @ b) == 2 * 3 * 5 * 7
+    assert count_flops(lambda: torch.zeros(3, 7).addmm_(a, b)) == 2 * 3 * 5 * 7  # the fused LoRA product's form
     q = torch.randn(1, 2, 16, 8)
     # scores (q·kᵀ) and output (p·v): two products of 16×16×8 per head
     assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 2 * 2 * (2 * 16 * 16 * 8)

@@ -20,10 +20,12 @@ import torch
 from lycoris import LycorisNetwork, create_lycoris
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
 from ..atomic import save_safetensors_atomic, write_text_atomic
 from ..errors import AdapterError
+from ..model.layers import Linear, lora_linear
 from .config import AdapterConfig, LokrConfig, LoraConfig
 from .files import adapter_from_tensors
 from .loaded import LoadedAdapter
@@ -86,8 +88,27 @@ class TrainableAdapter(ABC):
         self._load(state)
 
 
+class _FusedLoraLinear(PeftLoraLinear):
+    """PEFT's LoRA layer on our Linear; plain LoRA (one adapter, no dropout, no DoRA, frozen base, no autocast) runs fused.
+
+    Same parameters, names and results as PEFT's layer; only the arithmetic is done in fewer passes (`lora_linear`).
+    """
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        names = self.active_adapters
+        if self.disable_adapters or self.merged or args or kwargs or len(names) != 1 or names[0] not in self.lora_A:
+            return super().forward(x, *args, **kwargs)
+        name, base = names[0], self.get_base_layer()
+        lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
+        frozen = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
+        plain = name not in self.lora_variant and isinstance(self.lora_dropout[name], nn.Identity)
+        if not (frozen and plain and x.dtype == lora_a.dtype) or torch.is_autocast_enabled(x.device.type):
+            return super().forward(x, *args, **kwargs)
+        return lora_linear(x, base.weight, base.bias, lora_a, lora_b, self.scaling[name])
+
+
 class LoraAdapter(TrainableAdapter):
-    """LoRA / DoRA through PEFT's `get_peft_model` on the decoder."""
+    """LoRA / DoRA through PEFT's `get_peft_model` on the decoder (our Linear layers get `_FusedLoraLinear`)."""
 
     def __init__(self, decoder: nn.Module, config: LoraConfig, modules: list[str]) -> None:
         super().__init__(decoder, config, modules)
@@ -99,6 +120,7 @@ class LoraAdapter(TrainableAdapter):
             target_modules=list(modules),
             bias="none",
         )
+        self.peft_config._register_custom_module({Linear: _FusedLoraLinear})
         self.peft_model = get_peft_model(decoder, self.peft_config)
 
     def parameters(self) -> list[nn.Parameter]:

@@ -19,7 +19,7 @@ from ..adapters.metadata import AdapterMetadata
 from ..adapters.training import TrainableAdapter, attach_trainable_adapter
 from ..dataset.loader import ClipDataset, DatasetIndex, epoch_order, make_loader
 from ..errors import AdapterError, TrainingError
-from ..memory import return_freed_memory
+from ..memory import return_freed_memory, trim_freed_memory
 from ..model import AceStepConditionGenerationModel, AceStepDiTModel
 from ..variants import resolve_dtype
 from . import distributed
@@ -433,6 +433,7 @@ class Trainer:
                     continue
                 self.progress.nan_streak = 0
                 grad_norm = update(self.adapter.parameters(), optimizer, scheduler, self.config.max_grad_norm)
+                trim_freed_memory()
                 self.progress.global_step += 1
                 value = float(step_loss)
                 epoch_losses.append(value)
