@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import importlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -139,7 +140,9 @@ CHOICES = [
 @pytest.fixture(scope="module")
 def node_inputs(comfy: ModuleType) -> dict[str, dict[str, Any]]:  # noqa: F811
     """Every node's schema inputs by id, as ComfyUI builds them (after the pack's entry point registered its folders)."""
-    asyncio.run(importlib.import_module(PACK_MODULE).comfy_entrypoint())
+    # In a thread of its own: the browser tests' session-wide Playwright keeps an event loop running in this one.
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(asyncio.run, importlib.import_module(PACK_MODULE).comfy_entrypoint()).result()
     inputs = {}
     for key, (module, name) in NODES.items():
         node = getattr(importlib.import_module(f"{PACK_MODULE}.nodes.{module}"), name)
