@@ -1,11 +1,13 @@
 """Process memory behaviour: hand freed memory back to the system, so the resident peak stays near what is live.
 
 glibc serves blocks under its mmap threshold (raised up to 32 MB after the first large block is freed) from a heap
-that it rarely shrinks: per-layer activations and gradients freed inside the heap stay resident. By default the trainer
-calls `trim_freed_memory` after every optimiser step (glibc `malloc_trim(0)`: the free pages inside the heap go back
-to the system, a few milliseconds per step). `SIDESTEP_LOW_MEMORY=1` also fixes the mmap threshold at 128 kB when
-training or encoding starts (what `MALLOC_MMAP_THRESHOLD_=131072` does): every large block is then mapped and unmapped,
-so the peak is what is really live, but on the CPU steps get markedly slower (each block is page-faulted afresh).
+that it rarely shrinks, and the holes one transformer layer's freed activations leave are seldom reused by the next
+layer's: measured on a full-size CPU training step, the resident set grows by 2 GB over the forward pass while what
+is allocated grows by 0.15 GB. By default the CPU trainer therefore calls `trim_freed_memory` (glibc
+`malloc_trim(0)`: the free pages inside the heap go back to the system, ~10 ms on a 5 GB heap) before every DiT layer
+runs, forward and recomputed, and after every optimiser step. `SIDESTEP_LOW_MEMORY=1` also fixes the mmap threshold
+at 128 kB when training or encoding starts (what `MALLOC_MMAP_THRESHOLD_=131072` does): every large block is then
+mapped and unmapped, but on the CPU steps get markedly slower (each block is page-faulted afresh).
 `SIDESTEP_LOW_MEMORY=0` keeps glibc's behaviour untouched. A user's own MALLOC_* variables or glibc malloc tunables
 always win (then nothing is changed); without glibc (musl, macOS, Windows) nothing is changed either. Any process
 (ComfyUI included).
@@ -17,6 +19,8 @@ import ctypes
 import ctypes.util
 import functools
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -65,3 +69,18 @@ def trim_freed_memory() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+def trim_before_each(modules: Iterable[Any]) -> Callable[[], None]:
+    """Trim before each of `modules` (torch modules) runs, forward or recomputed; returns what removes the hooks.
+
+    Nothing is hooked when trimming is opted out or glibc is absent.
+    """
+    if _left_to_us("trim") is None:
+        return lambda: None
+
+    def trim(*_: Any) -> None:  # a pre-hook's return value would replace the module's inputs
+        trim_freed_memory()
+
+    handles = [module.register_forward_pre_hook(trim) for module in modules]
+    return lambda: [handle.remove() for handle in handles]

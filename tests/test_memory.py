@@ -1,5 +1,5 @@
-"""The trainer process hands the free pages inside glibc's heap back to the system after every step (by default and
-with SIDESTEP_LOW_MEMORY=1); with SIDESTEP_LOW_MEMORY=0 glibc keeps them resident."""
+"""The CPU trainer hands the free pages inside glibc's heap back to the system before every DiT layer and after every
+step (by default and with SIDESTEP_LOW_MEMORY=1); with SIDESTEP_LOW_MEMORY=0 glibc keeps them resident."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Runs a tiny real Trainer in a fresh process. Before training it leaves 64 MB of freed blocks inside glibc's main heap
 # (64 kB blocks, below the mmap threshold; the last one stays allocated so the heap's top cannot shrink them away); at
-# every step it asks the kernel (mincore) which share of those pages is still resident.
+# every step, and before the last DiT layer first runs (after the first layer, before any step), it asks the kernel
+# (mincore) which share of those pages is still resident.
 PROBE = r"""
 import ctypes, json, mmap, sys
 from pathlib import Path
@@ -50,7 +51,9 @@ def resident_share():
     assert libc.mincore(start, end - start, vector) == 0, ctypes.get_errno()
     return sum(byte & 1 for byte in vector.raw) / pages
 
-answer = {"contiguous": end - start > COUNT * BLOCK // 2, "before": resident_share(), "steps": []}
+answer = {"contiguous": end - start > COUNT * BLOCK // 2, "before": resident_share(), "steps": [], "layer": []}
+# Registered before the trainer's own hooks, so it runs before the trim of the layer it watches.
+model.decoder.layers[-1].register_forward_pre_hook(lambda *_: answer["layer"].append(resident_share()))
 record = lambda event: answer["steps"].append(resident_share()) if event.kind == "step" else None
 Trainer(model, dataset, ADAPTERS["lora"], settings, RunIdentity(VARIANT, "turbo"), callback=record).run()
 print(json.dumps(answer))
@@ -78,6 +81,8 @@ def test_trainer_hands_freed_heap_pages_back(tmp_path, setting, trimmed):
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["contiguous"] and answer["before"] == 1.0  # glibc kept the freed blocks resident: the probe can tell
-    assert len(answer["steps"]) == 2
-    # Trimmed: the freed pages the tiny trainer has not reused since are gone; untrimmed: all still resident.
+    assert len(answer["steps"]) == 2 and len(answer["layer"]) > 2  # forward and recomputed, both steps
+    # Trimmed: the freed pages the tiny trainer has not reused since are gone, already inside the first forward pass
+    # (only the per-layer trim can have run by then); untrimmed: all still resident.
+    assert (answer["layer"][0] < 0.5) is trimmed, answer["layer"]
     assert all((share < 0.5) is trimmed for share in answer["steps"]), answer["steps"]

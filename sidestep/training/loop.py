@@ -19,7 +19,7 @@ from ..adapters.metadata import AdapterMetadata
 from ..adapters.training import TrainableAdapter, attach_trainable_adapter
 from ..dataset.loader import ClipDataset, DatasetIndex, epoch_order, make_loader
 from ..errors import AdapterError, TrainingError
-from ..memory import return_freed_memory, trim_freed_memory
+from ..memory import return_freed_memory, trim_before_each, trim_freed_memory
 from ..model import AceStepConditionGenerationModel, AceStepDiTModel
 from ..variants import resolve_dtype
 from . import distributed
@@ -372,12 +372,15 @@ class Trainer:
         samples = 0
         for note in [*self._repairs, *notes]:
             self._emit("note", started, 0, message=note)
+        # On the CPU each layer's activations would otherwise take fresh heap pages (see sidestep/memory.py).
+        untrim = trim_before_each(self.decoder.layers) if self.device.type == "cpu" else lambda: None
         try:
             status = self._train_epochs(optimizer, scheduler, logger, started, samples)
         except TrainingError as error:
             self._emit("failed", started, 0, message=str(error))
             raise
         finally:
+            untrim()
             logger.close()
             self.decoder.eval()
         if status == "stopped":
