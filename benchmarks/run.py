@@ -33,7 +33,7 @@ SUITES: dict[str, tuple[tuple[str, ...], bool, Suite]] = {
     "steps": (("tiny", "small", "full"), False, step_rows),
     "compile": (("small",), True, compile_rows),
     "loading": (("tiny", "small"), False, loading_rows),
-    "sampling": (("tiny", "small"), False, sampling_rows),
+    "sampling": (("tiny", "small", "full"), False, sampling_rows),
     "trainer": (("tiny", "small", "full"), False, trainer_rows),
     "vae": (("tiny", "full"), False, vae_rows),
     "labeling": (("tiny", "small", "full"), True, label_rows),

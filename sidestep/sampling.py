@@ -248,11 +248,21 @@ def decoder_conditions(
 
 
 def model_decoder_fn(model: AceStepConditionGenerationModel) -> DecoderFn:
-    """A `DecoderFn` calling `model.decoder` with timestep_r = timestep (conditions: its encoder kwargs)."""
+    """A `DecoderFn` calling `model.decoder` with timestep_r = timestep (conditions: its encoder kwargs), for one
+    sampling run over a model that does not change meanwhile.
+
+    The condition's cross-attention keys and values are computed on the first call and reused while the same
+    `encoder_hidden_states` tensor comes back, as it does at every step of a `sample` run (the official sampler caches
+    them too).
+    """
+    cache: dict[str, Any] = {}
 
     def velocity(x_t: torch.Tensor, t: torch.Tensor, **condition: torch.Tensor) -> torch.Tensor:
+        states = condition["encoder_hidden_states"]
+        if cache.get("states") is not states or cache["version"] != states._version:
+            cache.update(states=states, version=states._version, kv=model.decoder.condition_keys_values(states))
         return model.decoder(
-            hidden_states=x_t, timestep=t, timestep_r=t, attention_mask=None, **condition
+            hidden_states=x_t, timestep=t, timestep_r=t, attention_mask=None, condition_kv=cache["kv"], **condition
         )[0]
 
     return velocity

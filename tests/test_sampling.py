@@ -354,3 +354,28 @@ def test_base_sampling_without_guidance_matches_official(base_run: tuple) -> Non
     model, cond, uncond, noise, vectors = base_run
     x0 = sample(model_decoder_fn(model), noise, flow_plan(6, 3.0), cond=cond, uncond=uncond, guidance=1.0)
     torch.testing.assert_close(x0, vectors["g1/out/target_latents"], atol=1e-3, rtol=0)
+
+
+def test_condition_keys_and_values_are_computed_once_per_run_and_change_nothing(base_run: tuple) -> None:
+    model, cond, uncond, noise, _ = base_run
+    projections: list[int] = []
+    hook = model.decoder.layers[0].cross_attn.k_proj.register_forward_hook(lambda *_: projections.append(1))
+
+    def recomputing(x_t: torch.Tensor, t: torch.Tensor, **condition: torch.Tensor) -> torch.Tensor:
+        return model.decoder(hidden_states=x_t, timestep=t, timestep_r=t, attention_mask=None, **condition)[0]
+
+    try:
+        plan = flow_plan(4, 3.0)
+        reference = sample(recomputing, noise, plan, cond=cond, uncond=uncond, guidance=7.0)
+        assert len(projections) == 4
+        projections.clear()
+        decoder_fn = model_decoder_fn(model)
+        x0 = sample(decoder_fn, noise, plan, cond=cond, uncond=uncond, guidance=7.0)
+        assert len(projections) == 1 and torch.equal(x0, reference)
+        # Another condition (a new run through the same function) gets its own keys and values.
+        other = {**cond, "encoder_hidden_states": cond["encoder_hidden_states"].flip(1)}
+        x0_other = sample(decoder_fn, noise, plan, cond=other)
+        assert len(projections) == 2
+        assert torch.equal(x0_other, sample(recomputing, noise, plan, cond=other))
+    finally:
+        hook.remove()

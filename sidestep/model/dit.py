@@ -41,7 +41,7 @@ class DiTLayer(nn.Module):
         modulation: torch.Tensor,
         mask: torch.Tensor | None,
         rotary: tuple[torch.Tensor, torch.Tensor],
-        context: torch.Tensor,
+        context: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         shift, scale, gate, mlp_shift, mlp_scale, mlp_gate = (self.scale_shift_table + modulation).chunk(6, dim=1)
         normed = (self.self_attn_norm(x) * (1 + scale) + shift).type_as(x)
@@ -101,6 +101,12 @@ class AceStepDiTModel(nn.Module):
             self._mask_cache = {key: additive_mask(length, self.config.sliding_window, None, dtype, device)}
         return self._mask_cache[key]
 
+    def condition_keys_values(self, encoder_hidden_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's cross-attention keys and values for a condition. They do not change between sampling steps,
+        so a sampler computes them once and passes them as `forward(..., condition_kv=...)`."""
+        context = self.condition_embedder(encoder_hidden_states)
+        return [layer.cross_attn.keys_values(context) for layer in self.layers]
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -111,9 +117,11 @@ class AceStepDiTModel(nn.Module):
         encoder_attention_mask: torch.Tensor | None,
         context_latents: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
+        condition_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, None]:
         """Predict the velocity. `key_padding_mask` [B, T] (ours, not official) hides padded frames from self-attention;
-        training passes it for padded batches so padding cannot change what valid frames see."""
+        training passes it for padded batches so padding cannot change what valid frames see. `condition_kv` (from
+        `condition_keys_values(encoder_hidden_states)`) spares recomputing the condition's keys and values."""
         temb, modulation = self.time_embed(timestep)
         if timestep_r is timestep:  # how training and sampling call it: time_embed_r(0), a constant while frozen
             temb_r, modulation_r = self.time_embed_r.at_zero(timestep)
@@ -126,7 +134,7 @@ class AceStepDiTModel(nn.Module):
         if length % self.patch_size:
             x = F.pad(x, (0, 0, 0, self.patch_size - length % self.patch_size))
         x = self.proj_in(x)
-        context = self.condition_embedder(encoder_hidden_states)
+        contexts = condition_kv or [self.condition_embedder(encoder_hidden_states)] * len(self.layers)
 
         patches = x.shape[1]
         rotary = self.rotary(patches, x.device, x.dtype)
@@ -137,7 +145,7 @@ class AceStepDiTModel(nn.Module):
             window = self.config.sliding_window
             masks = {sliding: additive_mask(patches, window if sliding else None, valid, x.dtype, x.device) for sliding in masks}
         checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
-        for index, layer in enumerate(self.layers):
+        for index, (layer, context) in enumerate(zip(self.layers, contexts, strict=True)):
             mask = masks[self.config.is_sliding(index)]
             if checkpointing:
                 x = checkpoint(layer, x, modulation, mask, rotary, context, use_reentrant=False)

@@ -231,17 +231,25 @@ class Attention(nn.Module):
             x = norm(x)
         return x.transpose(1, 2)
 
+    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of `source` [B, L, hidden] as [B, kv_heads, L, head_dim] (before RoPE)."""
+        return self._heads(source, self.k_proj, self.k_norm), self._heads(source, self.v_proj, None)
+
     def forward(
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        source = context if self.cross else x
+        """Cross-attention takes `context` as the embedded condition or as its `keys_values`, computed once."""
         q = self._heads(x, self.q_proj, self.q_norm)
-        k = self._heads(source, self.k_proj, self.k_norm)
-        v = self._heads(source, self.v_proj, None)
+        if not self.cross:
+            k, v = self.keys_values(x)
+        elif isinstance(context, tuple):
+            k, v = context
+        else:
+            k, v = self.keys_values(context)
         if rotary is not None and not self.cross:
             cos, sin = rotary
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
