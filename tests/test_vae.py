@@ -116,3 +116,21 @@ def test_missing_wrong_and_foreign_vae_folders_raise_checkpoint_errors(tmp_path:
     ).save_pretrained(foreign)
     with pytest.raises(CheckpointError, match="44100 Hz"):
         load_vae(foreign)
+
+
+def test_lean_snake_activations_give_the_same_values_bit_for_bit(tmp_path: Path) -> None:
+    folder = write_tiny_vae(tmp_path / "vae")
+    plain, lean = load_vae(folder), load_vae(folder)
+    audio, latents = waveform(12), torch.randn(12, 64, generator=torch.Generator().manual_seed(2))
+    encoded, decoded = encode_waveform(lean, audio), decode_latents(lean, latents)  # both switch `lean` over
+    assert {type(module).__name__ for module in lean.modules()} >= {"_LeanSnake1d"}
+    assert "Snake1d" not in {type(module).__name__ for module in lean.modules()}
+    with torch.inference_mode():
+        features = plain.encoder(audio.unsqueeze(0))
+        assert torch.equal(encoded, features.chunk(2, dim=1)[0][0].T)  # the posterior mean
+        assert torch.equal(decoded, plain.decoder(latents.T.unsqueeze(0)))
+        assert torch.equal(lean.encoder(audio.unsqueeze(0)), features)
+    # With a gradient taken the original operations run (nothing in place on what autograd keeps).
+    audio.requires_grad_(True)
+    lean.encoder(audio.unsqueeze(0)).sum().backward()
+    assert audio.grad is not None and torch.isfinite(audio.grad).all()
