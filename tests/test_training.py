@@ -335,3 +335,20 @@ def test_a_side_step_pt_dataset_trains_unchanged(tiny_root, datasets, tmp_path):
     result = make_trainer(tiny_root, folder, tmp_path / "out", epochs=2).run()
     assert result.status == "finished" and result.global_step == 4
     assert (tmp_path / "out" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_a_resumed_optimiser_keeps_this_runs_update_kernel_and_the_saved_state():
+    from sidestep.training.optim import build_optimizer, load_optimizer_state
+
+    weight = torch.nn.Parameter(torch.ones(4, 3))
+    weight.grad = torch.full((4, 3), 0.5)
+    elsewhere = torch.optim.AdamW([weight], lr=1e-3, fused=False)  # as a run on another device saved it
+    elsewhere.step()
+    saved = elsewhere.state_dict()
+    optimizer, _ = build_optimizer([weight], TrainConfig(output_dir=""), torch.device("cpu"))
+    assert optimizer.param_groups[0]["fused"] is True  # the CPU's one-kernel update
+    load_optimizer_state(optimizer, saved)
+    assert optimizer.param_groups[0]["fused"] is True
+    assert optimizer.param_groups[0]["lr"] == 1e-3 and torch.equal(optimizer.state[weight]["exp_avg"], saved["state"][0]["exp_avg"])
+    optimizer.load_state_dict(saved)  # what a plain load does: the saving run's choice
+    assert not optimizer.param_groups[0]["fused"]

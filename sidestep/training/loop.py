@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .events import EventCallback, StopSignal, TrainingEvent
 from .tensorboard import RunLogger
 from .objective import draw_cfg_keep_mask, draw_continuous_timesteps, draw_discrete_timesteps, flow_matching_loss
-from .optim import build_optimizer, build_scheduler, resume_notes
+from .optim import build_optimizer, build_scheduler, load_optimizer_state, resume_notes
 from .layout import RunLayout
 from .runfolder import RunLock, recover_run_folder
 from .checkpoints import (
@@ -284,7 +284,7 @@ class Trainer:
             )
         try:
             self.adapter.load_state_dict(state["adapter"])
-            optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(optimizer, state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             self.progress = Progress(**state["progress"])
             restore_rng(state["rng"], self.generator)

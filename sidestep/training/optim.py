@@ -26,7 +26,7 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: TrainConfi
         notes.append("AdamW 8-bit needs bitsandbytes and a CUDA GPU; using standard AdamW instead.")
         name = "adamw"
     if name == "adamw":
-        fused = device.type == "cuda"
+        fused = device.type in ("cuda", "cpu")  # one kernel per step instead of a dozen passes per tensor
         return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused), notes
     if name == "prodigy":
         if importlib.util.find_spec("prodigyopt") is None:
@@ -35,6 +35,15 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: TrainConfi
 
         return Prodigy(params, lr=config.learning_rate, weight_decay=config.weight_decay), notes
     return torch.optim.Adafactor(params, lr=config.learning_rate, weight_decay=config.weight_decay), notes
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Resume `optimizer` from a saved state dict, keeping how this run computes the update (fused kernel or not, a
+    choice for its device) rather than the choice of the run that saved it."""
+    kernels = [{key: group[key] for key in ("fused", "foreach") if key in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(kernel)
 
 
 def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
