@@ -118,13 +118,13 @@ def test_missing_wrong_and_foreign_vae_folders_raise_checkpoint_errors(tmp_path:
         load_vae(foreign)
 
 
-def test_lean_snake_activations_give_the_same_values_bit_for_bit(tmp_path: Path) -> None:
+def test_lean_activations_and_residual_units_give_the_same_values_bit_for_bit(tmp_path: Path) -> None:
     folder = write_tiny_vae(tmp_path / "vae")
     plain, lean = load_vae(folder), load_vae(folder)
     audio, latents = waveform(12), torch.randn(12, 64, generator=torch.Generator().manual_seed(2))
     encoded, decoded = encode_waveform(lean, audio), decode_latents(lean, latents)  # both switch `lean` over
-    assert {type(module).__name__ for module in lean.modules()} >= {"_LeanSnake1d"}
-    assert "Snake1d" not in {type(module).__name__ for module in lean.modules()}
+    assert {type(module).__name__ for module in lean.modules()} >= {"_LeanSnake1d", "_LeanResidualUnit"}
+    assert not {"Snake1d", "OobleckResidualUnit"} & {type(module).__name__ for module in lean.modules()}
     with torch.inference_mode():
         features = plain.encoder(audio.unsqueeze(0))
         assert torch.equal(encoded, features.chunk(2, dim=1)[0][0].T)  # the posterior mean
