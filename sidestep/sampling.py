@@ -259,8 +259,8 @@ def model_decoder_fn(model: AceStepConditionGenerationModel) -> DecoderFn:
 
     def velocity(x_t: torch.Tensor, t: torch.Tensor, **condition: torch.Tensor) -> torch.Tensor:
         states = condition["encoder_hidden_states"]
-        if cache.get("states") is not states or cache["version"] != states._version:
-            cache.update(states=states, version=states._version, kv=model.decoder.condition_keys_values(states))
+        if cache.get("states") is not states:  # the reference held here keeps the identity meaningful
+            cache.update(states=states, kv=model.decoder.condition_keys_values(states))
         return model.decoder(
             hidden_states=x_t, timestep=t, timestep_r=t, attention_mask=None, condition_kv=cache["kv"], **condition
         )[0]
