@@ -9,24 +9,10 @@ import torch
 
 from sidestep.generate import initial_noise
 from sidestep.model import AceStepConditionGenerationModel
-from sidestep.sampling import (
-    DecoderFn,
-    SamplingPlan,
-    build_plan,
-    decoder_conditions,
-    model_decoder_fn,
-    sample,
-)
+from sidestep.sampling import DecoderFn, SamplingPlan, build_plan, decoder_conditions, model_decoder_fn, sample
 from sidestep.variants import resolve_dtype, variant_defaults
 
-from .models import (
-    STORAGE,
-    benchmark_device,
-    dtype_label,
-    frozen_model,
-    size_config,
-    synthetic_clip,
-)
+from .models import STORAGE, benchmark_device, dtype_label, frozen_model, size_config, synthetic_clip
 from .report import Row, Target
 from .settings import RunSettings
 from .timing import Repeats, measure_in_turns
