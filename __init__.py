@@ -1,13 +1,9 @@
-"""Side-Step for ComfyUI: the pack's entry point (V3 nodes), its web folder and the `acestep` model folder."""
+"""Side-Step for ComfyUI: the pack's entry point (V3 nodes), its web folder and the `acestep` model folder.
+
+ComfyUI imports this folder as a package; the nodes import the core (`sidestep/` beside them) relatively, so the
+copy in this folder is the one they use even when another `sidestep` is installed or on `sys.path`."""
 
 import os
-import sys
-
-_PACK_DIR = os.path.dirname(os.path.realpath(__file__))
-# ComfyUI loads this file by path: make our core package `sidestep` (beside it) importable. Appended, never
-# prepended, so ComfyUI's own top-level modules (it has one called `nodes`) keep precedence.
-if _PACK_DIR not in sys.path:
-    sys.path.append(_PACK_DIR)
 
 WEB_DIRECTORY = "./web/js"
 

@@ -5,15 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from comfy_api.latest import io
-from sidestep.adapters.config import CUSTOM_TARGET, KINDS, TARGET_PRESETS, LokrConfig, LoraConfig
 
+from ..sidestep.adapters.config import (
+    CUSTOM_TARGET,
+    KINDS,
+    AdapterConfig,
+    LokrConfig,
+    LoraConfig,
+)
+from ..sidestep.settings import from_widgets
 from .common import CATEGORY, NONE_CHOICE, adapter_choices, resolve_adapter_choice
-from .handles import AcestepModel, Adapter, AdapterConfigType, AdapterHandle, ModelHandle
+from .handles import (
+    AcestepModel,
+    Adapter,
+    AdapterConfigType,
+    AdapterHandle,
+    ModelHandle,
+)
+from .settings import setting_inputs
 
 DECODER_PREFIX = "diffusion_model.decoder."
 WEIGHT_SUFFIX = ".weight"
-ADAPTER_TARGETS = (*TARGET_PRESETS, CUSTOM_TARGET)
-LORA_DEFAULTS, LOKR_DEFAULTS = LoraConfig(), LokrConfig()
+ADAPTER_KINDS = (LoraConfig, LokrConfig)
+# The Configure node's settings: each kind's own, then the target layers; a setting several kinds share (rank, alpha,
+# weight decomposition) is one widget. A new kind's own settings go after these (new widgets come last).
+ADAPTER_SETTINGS = (LoraConfig, LokrConfig, AdapterConfig)
 _STRENGTH_TOOLTIP = "How strongly the adapter applies: 1.0 as trained, 0 off, negative values push away from it."
 
 
@@ -40,7 +56,7 @@ def _adapter_inputs() -> list[io.Input]:
 
 def _chosen_path(adapter: AdapterHandle | None, adapter_file: str) -> Path:
     """The adapter to load: the connected ADAPTER, else the dropdown choice."""
-    from sidestep.errors import AdapterError
+    from ..sidestep.errors import AdapterError
 
     if adapter is not None:
         return adapter.path
@@ -51,7 +67,7 @@ def _chosen_path(adapter: AdapterHandle | None, adapter_file: str) -> Path:
 
 def _validate_choice(adapter_file: str) -> bool | str:
     """Accept "none", a listed adapter, or a path that exists (e.g. typed into a saved workflow)."""
-    from sidestep.errors import AdapterError
+    from ..sidestep.errors import AdapterError
 
     if adapter_file == NONE_CHOICE or adapter_file in adapter_choices():
         return True
@@ -67,8 +83,8 @@ def _fingerprint(adapter_file: str) -> object:
     """The chosen file's modification time, so a retrained adapter under the same name is loaded again."""
     if adapter_file == NONE_CHOICE:
         return NONE_CHOICE
-    from sidestep.adapters.files import resolve_adapter_path
-    from sidestep.errors import AdapterError
+    from ..sidestep.adapters.files import resolve_adapter_path
+    from ..sidestep.errors import AdapterError
 
     try:
         return adapter_file, resolve_adapter_path(resolve_adapter_choice(adapter_file)).stat().st_mtime_ns
@@ -91,99 +107,22 @@ class ConfigureAdapter(io.ComfyNode):
                 io.Combo.Input(
                     "adapter_type",
                     options=list(KINDS),
-                    default=LORA_DEFAULTS.kind,
+                    default=LoraConfig.kind,
                     tooltip="lora: low-rank update (PEFT). lokr: Kronecker-product update (LyCORIS), smaller files.",
                 ),
-                io.Int.Input(
-                    "rank",
-                    default=LORA_DEFAULTS.rank,
-                    min=1,
-                    max=1024,
-                    tooltip="LoRA rank / LoKR linear dimension: capacity of the adapter (16-128 is typical).",
-                ),
-                io.Float.Input(
-                    "alpha",
-                    default=LORA_DEFAULTS.alpha,
-                    min=0.01,
-                    max=4096.0,
-                    step=1.0,
-                    tooltip="Scaling: the update is multiplied by alpha / rank (LoKR: when a factor is decomposed).",
-                ),
-                io.Float.Input(
-                    "dropout",
-                    default=LORA_DEFAULTS.dropout,
-                    min=0.0,
-                    max=0.9,
-                    step=0.01,
-                    tooltip="LoRA only: dropout on the adapter's input during training (0 = off).",
-                ),
-                io.Boolean.Input(
-                    "weight_decompose",
-                    default=LORA_DEFAULTS.use_dora,
-                    tooltip=(
-                        "DoRA for LoRA / weight decomposition for LoKR. Often better quality, but ComfyUI's native "
-                        "LoRA loader cannot reproduce it, so no models/loras export is written."
-                    ),
-                ),
-                io.Int.Input(
-                    "lokr_factor",
-                    default=LOKR_DEFAULTS.factor,
-                    min=-1,
-                    max=1024,
-                    tooltip="LoKR only: Kronecker factor; -1 picks one automatically.",
-                ),
-                io.Boolean.Input(
-                    "lokr_decompose_both",
-                    default=LOKR_DEFAULTS.decompose_both,
-                    tooltip="LoKR only: also split the smaller Kronecker factor into a low-rank pair.",
-                ),
-                io.Combo.Input(
-                    "target",
-                    options=list(ADAPTER_TARGETS),
-                    default=LORA_DEFAULTS.target,
-                    tooltip=(
-                        "Which layers of every DiT block to adapt: attention (self + cross), attention_mlp, "
-                        "self_attention, cross_attention, or custom (see custom_modules)."
-                    ),
-                ),
-                io.String.Input(
-                    "custom_modules",
-                    default="",
-                    tooltip=(
-                        "With target 'custom': comma-separated layer names, e.g. 'q_proj, v_proj', "
-                        "'cross_attn.o_proj' or 'layers.0.self_attn.q_proj'."
-                    ),
-                ),
+                *setting_inputs(*ADAPTER_SETTINGS),
             ],
             outputs=[AdapterConfigType.Output(display_name="adapter_config", tooltip="Connect to Train Adapter.")],
         )
 
     @classmethod
-    def execute(
-        cls,
-        adapter_type: str,
-        rank: int,
-        alpha: float,
-        dropout: float,
-        weight_decompose: bool,
-        lokr_factor: int,
-        lokr_decompose_both: bool,
-        target: str,
-        custom_modules: str,
-    ) -> io.NodeOutput:
+    def execute(cls, adapter_type: str, **settings: object) -> io.NodeOutput:
         """Build and validate the LoraConfig / LokrConfig (AdapterError for impossible settings)."""
-        from sidestep.adapters.config import CUSTOM_TARGET, AdapterConfig
-
-        modules = tuple(name.strip() for name in custom_modules.split(",") if name.strip())
-        where = {"target": target, "custom_modules": modules if target == CUSTOM_TARGET else ()}
-        if adapter_type == "lora":
-            settings = {"rank": rank, "alpha": alpha, "dropout": dropout, "use_dora": weight_decompose}
-        else:
-            settings = {
-                "linear_dim": rank, "linear_alpha": alpha, "factor": lokr_factor, "decompose_both": lokr_decompose_both,
-                "weight_decompose": weight_decompose,
-            }
-        config = AdapterConfig.from_dict({"kind": adapter_type, **settings, **where})
+        config_class = next(config for config in ADAPTER_KINDS if config.kind == adapter_type)
+        values = from_widgets(config_class, settings)
+        if values.get("target") != CUSTOM_TARGET:
+            values["custom_modules"] = ()
+        config = config_class(**values)
         return io.NodeOutput(config, ui={"text": [config.describe()]})
 
 
@@ -221,7 +160,7 @@ class LoadAdapter(io.ComfyNode):
         cls, model: ModelHandle, adapter_file: str, strength: float, adapter: AdapterHandle | None = None
     ) -> io.NodeOutput:
         """Read the adapter and stack it on the model handle."""
-        from sidestep.adapters.files import load_adapter
+        from ..sidestep.adapters.files import load_adapter
 
         loaded = load_adapter(_chosen_path(adapter, adapter_file))
         text = f"{loaded.kind} adapter {loaded.source} (rank {loaded.rank}) at strength {strength:g}"
@@ -230,7 +169,7 @@ class LoadAdapter(io.ComfyNode):
 
 def decoder_key_map(model_state_keys: list[str]) -> dict[str, str]:
     """Adapter key prefix (PEFT `base_model.model.<module>`, LyCORIS `lycoris_<module>`) → native ACE-Step 1.5 weight key."""
-    from sidestep.adapters.keys import lycoris_name, peft_name
+    from ..sidestep.adapters.keys import lycoris_name, peft_name
 
     key_map = {}
     for key in model_state_keys:
@@ -275,9 +214,10 @@ class ApplyAdapterToModel(io.ComfyNode):
         """Put the adapter's tensors in ComfyUI's key format (in memory), let ComfyUI's LoRA loader turn them into
         patches, add them to a clone."""
         import comfy.lora
-        from sidestep.adapters.export import comfy_tensors
-        from sidestep.adapters.files import load_adapter
-        from sidestep.errors import AdapterError
+
+        from ..sidestep.adapters.export import comfy_tensors
+        from ..sidestep.adapters.files import load_adapter
+        from ..sidestep.errors import AdapterError
 
         key_map = decoder_key_map(list(model.model_state_dict().keys()))
         if not key_map:

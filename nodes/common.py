@@ -12,13 +12,13 @@ import comfy.utils
 import folder_paths
 import torch
 from comfy_execution.utils import get_executing_context
-from sidestep.adapters.keys import LOKR_WEIGHTS_FILE, PEFT_WEIGHTS_FILE
-from sidestep.training.layout import RunLayout, epoch_folders
+from ..sidestep.adapters.keys import LOKR_WEIGHTS_FILE, PEFT_WEIGHTS_FILE
+from ..sidestep.training.layout import RunLayout, epoch_folders
 
 if TYPE_CHECKING:
-    from sidestep.bundle import AceStepBundle
-    from sidestep.model_folders import ModelEntry
-    from sidestep.comfy_models import ComfyFolders
+    from ..sidestep.bundle import AceStepBundle
+    from ..sidestep.model_folders import ModelEntry
+    from ..sidestep.comfy_models import ComfyFolders
 
     from .jobs import Job
 
@@ -42,7 +42,7 @@ def acestep_roots() -> list[Path]:
 
 def comfy_folders() -> ComfyFolders:
     """ComfyUI's registered folders for diffusion models, checkpoints, text encoders and VAEs (extra paths included)."""
-    from sidestep.comfy_models import ComfyFolders
+    from ..sidestep.comfy_models import ComfyFolders
 
     def paths(kind: str) -> tuple[Path, ...]:
         return tuple(Path(path) for path in folder_paths.get_folder_paths(kind))
@@ -59,7 +59,7 @@ def comfy_tokenizer_dir() -> Path:
     """The Qwen tokenizer files this ComfyUI ships for ACE-Step 1.5 (ComfyUI's text-encoder files carry none)."""
     import comfy
 
-    from sidestep.comfy_models import TOKENIZER_IN_COMFYUI
+    from ..sidestep.comfy_models import TOKENIZER_IN_COMFYUI
 
     return Path(next(iter(comfy.__path__))).resolve().parent / TOKENIZER_IN_COMFYUI
 
@@ -67,9 +67,9 @@ def comfy_tokenizer_dir() -> Path:
 def discover_models() -> list[ModelEntry]:
     """Every ACE-Step 1.5 model ComfyUI can see: its own files (diffusion_models, checkpoints) first, then the official
     trees in the acestep folders (the first root wins a name)."""
-    from sidestep.model_folders import scan_models
-    from sidestep.comfy_models import scan_comfy_models
-    from sidestep.errors import CheckpointError
+    from ..sidestep.model_folders import scan_models
+    from ..sidestep.comfy_models import scan_comfy_models
+    from ..sidestep.errors import CheckpointError
 
     found: dict[str, ModelEntry] = {}
     for root in acestep_roots():
@@ -94,7 +94,7 @@ def find_discovered(choice: str) -> ModelEntry | None:
 def model_name_of(choice: str) -> str:
     """The model's name inside a dropdown label ('acestep-v15-turbo  [official turbo]' → 'acestep-v15-turbo',
     'acestep_v1.5_turbo.safetensors · ComfyUI diffusion model · turbo' → 'acestep_v1.5_turbo.safetensors')."""
-    from sidestep.model_folders import LABEL_SEPARATOR
+    from ..sidestep.model_folders import LABEL_SEPARATOR
 
     return choice.split("  [", 1)[0].split(LABEL_SEPARATOR, 1)[0].strip()
 
@@ -155,7 +155,7 @@ def adapter_choices() -> list[str]:
 
 def resolve_adapter_choice(choice: str) -> Path:
     """The file or folder behind an adapter dropdown value (or a path typed into a workflow)."""
-    from sidestep.errors import AdapterError
+    from ..sidestep.errors import AdapterError
 
     if choice.startswith(_OUTPUT_PREFIX):
         return output_dir() / choice.removeprefix(_OUTPUT_PREFIX)

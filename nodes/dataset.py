@@ -5,19 +5,27 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import comfy.model_management as model_management
+from comfy import model_management
 from comfy_api.latest import io
-from sidestep.dataset.settings import NORMALIZE_MODES, EncodeConfig
-from sidestep.dataset.sidecars import TAG_POSITIONS
 
-from .common import CATEGORY, DATASETS_FOLDER, RUNS_FOLDER, NodeProgress, input_dir, make_room, output_dir, under
+from ..sidestep.dataset.settings import EncodeConfig
+from ..sidestep.settings import from_widgets
+from .common import (
+    CATEGORY,
+    DATASETS_FOLDER,
+    RUNS_FOLDER,
+    NodeProgress,
+    input_dir,
+    make_room,
+    output_dir,
+    under,
+)
 from .handles import AcestepDataset, AcestepModel, DatasetHandle, ModelHandle
 from .jobs import JOBS
+from .settings import setting_inputs
 
 NODE_TYPE = "SideStepEncodeDataset"
-AUTO = "auto"
 EVENT = "sidestep.encode"
-DEFAULTS = {field.name: field.default for field in dataclasses.fields(EncodeConfig)}
 
 
 def _file_listing(folder: Path) -> list[tuple[str, int, int]]:
@@ -69,36 +77,7 @@ class EncodeDataset(io.ComfyNode):
                     default=f"{RUNS_FOLDER}/{DATASETS_FOLDER}/my_songs",
                     tooltip="Where the tensors and manifest.json go. A relative path is inside ComfyUI's output folder.",
                 ),
-                io.Float.Input(
-                    "max_duration",
-                    default=DEFAULTS["max_duration"],
-                    min=0.0,
-                    max=600.0,
-                    step=1.0,
-                    tooltip="Cut longer songs into clips of at most this many seconds; 0 keeps every song whole.",
-                ),
-                io.Combo.Input(
-                    "normalize",
-                    options=list(NORMALIZE_MODES),
-                    default=DEFAULTS["normalize"],
-                    tooltip="Loudness treatment before encoding: none, peak (to -1 dBFS) or loudness (integrated LUFS).",
-                ),
-                io.Boolean.Input(
-                    "skip_existing",
-                    default=DEFAULTS["skip_existing"],
-                    tooltip="Reuse clips already encoded from unchanged songs with the same settings; off re-encodes all.",
-                ),
-                io.String.Input(
-                    "trigger_word",
-                    default="",
-                    tooltip="Optional tag added to every caption (e.g. 'sks_style'); use it in prompts to call up the adapter.",
-                ),
-                io.Combo.Input(
-                    "trigger_position",
-                    options=[AUTO, *TAG_POSITIONS],
-                    default=AUTO,
-                    tooltip="Where the trigger word goes in each caption. auto: the dataset JSON's choice, else prepend.",
-                ),
+                *setting_inputs(EncodeConfig),
             ],
             outputs=[AcestepDataset.Output(display_name="dataset", tooltip="The encoded dataset; connect it to Train Adapter.")],
             hidden=[io.Hidden.unique_id],
@@ -108,35 +87,21 @@ class EncodeDataset(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, audio_folder: str, dataset_folder: str, **_: object) -> object:
         """Re-run when songs or sidecars change, or when the dataset's manifest appears or disappears."""
-        from sidestep.dataset.tensors import MANIFEST_NAME
+        from ..sidestep.dataset.tensors import MANIFEST_NAME
 
         manifest = under(output_dir(), dataset_folder) / MANIFEST_NAME
         return _file_listing(under(input_dir(), audio_folder)), manifest.is_file()
 
     @classmethod
-    def execute(
-        cls,
-        model: ModelHandle,
-        audio_folder: str,
-        dataset_folder: str,
-        max_duration: float,
-        normalize: str,
-        skip_existing: bool,
-        trigger_word: str,
-        trigger_position: str,
-    ) -> io.NodeOutput:
+    def execute(cls, model: ModelHandle, audio_folder: str, dataset_folder: str, **settings: object) -> io.NodeOutput:
         """Encode (reporting each song), then summarise the dataset and the rejected files."""
-        from sidestep.dataset.encode import EncodeEvent, encode_dataset
-        from sidestep.dataset.loader import dataset_index
+        from ..sidestep.dataset.encode import EncodeEvent, encode_dataset
+        from ..sidestep.dataset.loader import dataset_index
 
         config = EncodeConfig(
             audio_dir=str(under(input_dir(), audio_folder)),
             output_dir=str(under(output_dir(), dataset_folder)),
-            max_duration=max_duration,
-            normalize=normalize,
-            skip_existing=skip_existing,
-            custom_tag=trigger_word.strip(),
-            tag_position=None if trigger_position == AUTO else trigger_position,
+            **from_widgets(EncodeConfig, settings),
         )
         rejected: list[tuple[str, str]] = []
         make_room(model.bundle)

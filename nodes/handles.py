@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 from comfy_api.latest import io
 
 if TYPE_CHECKING:
-    from sidestep.adapters.loaded import LoadedAdapter
-    from sidestep.adapters.metadata import AdapterMetadata
-    from sidestep.bundle import AceStepBundle
-    from sidestep.dataset.loader import DatasetIndex
+    from ..sidestep.adapters.loaded import LoadedAdapter
+    from ..sidestep.adapters.metadata import AdapterMetadata
+    from ..sidestep.bundle import AceStepBundle
+    from ..sidestep.dataset.loader import DatasetIndex
 
 AcestepModel = io.Custom("ACESTEP_MODEL")
 AcestepDataset = io.Custom("ACESTEP_DATASET")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from sidestep.training.events import StopSignal
+    from ..sidestep.training.events import StopSignal
 
 HISTORY_LIMIT = 2000
 FINISHED_LIMIT = 16

@@ -5,12 +5,22 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import comfy.model_management as model_management
 import folder_paths
+from comfy import model_management
 from comfy_api.latest import io
 
-from .common import CATEGORY, NodeProgress, acestep_roots, comfy_tokenizer_dir, input_dir, under
+from ..sidestep.labeling.settings import LabelConfig, Sampling
+from ..sidestep.settings import from_widgets
+from .common import (
+    CATEGORY,
+    NodeProgress,
+    acestep_roots,
+    comfy_tokenizer_dir,
+    input_dir,
+    under,
+)
 from .handles import AcestepModel
+from .settings import setting_inputs
 
 NODE_TYPE = "SideStepLabelSongs"
 EVENT = "sidestep.label"
@@ -18,7 +28,7 @@ EVENT = "sidestep.label"
 
 def _lms():
     """5 Hz LMs ComfyUI can see: acestep-5Hz-lm-* folders in the acestep folders, qwen_*_ace15 LM text encoders."""
-    from sidestep.labeling.lm import find_lms
+    from ..sidestep.labeling.lm import find_lms
 
     text_encoders = [Path(path) for path in folder_paths.get_folder_paths("text_encoders")]
     return find_lms(acestep_roots(), text_encoders)
@@ -30,10 +40,6 @@ class LabelSongs(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         """Model (VAE + audio tokenizer), LM, song folder, what to write, overwrite rule and sampling in; the folder out."""
-        from sidestep.labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
-        from sidestep.variants import config_defaults
-
-        sampling, labeling = Sampling(), config_defaults(LabelConfig)
         return io.Schema(
             node_id=NODE_TYPE,
             display_name="Label Songs",
@@ -59,39 +65,7 @@ class LabelSongs(io.ComfyNode):
                     default="sidestep/songs",
                     tooltip="Folder of songs; a relative path is inside ComfyUI's input folder. Sidecars are written beside the songs.",
                 ),
-                io.Boolean.Input(
-                    "caption", default="caption" in labeling["fields"], tooltip="Write a caption describing genre, mood and instruments."
-                ),
-                io.Boolean.Input("metadata", default="metadata" in labeling["fields"], tooltip="Write BPM, key, time signature and language."),
-                io.Boolean.Input(
-                    "lyrics", default="lyrics" in labeling["fields"], tooltip="Transcribe the lyrics ([Instrumental] when there are none)."
-                ),
-                io.Combo.Input(
-                    "overwrite",
-                    options=list(OVERWRITE_MODES),
-                    default=labeling["overwrite"],
-                    tooltip="never: leave songs that have any label alone. empty: fill only missing fields. all: rewrite the chosen fields.",
-                ),
-                io.String.Input(
-                    "trigger_word", default=labeling["trigger_word"], tooltip="Optional trigger word written into every song's sidecar."
-                ),
-                io.Float.Input(
-                    "temperature", default=sampling.temperature, min=0.0, max=2.0, step=0.05,
-                    tooltip="Sampling temperature; 0 is greedy (always the most likely token).",
-                ),
-                io.Float.Input(
-                    "top_p", default=sampling.top_p, min=0.05, max=1.0, step=0.05,
-                    tooltip="Nucleus sampling: draw only from the most likely tokens covering this probability; 1 = off.",
-                ),
-                io.Int.Input(
-                    "seed", default=sampling.seed, min=0, max=2**31 - 1, control_after_generate=False,
-                    tooltip="Seed for sampling (kept fixed: the same seed gives the same labels, and re-runs skip).",
-                ),
-                io.Boolean.Input(
-                    "constrained",
-                    default=sampling.constrained,
-                    tooltip="Constrain BPM, key, time signature and language to ACE-Step's values while generating (off: validate after).",
-                ),
+                *setting_inputs(LabelConfig, Sampling),
             ],
             outputs=[io.String.Output(display_name="audio_folder", tooltip="The same folder; connect it to Encode Dataset.")],
             hidden=[io.Hidden.unique_id],
@@ -112,23 +86,17 @@ class LabelSongs(io.ComfyNode):
         return sorted((p.relative_to(folder).as_posix(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
 
     @classmethod
-    def execute(
-        cls, model, lm: str, audio_folder: str, caption: bool, metadata: bool, lyrics: bool, overwrite: str,
-        trigger_word: str, temperature: float, top_p: float, seed: int, constrained: bool,
-    ) -> io.NodeOutput:
+    def execute(cls, model, lm: str, audio_folder: str, **settings: object) -> io.NodeOutput:
         """Label (reporting each song), then show the table of what was written."""
-        from sidestep.labeling.label import LabelEvent, label_songs
-        from sidestep.labeling.settings import LabelConfig, Sampling
+        from ..sidestep.labeling.label import LabelEvent, label_songs
 
         entry = next(entry for entry in _lms() if entry.label == lm)
         config = LabelConfig(
             audio_dir=str(under(input_dir(), audio_folder)),
             lm_path=str(entry.path),
             tokenizer_dir=str(comfy_tokenizer_dir()) if entry.kind == "comfyui" else None,
-            fields=tuple(name for name, on in (("caption", caption), ("metadata", metadata), ("lyrics", lyrics)) if on),
-            overwrite=overwrite,
-            trigger_word=trigger_word,
-            sampling=Sampling(temperature=temperature, top_p=top_p, seed=seed, constrained=constrained),
+            sampling=Sampling(**from_widgets(Sampling, settings)),
+            **from_widgets(LabelConfig, settings),
         )
         progress = NodeProgress(cls.hidden.unique_id)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from comfy_api.latest import io
-from sidestep.variants import resolve_dtype
+from ..sidestep.variants import resolve_dtype
 
 from .common import (
     CATEGORY,
@@ -23,7 +23,7 @@ from .common import (
 from .handles import AcestepModel, ModelHandle
 
 if TYPE_CHECKING:
-    from sidestep.bundle import AceStepBundle
+    from ..sidestep.bundle import AceStepBundle
 
 AUTO = "auto"
 DTYPES = (AUTO, "bf16", "fp32")
@@ -39,7 +39,7 @@ def _searched() -> str:
 
 def _no_model_message(choice: str) -> str:
     """Why a dropdown value names no model: where we looked and what belongs there."""
-    from sidestep.comfy_models import WHERE_FILES_GO
+    from ..sidestep.comfy_models import WHERE_FILES_GO
 
     return (
         f"No ACE-Step 1.5 model {model_name_of(choice)!r} in ComfyUI's model folders ({_searched()}). {WHERE_FILES_GO} "
@@ -49,7 +49,7 @@ def _no_model_message(choice: str) -> str:
 
 def _open_typed_path(model_path: str, choice: str, base: str | None, dtype, device) -> AceStepBundle:
     """A model given as a path: an official model folder or checkpoint root, or a ComfyUI models/ folder."""
-    from sidestep.bundle import open_checkpoint
+    from ..sidestep.bundle import open_checkpoint
 
     path = Path(model_path.strip()).expanduser()
     if (path / "config.json").is_file():
@@ -59,10 +59,10 @@ def _open_typed_path(model_path: str, choice: str, base: str | None, dtype, devi
 
 def _open_discovered(choice: str, text_encoder: str, vae: str, base: str | None, dtype, device) -> AceStepBundle:
     """A model from the dropdown, with its VAE and text encoder (paired automatically unless chosen)."""
-    from sidestep.bundle import open_model
-    from sidestep.model_folders import find_shared_parts
-    from sidestep.comfy_models import comfy_shared_parts
-    from sidestep.errors import CheckpointError
+    from ..sidestep.bundle import open_model
+    from ..sidestep.model_folders import find_shared_parts
+    from ..sidestep.comfy_models import comfy_shared_parts
+    from ..sidestep.errors import CheckpointError
 
     entry = find_discovered(choice)
     if entry is None:
@@ -82,7 +82,7 @@ def _open_discovered(choice: str, text_encoder: str, vae: str, base: str | None,
 
 def _file_choices(kind: str) -> list[str]:
     """'auto' plus the text-encoder or VAE files found in ComfyUI's folders."""
-    from sidestep.comfy_models import text_encoder_files, vae_files
+    from ..sidestep.comfy_models import text_encoder_files, vae_files
 
     found = text_encoder_files(comfy_folders()) if kind == "text_encoder" else vae_files(comfy_folders())
     return [AUTO, *(name for name, _ in found)]
@@ -94,7 +94,7 @@ class LoadCheckpoint(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         """The discovered models (rescanned whenever ComfyUI asks for node definitions) and loading options."""
-        from sidestep.variants import BASE_MODELS
+        from ..sidestep.variants import BASE_MODELS
 
         return io.Schema(
             node_id="SideStepLoadCheckpoint",
@@ -173,7 +173,7 @@ class LoadCheckpoint(io.ComfyNode):
         """Refuse, before anything runs, a model that is not there or whose text encoder, VAE or base is missing."""
         import torch
 
-        from sidestep.errors import SideStepError
+        from ..sidestep.errors import SideStepError
 
         if device == "cuda" and not torch.cuda.is_available():
             return "device is 'cuda' but this ComfyUI has no CUDA GPU; choose auto or cpu."
@@ -207,7 +207,7 @@ class AceStepFromComfyModels(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         """MODEL from Load Diffusion Model or Load Checkpoint; CLIP and VAE from the stock loaders."""
-        from sidestep.variants import BASE_MODELS
+        from ..sidestep.variants import BASE_MODELS
 
         return io.Schema(
             node_id="SideStepFromComfyModels",
@@ -240,8 +240,8 @@ class AceStepFromComfyModels(io.ComfyNode):
     @classmethod
     def execute(cls, model, base_model: str, clip=None, vae=None) -> io.NodeOutput:
         """Check the MODEL is ACE-Step 1.5 and wrap ComfyUI's weights (no copy) as a bundle."""
-        from sidestep.bundle import AceStepBundle, StateDictSource, state_dict_digest
-        from sidestep.comfy_models import entry_for_state_dict
+        from ..sidestep.bundle import AceStepBundle, StateDictSource, state_dict_digest
+        from ..sidestep.comfy_models import entry_for_state_dict
 
         diffusion = _ace_step_module(model)
         text_model = _text_encoder_module(clip) if clip is not None else None
@@ -266,7 +266,7 @@ def _ace_step_module(model):
     """ComfyUI's ACE-Step 1.5 diffusion module inside a MODEL; SideStepError for any other model."""
     from comfy.ldm.ace.ace_step15 import AceStepConditionGenerationModel
 
-    from sidestep.errors import CheckpointError
+    from ..sidestep.errors import CheckpointError
 
     diffusion = getattr(getattr(model, "model", None), "diffusion_model", None)
     if not isinstance(diffusion, AceStepConditionGenerationModel):
@@ -280,7 +280,7 @@ def _ace_step_module(model):
 
 def _text_encoder_module(clip):
     """The Qwen3 0.6B text model inside ComfyUI's ACE-Step 1.5 CLIP; SideStepError for any other CLIP."""
-    from sidestep.errors import CheckpointError
+    from ..sidestep.errors import CheckpointError
 
     qwen = getattr(getattr(clip, "cond_stage_model", None), "qwen3_06b", None)
     transformer = getattr(qwen, "transformer", None)
@@ -296,7 +296,7 @@ def _vae_module(vae):
     """The Oobleck audio VAE inside ComfyUI's VAE; SideStepError for an image or other VAE."""
     from comfy.ldm.audio.autoencoder import AudioOobleckVAE
 
-    from sidestep.errors import CheckpointError
+    from ..sidestep.errors import CheckpointError
 
     model = getattr(vae, "first_stage_model", None)
     if not isinstance(model, AudioOobleckVAE) or getattr(vae, "latent_channels", None) != 64:

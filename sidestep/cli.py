@@ -6,16 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from .adapters.config import KINDS, TARGET_PRESETS, LokrConfig, LoraConfig
-from .dataset.settings import NORMALIZE_MODES, EncodeConfig
-from .dataset.sidecars import TAG_POSITIONS
+from .adapters.config import KINDS, AdapterConfig, LokrConfig, LoraConfig
+from .dataset.settings import EncodeConfig
 from .errors import SideStepError
-from .labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
-from .request import GUIDANCE_MODES, GenerationRequest
-from .training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
+from .labeling.settings import LabelConfig, Sampling
+from .request import GenerationRequest
+from .settings import add_flags, from_flags
+from .training.config import TrainConfig
 from .training.layout import SUMMARY
-from .variants import DTYPES, FRAMES_PER_SECOND, config_defaults, per_base, resolve_device, resolve_dtype
+from .variants import DTYPES, resolve_device, resolve_dtype
 
+ADAPTER_KINDS = (LoraConfig, LokrConfig)
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the models found under a checkpoint root."""
@@ -60,18 +61,9 @@ def _bundle(args: argparse.Namespace):
 
 def cmd_encode(args: argparse.Namespace) -> int:
     """Encode a folder of songs into a training-ready tensor dataset."""
-    from .dataset.encode import EncodeConfig, encode_dataset
+    from .dataset.encode import encode_dataset
 
-    config = EncodeConfig(
-        audio_dir=args.dataset_dir,
-        output_dir=args.output_dir,
-        max_duration=args.max_duration,
-        normalize=args.normalize,
-        skip_existing=not args.force,
-        min_seconds=args.min_seconds,
-        custom_tag=args.trigger,
-        tag_position=args.tag_position,
-    )
+    config = EncodeConfig(audio_dir=args.dataset_dir, output_dir=args.output_dir, **from_flags(EncodeConfig, args))
 
     def report(event) -> None:
         detail = f" ({event.reason})" if event.reason else f" {event.seconds:.1f} s"
@@ -88,62 +80,30 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _adapter_config(args: argparse.Namespace):
-    from .adapters.config import LokrConfig, LoraConfig
+    """The LoraConfig or LokrConfig the flags describe (--target-modules chooses target custom)."""
+    from .adapters.config import CUSTOM_TARGET
 
-    custom = tuple(args.target_modules or ())
-    where = {"target": "custom" if custom else args.target, "custom_modules": custom}
-    if args.adapter == "lora":
-        return LoraConfig(rank=args.rank, alpha=args.alpha, dropout=args.dropout, use_dora=args.dora, **where)
-    return LokrConfig(
-        linear_dim=args.lokr_linear_dim,
-        linear_alpha=args.lokr_linear_alpha,
-        factor=args.lokr_factor,
-        decompose_both=args.lokr_decompose_both,
-        use_tucker=args.lokr_use_tucker,
-        weight_decompose=args.lokr_weight_decompose,
-        **where,
-    )
+    config_class = next(config for config in ADAPTER_KINDS if config.kind == args.adapter)
+    values = from_flags(config_class, args)
+    if values["custom_modules"]:
+        values["target"] = CUSTOM_TARGET
+    return config_class(**values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a LoRA/LoKR adapter on an encoded dataset, printing a progress bar."""
     from .progress import ProgressPrinter
     from .training import distributed
-    from .training.config import TrainConfig
     from .training.run import LATEST, TrainingRun
 
     _check_dataset_dir(Path(args.dataset_dir))
-    resume_from = args.resume_from
+    resume_from = from_flags(TrainConfig, args)["resume_from"]
     if resume_from and resume_from != LATEST:
         _check_resume_from(Path(resume_from), Path(args.output_dir))
         # Relative to the working directory here (the core reads a relative path as inside the run folder).
         resume_from = str(Path(resume_from).absolute())
     adapter = _adapter_config(args)
-    config = TrainConfig(
-        output_dir=args.output_dir,
-        epochs=args.epochs,
-        learning_rate=args.lr,
-        optimizer=args.optimizer,
-        scheduler=args.scheduler,
-        warmup_steps=args.warmup_steps,
-        batch_size=args.batch_size,
-        gradient_accumulation=args.gradient_accumulation,
-        max_grad_norm=args.max_grad_norm,
-        precision=args.precision,
-        gradient_checkpointing=not args.no_gradient_checkpointing,
-        seed=args.seed,
-        save_every=args.save_every,
-        timestep_mode=args.timestep_mode,
-        continuous_draws=args.continuous_draws,
-        cfg_ratio=args.cfg_ratio,
-        min_snr_gamma=args.min_snr_gamma,
-        max_latent_frames=args.max_latent_frames or None,
-        num_workers=args.num_workers,
-        shift=args.shift,
-        num_inference_steps=args.num_inference_steps,
-        resume_from=resume_from,
-        log_dir=args.log_dir,
-    )
+    config = TrainConfig(**{**from_flags(TrainConfig, args), "resume_from": resume_from}, output_dir=args.output_dir)
     _init_distributed()
     run = TrainingRun(_bundle(args), args.dataset_dir, adapter, config)
     run.train(ProgressPrinter())
@@ -214,52 +174,18 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_train_parser(commands, name: str, help_text: str) -> None:
     train = commands.add_parser(name, help=help_text, formatter_class=HelpFormatter)
-    lora, lokr, config = config_defaults(LoraConfig), config_defaults(LokrConfig), config_defaults(TrainConfig)
     _add_model_flags(train)
     train.add_argument("--dataset-dir", required=True, help="encoded dataset (ours, or Side-Step .pt files)")
     train.add_argument("--output-dir", required=True, help=f"run folder: {SUMMARY}")
     train.add_argument("--adapter", "--adapter-type", default=LoraConfig.kind, choices=KINDS, help="adapter type")
-    train.add_argument("--rank", type=int, default=lora["rank"], help="LoRA rank")
-    train.add_argument("--alpha", type=float, default=lora["alpha"], help="LoRA alpha (scale = alpha / rank)")
-    train.add_argument("--dropout", type=float, default=lora["dropout"], help="LoRA dropout")
-    train.add_argument("--dora", action="store_true", default=lora["use_dora"], help="weight-decomposed LoRA")
-    train.add_argument("--lokr-linear-dim", type=int, default=lokr["linear_dim"], help="LoKR dimension")
-    train.add_argument("--lokr-linear-alpha", type=float, default=lokr["linear_alpha"], help="LoKR alpha")
-    train.add_argument("--lokr-factor", type=int, default=lokr["factor"], help="LoKR Kronecker factor (-1 = automatic)")
-    train.add_argument("--lokr-decompose-both", action="store_true", default=lokr["decompose_both"], help="LoKR: decompose both Kronecker factors")
-    train.add_argument("--lokr-use-tucker", action="store_true", default=lokr["use_tucker"], help="LoKR: Tucker decomposition")
-    train.add_argument("--lokr-weight-decompose", action="store_true", default=lokr["weight_decompose"], help="LoKR: weight decomposition (DoRA-style)")
-    train.add_argument("--target", default=lora["target"], choices=list(TARGET_PRESETS), help="which decoder layers get the adapter")
-    train.add_argument("--target-modules", nargs="+", help="custom module list (overrides --target)")
-    train.add_argument("--epochs", type=int, default=config["epochs"], help="passes over the dataset")
-    train.add_argument("--lr", "--learning-rate", type=float, default=config["learning_rate"], help="learning rate (on resume the checkpoint's is kept)")
-    train.add_argument("--optimizer", "--optimizer-type", default=config["optimizer"], choices=OPTIMIZERS, help="optimiser")
-    train.add_argument("--scheduler", "--scheduler-type", default=config["scheduler"], choices=SCHEDULERS, help="learning-rate schedule over all epochs")
-    train.add_argument("--warmup-steps", type=int, default=config["warmup_steps"], help="linear warm-up steps")
-    train.add_argument("--batch-size", type=int, default=config["batch_size"], help="clips per batch")
-    train.add_argument("--gradient-accumulation", type=int, default=config["gradient_accumulation"], help="batches per optimiser step")
-    train.add_argument("--max-grad-norm", type=float, default=config["max_grad_norm"], help="gradient clipping norm")
-    train.add_argument("--precision", default=config["precision"], choices=PRECISIONS, help="compute precision (auto: bf16 on CUDA, fp32 on CPU)")
-    train.add_argument("--no-gradient-checkpointing", action="store_true", default=not config["gradient_checkpointing"], help="faster steps, more memory")
-    train.add_argument("--seed", type=int, default=config["seed"], help="random seed (noise, timesteps, crops, order)")
-    train.add_argument("--save-every", type=int, default=config["save_every"], help="write checkpoints/epoch_N every N epochs")
-    train.add_argument("--timestep-mode", default=config["timestep_mode"], choices=TIMESTEP_MODES, help="auto: discrete for turbo, continuous for base/sft")
-    train.add_argument("--continuous-draws", default=config["continuous_draws"], choices=CONTINUOUS_DRAWS, help="continuous timesteps: the larger of two draws (official) or one")
-    train.add_argument("--cfg-ratio", type=float, default=config["cfg_ratio"], help=f"condition dropout (when not given: {per_base(lambda v: v.cfg_ratio)})")
-    train.add_argument("--min-snr-gamma", type=float, default=config["min_snr_gamma"], help="min-SNR loss weighting gamma (off when not given)")
-    train.add_argument("--max-latent-frames", type=int, default=config["max_latent_frames"], help=f"random crop length in {FRAMES_PER_SECOND} Hz frames (0 = whole clips)")
-    train.add_argument("--num-workers", type=int, default=config["num_workers"], help="data loader worker processes")
-    train.add_argument("--shift", type=float, default=config["shift"], help=f"recorded for inference (when not given: {per_base(lambda v: v.schedule.shift)})")
-    train.add_argument("--num-inference-steps", type=int, default=config["num_inference_steps"], help=f"recorded for inference (when not given: {per_base(lambda v: v.schedule.steps)})")
-    train.add_argument("--resume-from", default=config["resume_from"], help="'latest' (the run's newest checkpoint), a checkpoints/epoch_N folder or the training_state.pt inside it")
-    train.add_argument("--log-dir", default=config["log_dir"], help="TensorBoard folder (default OUT/runs)")
+    add_flags(train, *ADAPTER_KINDS, AdapterConfig, TrainConfig)
     train.set_defaults(run=cmd_train)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Generate music (optionally with adapters) and write FLAC/WAV files."""
     from .audio import check_save_path, save_audio
-    from .generate import GenerationRequest, generate
+    from .generate import generate
 
     check_save_path(args.out)
     bundle = _bundle(args)
@@ -272,21 +198,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             loaded = load_adapter(path)
             adapters.append((loaded, strengths[min(index, len(strengths) - 1)]))
         metadata = adapters[0][0].metadata
-    request = GenerationRequest(
-        caption=args.caption,
-        lyrics=args.lyrics,
-        language=args.language,
-        duration=args.duration,
-        bpm=args.bpm,
-        keyscale=args.keyscale,
-        timesignature=args.timesignature,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        shift=args.shift,
-        guidance=args.guidance,
-        guidance_mode=args.guidance_mode,
-    )
+    request = GenerationRequest(caption=args.caption, **from_flags(GenerationRequest, args))
     result = generate(
         bundle, request, adapters, metadata, progress=lambda done, total: print(f"step {done}/{total}", flush=True)
     )
@@ -326,16 +238,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_label(args: argparse.Namespace) -> int:
     """Label a folder of songs with ACE-Step's 5 Hz LM, writing song.txt sidecars (user-written fields are kept)."""
-    from .labeling.decode import Sampling
-    from .labeling.label import LabelConfig, label_songs
+    from .labeling.label import label_songs
     from .labeling.lm import find_lms, pick_lm
 
     bundle = _bundle(args)
     lm = pick_lm(args.lm, find_lms([Path(args.checkpoint_dir)], []))
-    sampling = Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed, constrained=not args.free_decoding)
     config = LabelConfig(
-        audio_dir=args.dataset_dir, lm_path=str(lm), tokenizer_dir=args.tokenizer, fields=tuple(args.fields.split(",")),
-        overwrite=args.overwrite, trigger_word=args.trigger, sampling=sampling,
+        audio_dir=args.dataset_dir, lm_path=str(lm), tokenizer_dir=args.tokenizer,
+        sampling=Sampling(**from_flags(Sampling, args)), **from_flags(LabelConfig, args),
     )
     result = label_songs(
         bundle, config, callback=lambda e: print(f"[{e.index}/{e.total}] {e.status:10s} {e.file} {e.message}".rstrip(), flush=True),
@@ -364,53 +274,28 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(run=cmd_make_tiny_checkpoints)
 
     encode = commands.add_parser("encode", help="encode a folder of songs into a training dataset", formatter_class=HelpFormatter)
-    encoding = config_defaults(EncodeConfig)
     _add_model_flags(encode)
     encode.add_argument("--dataset-dir", required=True, help="folder of songs (searched recursively) with optional sidecars")
     encode.add_argument("--output-dir", required=True, help="where the clip tensors and manifest.json go")
-    encode.add_argument("--max-duration", type=float, default=encoding["max_duration"], help="split songs into clips of at most this many seconds (0 = keep whole)")
-    encode.add_argument("--normalize", default=encoding["normalize"], choices=NORMALIZE_MODES)
-    encode.add_argument("--min-seconds", type=float, default=encoding["min_seconds"], help="reject clips shorter than this")
-    encode.add_argument("--trigger", default=encoding["custom_tag"], help="trigger word / custom tag added to every caption")
-    encode.add_argument("--tag-position", default=encoding["tag_position"], choices=TAG_POSITIONS)
-    encode.add_argument("--force", action="store_true", default=not encoding["skip_existing"], help="re-encode clips even when unchanged")
+    add_flags(encode, EncodeConfig)
     encode.set_defaults(run=cmd_encode)
 
-    label = commands.add_parser("label", help="caption, tag and transcribe songs with ACE-Step's 5 Hz LM")
-    labeling, sampling = config_defaults(LabelConfig), config_defaults(Sampling)
+    label = commands.add_parser("label", help="caption, tag and transcribe songs with ACE-Step's 5 Hz LM", formatter_class=HelpFormatter)
     _add_model_flags(label)
     label.add_argument("--dataset-dir", required=True, help="folder of songs; song.txt sidecars are written beside them")
     label.add_argument("--lm", default="", help="acestep-5Hz-lm-* folder name under --checkpoint-dir, or a path (folder or ComfyUI qwen_*_ace15.safetensors)")
-    label.add_argument("--fields", default=",".join(labeling["fields"]), help="comma-separated: caption, metadata, lyrics")
-    label.add_argument("--overwrite", default=labeling["overwrite"], choices=OVERWRITE_MODES, help="never: skip labelled songs; empty: fill missing fields; all: rewrite")
-    label.add_argument("--trigger", default=labeling["trigger_word"], help="trigger word written to every song's sidecar")
-    label.add_argument("--temperature", type=float, default=sampling["temperature"], help="0 = greedy")
-    label.add_argument("--top-p", type=float, default=sampling["top_p"])
-    label.add_argument("--seed", type=int, default=sampling["seed"])
-    label.add_argument("--free-decoding", action="store_true", default=not sampling["constrained"], help="sample freely and validate after (default: constrained)")
+    add_flags(label, LabelConfig, Sampling)
     label.set_defaults(run=cmd_label)
 
     _add_train_parser(commands, "train", "train a LoRA or LoKR adapter")
     _add_train_parser(commands, "fixed", "alias of train (Side-Step's name)")
 
     sample = commands.add_parser("sample", help="generate music, optionally with trained adapters", formatter_class=HelpFormatter)
-    request = config_defaults(GenerationRequest)
     _add_model_flags(sample)
     sample.add_argument("--adapter", action="append", help="adapter folder/file (repeat to stack two)")
     sample.add_argument("--strength", type=float, action="append", help="strength per --adapter (default 1.0)")
     sample.add_argument("--caption", required=True, help="what the music should be")
-    sample.add_argument("--lyrics", default=request["lyrics"], help="lyrics (empty: instrumental)")
-    sample.add_argument("--language", default=request["language"], help="lyrics language code")
-    sample.add_argument("--duration", type=float, default=request["duration"], help="seconds")
-    sample.add_argument("--bpm", type=int, default=request["bpm"], help="tempo")
-    sample.add_argument("--keyscale", default=request["keyscale"], help="key and scale, e.g. 'C major'")
-    sample.add_argument("--timesignature", default=request["timesignature"], help="time signature, e.g. 4")
-    sample.add_argument("--seed", type=int, default=request["seed"], help="random seed")
-    sample.add_argument("--batch-size", type=int, default=request["batch_size"], help="songs to generate (NAME_1, NAME_2, ...)")
-    sample.add_argument("--steps", type=int, default=request["steps"], help=f"0 = from the adapter, else the variant's ({per_base(lambda v: v.schedule.steps)})")
-    sample.add_argument("--shift", type=float, default=request["shift"], help=f"0 = from the adapter, else the variant's ({per_base(lambda v: v.schedule.shift)})")
-    sample.add_argument("--guidance", type=float, default=request["guidance"], help=f"when not given: the variant's ({per_base(lambda v: v.guidance)}; 1 = off)")
-    sample.add_argument("--guidance-mode", default=request["guidance_mode"], choices=GUIDANCE_MODES, help="guidance for base/sft")
+    add_flags(sample, GenerationRequest)
     sample.add_argument("--out", default="song.flac", help=".flac or .wav")
     sample.set_defaults(run=cmd_sample)
 

@@ -102,28 +102,30 @@ def flow_plan(steps: int, shift: float = default_schedule("base").shift) -> Samp
 
 def resolve_steps_and_shift(
     variant_base: VariantBase,
-    steps: int = 0,
-    shift: float = 0.0,
+    steps: int | None = None,
+    shift: float | None = None,
     adapter_steps: int | None = None,
     adapter_shift: float | None = None,
 ) -> StepsAndShift:
-    """Pick steps and shift: the user's value, else the adapter's recorded one, else the variant default (0 = auto).
+    """Pick steps and shift: the user's value, else the adapter's recorded one, else the variant default (None or 0:
+    auto).
 
     Warns when the choice differs from what the adapter was trained for (`AdapterMetadata.num_inference_steps` and
     `.shift`; None when it recorded none).
     """
     default_shift, default_steps = default_schedule(variant_base)
+    steps, shift = steps or 0, shift or 0.0
     if steps < 0:
-        raise SamplingError(f"Sampling steps must be 0 (auto) or positive, got {steps}.")
+        raise SamplingError(f"Sampling steps must be auto or positive, got {steps}.")
     if shift < 0 or not math.isfinite(shift):
-        raise SamplingError(f"Shift must be 0 (auto) or a positive number, got {shift}.")
+        raise SamplingError(f"Shift must be auto or a positive number, got {shift}.")
     warnings: list[str] = []
 
     chosen_shift = shift or adapter_shift or default_shift
     if shift and adapter_shift and shift != adapter_shift:
         warnings.append(
             f"Shift {shift:g} differs from the shift {adapter_shift:g} this adapter was trained for. A wrong shift "
-            f"is the most common cause of bad audio; set shift to 0 (auto) to use {adapter_shift:g}."
+            f"is the most common cause of bad audio; set shift to auto to use {adapter_shift:g}."
         )
 
     if variant_base == "turbo":
@@ -134,19 +136,19 @@ def resolve_steps_and_shift(
     if steps and adapter_steps and steps != adapter_steps:
         warnings.append(
             f"Steps {steps} differ from the {adapter_steps} steps recorded for this adapter; "
-            f"set steps to 0 (auto) to use {adapter_steps}."
+            f"set steps to auto to use {adapter_steps}."
         )
     return StepsAndShift(steps or adapter_steps or default_steps, chosen_shift, tuple(warnings))
 
 
 def build_plan(
     variant_base: VariantBase,
-    steps: int = 0,
-    shift: float = 0.0,
+    steps: int | None = None,
+    shift: float | None = None,
     adapter_steps: int | None = None,
     adapter_shift: float | None = None,
 ) -> SamplingPlan:
-    """Resolve steps and shift (0 = auto) and build the matching turbo or base/sft plan with all warnings."""
+    """Resolve steps and shift (None = auto) and build the matching turbo or base/sft plan with all warnings."""
     chosen = resolve_steps_and_shift(variant_base, steps, shift, adapter_steps, adapter_shift)
     plan = turbo_plan(chosen.shift) if variant_base == "turbo" else flow_plan(chosen.steps, chosen.shift)
     return SamplingPlan(plan.timesteps, plan.is_turbo, chosen.warnings + plan.warnings)

@@ -1,217 +1,219 @@
-"""One default per setting: every setting a node, the CLI and the core share starts from the core's default and
-offers the core's choices. The node schemas are read from the pack loaded in-process, as ComfyUI loads it."""
+"""Each setting declared once: the node inputs and the CLI flags are exactly what the declarations on the settings
+dataclasses say (name, order, default, limits, choices, help with its "auto" meaning), and both read back to the
+core's defaults. Saved workflows keep their widgets' order and meaning, and every flag the CLI ever had still parses.
+The node schemas are read from the pack loaded in-process, as ComfyUI loads it."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import importlib
-from collections.abc import Callable
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from sidestep.adapters.config import KINDS, TARGET_PRESETS, LokrConfig, LoraConfig
+from sidestep.adapters.config import AdapterConfig, LokrConfig, LoraConfig
 from sidestep.cli import build_parser
-from sidestep.dataset.settings import NORMALIZE_MODES, EncodeConfig
-from sidestep.dataset.sidecars import TAG_POSITIONS
-from sidestep.labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
-from sidestep.request import GUIDANCE_MODES, GenerationRequest
-from sidestep.training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
+from sidestep.dataset.settings import EncodeConfig
+from sidestep.labeling.settings import LabelConfig, Sampling
+from sidestep.request import GenerationRequest
+from sidestep.settings import WIDGET_AUTO, add_flags, from_flags, from_widgets, node_widgets, setting, settings_of
+from sidestep.training.config import TrainConfig
 from sidestep.variants import DTYPES
 from tests.comfyui.test_model_patches import PACK_MODULE, comfy  # noqa: F401  (the in-process ComfyUI fixture)
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+# node key → (module, class, node id, the hand-written inputs before the generated ones, its settings dataclasses)
 NODES = {
-    "train": ("train", "TrainAdapter"),
-    "adapter": ("adapters", "ConfigureAdapter"),
-    "encode": ("dataset", "EncodeDataset"),
-    "sample": ("sample", "SampleWithShift"),
-    "label": ("label", "LabelSongs"),
-    "load": ("model", "LoadCheckpoint"),
+    "train": ("train", "TrainAdapter", "SideStepTrainAdapter", ("model", "dataset", "adapter_config", "run_name"), (TrainConfig,)),
+    "adapter": ("adapters", "ConfigureAdapter", "SideStepConfigureAdapter", ("adapter_type",), (LoraConfig, LokrConfig, AdapterConfig)),
+    "encode": ("dataset", "EncodeDataset", "SideStepEncodeDataset", ("model", "audio_folder", "dataset_folder"), (EncodeConfig,)),
+    "sample": ("sample", "SampleWithShift", "SideStepSampleWithShift", ("model", "caption", "lyrics", "language"), (GenerationRequest,)),
+    "label": ("label", "LabelSongs", "SideStepLabelSongs", ("model", "lm", "audio_folder"), (LabelConfig, Sampling)),
 }
-REQUIRED = {
-    "train": ["--checkpoint-dir", "m", "--dataset-dir", "d", "--output-dir", "o"],
-    "encode": ["--checkpoint-dir", "m", "--dataset-dir", "d", "--output-dir", "o"],
-    "label": ["--checkpoint-dir", "m", "--dataset-dir", "d"],
-    "sample": ["--checkpoint-dir", "m", "--caption", "c"],
+# command → (required flags, its settings dataclasses)
+COMMANDS = {
+    "train": (["--checkpoint-dir", "m", "--dataset-dir", "d", "--output-dir", "o"], (LoraConfig, LokrConfig, TrainConfig)),
+    "fixed": (["--checkpoint-dir", "m", "--dataset-dir", "d", "--output-dir", "o"], (LoraConfig, LokrConfig, TrainConfig)),
+    "encode": (["--checkpoint-dir", "m", "--dataset-dir", "d", "--output-dir", "o"], (EncodeConfig,)),
+    "label": (["--checkpoint-dir", "m", "--dataset-dir", "d"], (LabelConfig, Sampling)),
+    "sample": (["--checkpoint-dir", "m", "--caption", "c"], (GenerationRequest,)),
 }
-same: Callable[[Any], Any] = lambda value: value  # noqa: E731
-negated: Callable[[Any], Any] = lambda value: not value  # noqa: E731
-
-
-def auto_is(auto: Any) -> Callable[[Any], Any]:
-    """A widget whose `auto` value stands for the core's None."""
-    return lambda value: None if value == auto else value
-
-
-def has_group(group: str) -> Callable[[Any], Any]:
-    """Whether a label field group is among the chosen ones (a tuple in the core, comma-separated on the CLI)."""
-    return lambda fields: group in (fields.split(",") if isinstance(fields, str) else fields)
-
-
-@dataclass(frozen=True)
-class Shared:
-    """One core setting and where a node or the CLI offers it; `*_value` turn a widget or flag into the core's value."""
-
-    core: type
-    name: str
-    node: tuple[str, str] | None = None  # (NODES key, input id)
-    cli: tuple[str, str] | None = None  # (command, argparse dest)
-    node_value: Callable[[Any], Any] = same
-    cli_value: Callable[[Any], Any] = same
-    core_value: Callable[[Any], Any] = same
-
-
-SHARED = [
-    *(Shared(TrainConfig, name, ("train", name), ("train", name)) for name in (
-        "epochs", "optimizer", "scheduler", "warmup_steps", "batch_size", "gradient_accumulation", "precision", "seed",
-        "save_every", "timestep_mode",
-    )),
-    Shared(TrainConfig, "learning_rate", ("train", "learning_rate"), ("train", "lr")),
-    Shared(TrainConfig, "gradient_checkpointing", ("train", "gradient_checkpointing"), ("train", "no_gradient_checkpointing"), cli_value=negated),
-    Shared(TrainConfig, "cfg_ratio", ("train", "cfg_ratio"), ("train", "cfg_ratio"), node_value=auto_is(-1.0)),
-    Shared(TrainConfig, "resume_from", ("train", "resume_from"), ("train", "resume_from"), node_value=auto_is("")),
-    *(Shared(TrainConfig, name, ("train", name)) for name in ("preview_caption", "preview_every")),
-    *(Shared(TrainConfig, name, cli=("train", name)) for name in (
-        "max_grad_norm", "continuous_draws", "min_snr_gamma", "max_latent_frames", "num_workers", "shift",
-        "num_inference_steps", "log_dir",
-    )),
-    Shared(LoraConfig, "kind", ("adapter", "adapter_type"), ("train", "adapter")),
-    *(Shared(LoraConfig, name, ("adapter", name), ("train", name)) for name in ("rank", "alpha", "dropout", "target")),
-    Shared(LoraConfig, "use_dora", ("adapter", "weight_decompose"), ("train", "dora")),
-    Shared(LokrConfig, "weight_decompose", ("adapter", "weight_decompose"), ("train", "lokr_weight_decompose")),
-    Shared(LokrConfig, "linear_dim", ("adapter", "rank"), ("train", "lokr_linear_dim")),
-    Shared(LokrConfig, "linear_alpha", ("adapter", "alpha"), ("train", "lokr_linear_alpha")),
-    Shared(LokrConfig, "factor", ("adapter", "lokr_factor"), ("train", "lokr_factor")),
-    Shared(LokrConfig, "decompose_both", ("adapter", "lokr_decompose_both"), ("train", "lokr_decompose_both")),
-    Shared(LokrConfig, "use_tucker", cli=("train", "lokr_use_tucker")),
-    *(Shared(EncodeConfig, name, ("encode", name), ("encode", name)) for name in ("max_duration", "normalize")),
-    Shared(EncodeConfig, "skip_existing", ("encode", "skip_existing"), ("encode", "force"), cli_value=negated),
-    Shared(EncodeConfig, "custom_tag", ("encode", "trigger_word"), ("encode", "trigger")),
-    Shared(EncodeConfig, "tag_position", ("encode", "trigger_position"), ("encode", "tag_position"), node_value=auto_is("auto")),
-    Shared(EncodeConfig, "min_seconds", cli=("encode", "min_seconds")),
-    *(Shared(GenerationRequest, name, ("sample", name), ("sample", name)) for name in (
-        "duration", "keyscale", "timesignature", "seed", "batch_size", "steps", "shift",
-    )),
-    Shared(GenerationRequest, "bpm", ("sample", "bpm"), ("sample", "bpm"), node_value=auto_is(0)),
-    Shared(GenerationRequest, "guidance", ("sample", "guidance"), ("sample", "guidance"), node_value=auto_is(-1.0)),
-    Shared(GenerationRequest, "guidance_mode", cli=("sample", "guidance_mode")),
-    *(Shared(LabelConfig, "fields", ("label", group), ("label", "fields"), cli_value=has_group(group), core_value=has_group(group))
-      for group in ("caption", "metadata", "lyrics")),
-    Shared(LabelConfig, "overwrite", ("label", "overwrite"), ("label", "overwrite")),
-    Shared(LabelConfig, "trigger_word", ("label", "trigger_word"), ("label", "trigger")),
-    *(Shared(Sampling, name, ("label", name), ("label", name)) for name in ("temperature", "top_p", "seed")),
-    Shared(Sampling, "constrained", ("label", "constrained"), ("label", "free_decoding"), cli_value=negated),
-]
-# Inputs and flags that are not a core setting with a default: what to work on, where files go, and the song text.
-NOT_SHARED = {
-    "train": {"model", "dataset", "adapter_config", "run_name"},
-    "adapter": {"custom_modules"},  # "" in the node, () in the core: the module list of target 'custom'
-    "encode": {"model", "audio_folder", "dataset_folder"},
-    # The song itself: the node prefills an instrumental example ("[Instrumental]", "en"), the CLI leaves it empty.
-    "sample": {"model", "caption", "lyrics", "language"},
-    "label": {"model", "lm", "audio_folder"},
-    "cli": {
-        "command", "run", "checkpoint_dir", "model_variant", "tokenizer", "base_model", "device", "dtype", "dataset_dir",
-        "output_dir", "target_modules", "adapter", "strength", "caption", "lyrics", "language", "out", "lm",
-    },
+# Every flag and alias the CLI had before its flags were built from the declarations (they must keep working).
+LEGACY_FLAGS = {
+    "train": "--adapter --adapter-type --alpha --batch-size --cfg-ratio --continuous-draws --dora --dropout --epochs "
+    "--gradient-accumulation --learning-rate --log-dir --lokr-decompose-both --lokr-factor --lokr-linear-alpha "
+    "--lokr-linear-dim --lokr-use-tucker --lokr-weight-decompose --lr --max-grad-norm --max-latent-frames "
+    "--min-snr-gamma --no-gradient-checkpointing --num-inference-steps --num-workers --optimizer --optimizer-type "
+    "--precision --rank --resume-from --save-every --scheduler --scheduler-type --seed --shift --target "
+    "--target-modules --timestep-mode --warmup-steps",
+    "encode": "--max-duration --normalize --min-seconds --trigger --tag-position --force",
+    "label": "--lm --fields --overwrite --trigger --temperature --top-p --seed --free-decoding",
+    "sample": "--adapter --strength --caption --lyrics --language --duration --bpm --keyscale --timesignature --seed "
+    "--batch-size --steps --shift --guidance --guidance-mode --out",
 }
-# The core's choices and where a node (with any extra values it adds first) and the CLI offer them.
-CHOICES = [
-    (OPTIMIZERS, ("train", "optimizer", ()), ("train", "optimizer")),
-    (SCHEDULERS, ("train", "scheduler", ()), ("train", "scheduler")),
-    (PRECISIONS, ("train", "precision", ()), ("train", "precision")),
-    (TIMESTEP_MODES, ("train", "timestep_mode", ()), ("train", "timestep_mode")),
-    (CONTINUOUS_DRAWS, None, ("train", "continuous_draws")),
-    (KINDS, ("adapter", "adapter_type", ()), ("train", "adapter")),
-    (tuple(TARGET_PRESETS), None, ("train", "target")),
-    (NORMALIZE_MODES, ("encode", "normalize", ()), ("encode", "normalize")),
-    (TAG_POSITIONS, ("encode", "trigger_position", ("auto",)), ("encode", "tag_position")),
-    (OVERWRITE_MODES, ("label", "overwrite", ()), ("label", "overwrite")),
-    (GUIDANCE_MODES, None, ("sample", "guidance_mode")),
-    (("auto", *DTYPES), None, ("sample", "dtype")),
-]
 
 
 @pytest.fixture(scope="module")
-def node_inputs(comfy: ModuleType) -> dict[str, dict[str, Any]]:  # noqa: F811
-    """Every node's schema inputs by id, as ComfyUI builds them (after the pack's entry point registered its folders)."""
+def schemas(comfy: ModuleType) -> dict[str, list[Any]]:  # noqa: F811
+    """Every node's schema inputs in order, as ComfyUI builds them (after the pack's entry point registered its folders)."""
     # In a thread of its own: the browser tests' session-wide Playwright keeps an event loop running in this one.
     with ThreadPoolExecutor(max_workers=1) as thread:
         thread.submit(asyncio.run, importlib.import_module(PACK_MODULE).comfy_entrypoint()).result()
     inputs = {}
-    for key, (module, name) in NODES.items():
+    for key, (module, name, *_) in NODES.items():
         node = getattr(importlib.import_module(f"{PACK_MODULE}.nodes.{module}"), name)
-        inputs[key] = {item.id: item for item in node.define_schema().inputs}
+        inputs[key] = list(node.define_schema().inputs)
+    inputs["load"] = list(importlib.import_module(f"{PACK_MODULE}.nodes.model").LoadCheckpoint.define_schema().inputs)
     return inputs
 
 
-@pytest.fixture(scope="module")
-def cli_defaults() -> dict[str, argparse.Namespace]:
-    """What each command's flags hold when only the required ones are given."""
-    return {command: build_parser().parse_args([command, *args]) for command, args in REQUIRED.items()}
-
-
-def core_default(config: type, name: str) -> Any:
-    """A config dataclass's default for `name`, read from its fields (or its class attribute, e.g. an adapter's kind)."""
-    field = next((field for field in dataclasses.fields(config) if field.name == name), None)
-    if field is None:
-        return getattr(config, name)
-    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-
-
-@pytest.mark.parametrize("shared", SHARED, ids=lambda shared: f"{shared.core.__name__}.{shared.name}-{shared.node or shared.cli}")
-def test_node_cli_and_core_defaults_agree(shared: Shared, node_inputs: dict, cli_defaults: dict) -> None:
-    expected = shared.core_value(core_default(shared.core, shared.name))
-    if shared.node is not None:
-        node, input_id = shared.node
-        assert shared.node_value(node_inputs[node][input_id].default) == expected, f"node {node}.{input_id}"
-    if shared.cli is not None:
-        command, dest = shared.cli
-        assert shared.cli_value(getattr(cli_defaults[command], dest)) == expected, f"{command} --{dest}"
-
-
-def test_train_runs_as_long_and_saves_as_often_from_the_node_and_the_cli(node_inputs: dict, cli_defaults: dict) -> None:
-    """The drift the issue names: the CLI trained 100 epochs saving every 10 while the core said 10 and 1."""
-    train = cli_defaults["train"]
-    assert (train.epochs, train.save_every) == (node_inputs["train"]["epochs"].default, node_inputs["train"]["save_every"].default)
-
-
-def test_every_widget_and_flag_is_compared_or_named(node_inputs: dict, cli_defaults: dict) -> None:
-    """A new widget or flag with a default must join SHARED (or say why it is not a core setting)."""
-    for node, inputs in node_inputs.items():
-        if node == "load":
-            continue
-        compared = {shared.node[1] for shared in SHARED if shared.node and shared.node[0] == node}
-        assert set(inputs) - compared - NOT_SHARED[node] == set(), node
-    for command, namespace in cli_defaults.items():
-        compared = {shared.cli[1] for shared in SHARED if shared.cli and shared.cli[0] == command}
-        assert set(vars(namespace)) - compared - NOT_SHARED["cli"] == set(), command
-
-
-@pytest.mark.parametrize("core, node, cli", CHOICES, ids=[f"{command}-{dest}" for _, _, (command, dest) in CHOICES])
-def test_choices_come_from_the_core(core: tuple, node: tuple | None, cli: tuple, node_inputs: dict) -> None:
-    if node is not None:
-        key, input_id, extra = node
-        assert tuple(node_inputs[key][input_id].options) == (*extra, *core)
-    command, dest = cli
-    action = next(action for action in _subparser(command)._actions if action.dest == dest)
-    assert tuple(action.choices) == tuple(core)
-
-
-def test_model_flags_and_the_load_node_start_from_auto(node_inputs: dict, cli_defaults: dict) -> None:
-    """Device and dtype default to 'auto' everywhere; the core's one rule decides what auto means."""
-    for namespace in cli_defaults.values():
-        assert (namespace.device, namespace.dtype) == ("auto", "auto")
-    assert (node_inputs["load"]["device"].default, node_inputs["load"]["dtype"].default) == ("auto", "auto")
-    assert set(node_inputs["load"]["dtype"].options) <= {"auto", *DTYPES}
-
-
 def _subparser(command: str) -> argparse.ArgumentParser:
-    """The parser of one sub-command."""
     commands = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
     return commands.choices[command]
+
+
+def _core_defaults(settings_class: type) -> dict[str, Any]:
+    return {item.name: item.default for item in settings_of(settings_class)}
+
+
+@pytest.mark.parametrize("key", NODES)
+def test_node_inputs_are_the_declared_settings(key: str, schemas: dict) -> None:
+    """After its own inputs, a node offers exactly its dataclasses' declared settings, in declaration order, with their
+    defaults, limits, choices and tooltips; the widgets' defaults read back as the core's defaults."""
+    _, _, _, own, classes = NODES[key]
+    inputs = schemas[key]
+    assert [item.id for item in inputs[: len(own)]] == list(own)
+    widgets = node_widgets(*classes)
+    generated = inputs[len(own):]
+    assert [item.id for item in generated] == [widget.name for widget in widgets]
+    for item, widget in zip(generated, widgets, strict=True):
+        assert (item.default, item.tooltip, item.optional) == (widget.default, widget.tooltip, True), item.id
+        assert tuple(getattr(item, "options", None) or ()) == widget.options, item.id
+        assert (getattr(item, "min", None), getattr(item, "max", None)) == (widget.min, widget.max), item.id
+    defaults = {widget.name: widget.default for widget in widgets}
+    for settings_class in classes:
+        if settings_class is AdapterConfig:
+            continue
+        shown = {item.name for item in settings_of(settings_class) if item.setting.node is not False}
+        expected = {name: value for name, value in _core_defaults(settings_class).items() if name in shown}
+        assert from_widgets(settings_class, defaults) == expected, settings_class.__name__
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_cli_flags_are_the_declared_settings(command: str) -> None:
+    """Every declared setting is a flag (with its aliases) whose help is the declaration's, and the flags' defaults read
+    back as the core's defaults."""
+    required, classes = COMMANDS[command]
+    parser = _subparser(command)
+    args = parser.parse_args(required)
+    by_dest = {action.dest: action for action in parser._actions}
+    for settings_class in classes:
+        assert from_flags(settings_class, args) == _core_defaults(settings_class), settings_class.__name__
+        for item in settings_of(settings_class):
+            action = by_dest[item.dest]
+            assert tuple(action.option_strings) == item.flags, item.name
+            if item.setting.auto is not None:
+                assert f"auto: {item.setting.auto}" in action.help, item.name
+
+
+@pytest.mark.parametrize("key", NODES)
+def test_auto_is_shown_the_same_way_on_nodes(key: str) -> None:
+    """A setting whose None means auto says so in its tooltip; a number widget spells auto -1 and reads -1 as None."""
+    for settings_class in NODES[key][4]:
+        widgets = {widget.name: widget for widget in node_widgets(settings_class)}
+        for item in settings_of(settings_class, own=True):
+            if item.setting.auto is None or item.setting.node is False:
+                continue
+            widget = widgets[item.widget_name]
+            assert f"auto: {item.setting.auto}" in widget.tooltip
+            if item.kind in (int, float):
+                assert widget.min == WIDGET_AUTO and f"{WIDGET_AUTO} = auto" in widget.tooltip
+                assert item.read(WIDGET_AUTO) is None
+
+
+@pytest.mark.parametrize("command", LEGACY_FLAGS)
+def test_every_flag_and_alias_the_cli_had_still_parses(command: str) -> None:
+    options = {flag for action in _subparser(command)._actions for flag in action.option_strings}
+    assert set(LEGACY_FLAGS[command].split()) <= options
+
+
+def test_a_setting_appended_to_a_dataclass_lands_last_on_the_node_and_as_a_flag() -> None:
+    """The mechanism other settings rely on: one declaration, nothing else."""
+
+    @dataclass
+    class Extended(TrainConfig):
+        ema_decay: float | None = setting(None, help="Exponential moving average of the weights.", min=0.0, max=1.0, auto="off")
+
+    assert node_widgets(TrainConfig, Extended)[:-1] == node_widgets(TrainConfig)
+    assert node_widgets(TrainConfig, Extended)[-1].name == "ema_decay"
+    parser = argparse.ArgumentParser()
+    add_flags(parser, TrainConfig, Extended)
+    assert from_flags(Extended, parser.parse_args(["--ema-decay", "0.99"]))["ema_decay"] == 0.99
+    assert from_flags(Extended, parser.parse_args(["--ema-decay", "auto"]))["ema_decay"] is None
+    assert from_widgets(Extended, {"ema_decay": WIDGET_AUTO})["ema_decay"] is None
+
+
+def _saved_widgets(node: dict) -> dict[str, Any]:
+    """A saved UI-format node's widget values by name (a seed's control_after_generate value skipped)."""
+    names = [item["widget"]["name"] for item in node.get("inputs", []) if item.get("widget")]
+    values = list(node["widgets_values"])
+    found = {}
+    for name in names:
+        found[name] = values.pop(0)
+        if values and values[0] in ("fixed", "increment", "decrement", "randomize"):
+            values.pop(0)
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda path: path.name)
+def test_saved_workflows_keep_their_widget_order_and_meaning(path: Path, schemas: dict) -> None:
+    """Each example workflow, as saved before the inputs were generated: its widgets are the first inputs of today's
+    node in the same order, and their values build the core's settings (the old auto spellings read as auto)."""
+    by_id = {spec[2]: key for key, spec in NODES.items()}
+    for node in json.loads(path.read_text(encoding="utf-8"))["nodes"]:
+        key = by_id.get(node["type"])
+        if key is None:
+            continue
+        saved = _saved_widgets(node)
+        inputs = [item.id for item in schemas[key] if isinstance(item, _widget_types())]
+        assert inputs[: len(saved)] == list(saved), node["type"]
+        for settings_class in NODES[key][4]:
+            if settings_class is not AdapterConfig:
+                settings_class(**_required(settings_class), **from_widgets(settings_class, saved))
+        # What the old auto spellings (0 for sampling steps, shift and bpm; -1 elsewhere) read as.
+        legacy_auto = {"steps": 0, "shift": 0, "bpm": 0, "guidance": -1, "cfg_ratio": -1, "lokr_factor": -1}
+        for classes in NODES[key][4]:
+            read = from_widgets(classes, saved)
+            for item in settings_of(classes):
+                if item.widget_name in legacy_auto and saved.get(item.widget_name) == legacy_auto[item.widget_name]:
+                    assert read[item.name] is None, (node["type"], item.name)
+
+
+def _widget_types() -> tuple[type, ...]:
+    """Inputs that are widgets (the others are links: model, dataset, adapter ...)."""
+    from comfy_api.latest import io
+
+    return (io.Int.Input, io.Float.Input, io.Boolean.Input, io.Combo.Input, io.String.Input)
+
+
+def _required(settings_class: type) -> dict[str, Any]:
+    """Placeholder values for a dataclass's fields without a default (paths)."""
+    fields = {"TrainConfig": {"output_dir": "out"}, "EncodeConfig": {"audio_dir": "in", "output_dir": "out"},
+              "LabelConfig": {"audio_dir": "in", "lm_path": "lm"}, "GenerationRequest": {"caption": "c"}}
+    return fields.get(settings_class.__name__, {})
+
+
+def test_model_flags_and_the_load_node_start_from_auto(schemas: dict) -> None:
+    """Device and dtype default to 'auto' everywhere; the core's one rule decides what auto means."""
+    for command, (required, _) in COMMANDS.items():
+        namespace = _subparser(command).parse_args(required)
+        assert (namespace.device, namespace.dtype) == ("auto", "auto")
+    load = {item.id: item for item in schemas["load"]}
+    assert (load["device"].default, load["dtype"].default) == ("auto", "auto")
+    assert set(load["dtype"].options) <= {"auto", *DTYPES}

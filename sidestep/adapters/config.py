@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from ..errors import AdapterError
+from ..settings import setting
 
 KINDS = ("lora", "lokr")
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -25,6 +26,7 @@ TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "cross_attention": _CROSS,
 }
 CUSTOM_TARGET = "custom"
+AUTO_FACTOR = -1  # LyCORIS's and the saved settings' spelling of an automatic LoKR factor
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -55,8 +57,20 @@ class AdapterConfig(ABC):
     """
 
     kind: ClassVar[str]
-    target: str = "attention"
-    custom_modules: tuple[str, ...] = ()
+    target: str = setting(
+        "attention", choices=(*TARGET_PRESETS, CUSTOM_TARGET),
+        help=(
+            "Which layers of every DiT block to adapt: attention (self + cross), attention_mlp, self_attention, "
+            "cross_attention, or custom (see custom_modules)."
+        ),
+    )
+    custom_modules: tuple[str, ...] = setting(
+        (), flags=("--target-modules",),
+        help=(
+            "With target 'custom': layer names, e.g. 'q_proj, v_proj', 'cross_attn.o_proj' or "
+            "'layers.0.self_attn.q_proj' (on the CLI they choose target custom)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         self._check_settings()
@@ -110,7 +124,7 @@ class AdapterConfig(ABC):
         return {"kind": self.kind, **self._settings(), "target": self.target, "custom_modules": list(self.custom_modules)}
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "AdapterConfig":
+    def from_dict(data: dict[str, Any]) -> AdapterConfig:
         """Build a LoraConfig or LokrConfig from `to_dict()` output (by "kind", default lora); the other kind's
         settings are ignored; unknown keys or kinds raise AdapterError."""
         kinds = {config.kind: config for config in (LoraConfig, LokrConfig)}
@@ -125,6 +139,8 @@ class AdapterConfig(ABC):
         values = {key: value for key, value in data.items() if key in own}
         if "custom_modules" in values and not isinstance(values["custom_modules"], str):
             values["custom_modules"] = tuple(values["custom_modules"])
+        if values.get("factor") == AUTO_FACTOR:
+            values["factor"] = None
         return kinds[kind](**values)
 
 
@@ -133,10 +149,20 @@ class LoraConfig(AdapterConfig):
     """A LoRA (PEFT): rank, alpha (scale = alpha / rank), dropout on the adapter's input, and DoRA."""
 
     kind: ClassVar[str] = "lora"
-    rank: int = 64
-    alpha: float = 128
-    dropout: float = 0.0
-    use_dora: bool = False
+    rank: int = setting(64, help="LoRA rank: capacity of the adapter (16-128 is typical).", min=1, max=1024)
+    alpha: float = setting(
+        128, help="LoRA scaling: the update is multiplied by alpha / rank.", min=0.01, max=4096.0, step=1.0
+    )
+    dropout: float = setting(
+        0.0, help="LoRA only: dropout on the adapter's input during training (0 = off).", min=0.0, max=0.9, step=0.01
+    )
+    use_dora: bool = setting(
+        False, flags=("--dora",), node="weight_decompose",
+        help=(
+            "DoRA for LoRA / weight decomposition for LoKR. Often better quality, but ComfyUI's native LoRA loader "
+            "cannot reproduce it, so no models/loras export is written."
+        ),
+    )
 
     def _check_settings(self) -> None:
         _positive_int("rank", self.rank)
@@ -159,36 +185,58 @@ class LoraConfig(AdapterConfig):
     def _settings(self) -> dict[str, Any]:
         return {
             "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "use_dora": self.use_dora,
-            "linear_dim": self.rank, "linear_alpha": self.alpha, "factor": -1, "decompose_both": False,
+            "linear_dim": self.rank, "linear_alpha": self.alpha, "factor": AUTO_FACTOR, "decompose_both": False,
             "use_tucker": False, "weight_decompose": False,
         }
 
 
 @dataclass(frozen=True, kw_only=True)
 class LokrConfig(AdapterConfig):
-    """A LoKR (LyCORIS): linear_dim/linear_alpha, the Kronecker factor (-1 automatic), decompose_both, use_tucker and
+    """A LoKR (LyCORIS): linear_dim/linear_alpha, the Kronecker factor (None automatic), decompose_both, use_tucker and
     weight decomposition. `use_tucker` only changes convolution layers in LyCORIS, so on the decoder's Linear targets
     it trains exactly like `use_tucker=False`."""
 
     kind: ClassVar[str] = "lokr"
-    linear_dim: int = 64
-    linear_alpha: float = 128
-    factor: int = -1
-    decompose_both: bool = False
-    use_tucker: bool = False
-    weight_decompose: bool = False
+    linear_dim: int = setting(
+        64, help="LoKR linear dimension: capacity of the adapter.", min=1, max=1024, flags=("--lokr-linear-dim",), node="rank"
+    )
+    linear_alpha: float = setting(
+        128, help="LoKR scaling, when a factor is decomposed: alpha / dimension.", min=0.01, max=4096.0, step=1.0,
+        flags=("--lokr-linear-alpha",), node="alpha",
+    )
+    factor: int | None = setting(
+        None, help="LoKR only: Kronecker factor.", min=1, max=1024, auto="LyCORIS picks one",
+        flags=("--lokr-factor",), node="lokr_factor",
+    )
+    decompose_both: bool = setting(
+        False, help="LoKR only: also split the smaller Kronecker factor into a low-rank pair.",
+        flags=("--lokr-decompose-both",), node="lokr_decompose_both",
+    )
+    use_tucker: bool = setting(
+        False, help="LoKR: Tucker decomposition (changes convolutions only, so nothing on the decoder).",
+        flags=("--lokr-use-tucker",), node=False,
+    )
+    weight_decompose: bool = setting(
+        False, help="LoKR: weight decomposition (DoRA-style); no models/loras export is written.",
+        flags=("--lokr-weight-decompose",), node="weight_decompose",
+    )
 
     def _check_settings(self) -> None:
         _positive_int("linear_dim", self.linear_dim)
         _positive_number("linear_alpha", self.linear_alpha)
-        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or (self.factor <= 0 and self.factor != -1):
-            raise AdapterError(f"LoKR factor must be -1 (automatic) or a whole number above 0, got {self.factor!r}.")
+        if self.factor is not None:
+            _positive_int("factor", self.factor)
         for name in ("decompose_both", "use_tucker", "weight_decompose"):
             _flag(name, getattr(self, name))
 
     @property
     def decomposes_weight(self) -> bool:
         return self.weight_decompose
+
+    @property
+    def lycoris_factor(self) -> int:
+        """The factor as LyCORIS and the saved settings spell it (-1 automatic)."""
+        return AUTO_FACTOR if self.factor is None else self.factor
 
     def shape_signature(self) -> tuple:
         shape = (self.linear_dim, self.factor, self.decompose_both, self.weight_decompose)
@@ -198,11 +246,12 @@ class LokrConfig(AdapterConfig):
         extra = (", both factors decomposed" if self.decompose_both else "") + (
             ", weight-decomposed" if self.weight_decompose else ""
         )
-        return f"LoKR dim {self.linear_dim}, alpha {self.linear_alpha:g}, factor {self.factor}{extra} on {self._where()}"
+        factor = "auto" if self.factor is None else self.factor
+        return f"LoKR dim {self.linear_dim}, alpha {self.linear_alpha:g}, factor {factor}{extra} on {self._where()}"
 
     def _settings(self) -> dict[str, Any]:
         return {
             "rank": self.linear_dim, "alpha": self.linear_alpha, "dropout": 0.0, "use_dora": False,
-            "linear_dim": self.linear_dim, "linear_alpha": self.linear_alpha, "factor": self.factor,
+            "linear_dim": self.linear_dim, "linear_alpha": self.linear_alpha, "factor": self.lycoris_factor,
             "decompose_both": self.decompose_both, "use_tucker": self.use_tucker, "weight_decompose": self.weight_decompose,
         }

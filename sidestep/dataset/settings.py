@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import DatasetError
+from ..settings import setting
 from .sidecars import TAG_POSITIONS
 
 NORMALIZE_MODES = ("none", "peak", "loudness")
@@ -20,12 +21,28 @@ class EncodeConfig:
 
     audio_dir: str
     output_dir: str
-    max_duration: float = 0.0
-    normalize: str = "none"
-    skip_existing: bool = True
-    min_seconds: float = 1.0
-    custom_tag: str = ""
-    tag_position: str | None = None
+    # The Encode Dataset node shows these settings in this order: append new ones at the end.
+    max_duration: float = setting(
+        0.0, help="Cut longer songs into clips of at most this many seconds; 0 keeps every song whole.",
+        min=0.0, max=600.0, step=1.0,
+    )
+    normalize: str = setting(
+        "none", choices=NORMALIZE_MODES,
+        help="Loudness treatment before encoding: none, peak (to -1 dBFS) or loudness (integrated LUFS).",
+    )
+    skip_existing: bool = setting(
+        True, flags=("--force",),
+        help="Reuse clips already encoded from unchanged songs with the same settings; off (--force) re-encodes all.",
+    )
+    min_seconds: float = setting(1.0, help="Reject clips shorter than this many seconds.", min=0.0, node=False)
+    custom_tag: str = setting(
+        "", flags=("--trigger",), node="trigger_word",
+        help="Optional tag added to every caption (e.g. 'sks_style'); use it in prompts to call up the adapter.",
+    )
+    tag_position: str | None = setting(
+        None, choices=TAG_POSITIONS, node="trigger_position", help="Where the trigger word goes in each caption.",
+        auto="the dataset JSON's choice, else prepend",
+    )
     vae_chunk_seconds: float = 30.0
     vae_overlap_seconds: float = 2.0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..settings import setting
+
 OVERWRITE_MODES = ("never", "empty", "all")
 FIELD_GROUPS = {
     "caption": ("caption",),
@@ -16,12 +18,24 @@ FIELD_GROUPS = {
 class Sampling:
     """How tokens are drawn: temperature (0 = greedy), top-p, seed, length limits, constrained or free decoding."""
 
-    temperature: float = 0.7
-    top_p: float = 1.0
-    seed: int = 0
+    # The Label Songs node shows these settings (after LabelConfig's) in this order: append new ones at the end.
+    temperature: float = setting(
+        0.7, help="Sampling temperature; 0 is greedy (always the most likely token).", min=0.0, max=2.0, step=0.05
+    )
+    top_p: float = setting(
+        1.0, help="Nucleus sampling: draw only from the most likely tokens covering this probability; 1 = off.",
+        min=0.05, max=1.0, step=0.05,
+    )
+    seed: int = setting(
+        0, help="Seed for sampling (kept fixed: the same seed gives the same labels, and re-runs skip).",
+        min=0, max=2**31 - 1, widget={"control_after_generate": False},
+    )
     max_caption_tokens: int = 200
     max_lyric_tokens: int = 1024
-    constrained: bool = True
+    constrained: bool = setting(
+        True, flags=("--free-decoding",),
+        help="Constrain BPM, key, time signature and language to ACE-Step's values while generating (off: validate after).",
+    )
 
 
 @dataclass(frozen=True)
@@ -31,7 +45,14 @@ class LabelConfig:
     audio_dir: str
     lm_path: str
     tokenizer_dir: str | None = None
-    fields: tuple[str, ...] = tuple(FIELD_GROUPS)
-    overwrite: str = "empty"
-    trigger_word: str = ""
+    # The Label Songs node shows these settings in this order (one switch per field group): append new ones at the end.
+    fields: tuple[str, ...] = setting(
+        tuple(FIELD_GROUPS), choices=tuple(FIELD_GROUPS),
+        help="What to write: caption (genre, mood, instruments), metadata (BPM, key, time signature, language), lyrics",
+    )
+    overwrite: str = setting(
+        "empty", choices=OVERWRITE_MODES,
+        help="never: leave songs that have any label alone. empty: fill only missing fields. all: rewrite the chosen fields.",
+    )
+    trigger_word: str = setting("", flags=("--trigger",), help="Optional trigger word written into every song's sidecar.")
     sampling: Sampling = field(default_factory=Sampling)

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TrainingError
-from ..variants import Schedule, variant_defaults
+from ..settings import setting
+from ..variants import FRAMES_PER_SECOND, Schedule, per_base, variant_defaults
+from .layout import EPOCH_PREFIX, PREVIEW_SUFFIX, PREVIEWS_FOLDER
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
 SCHEDULERS = ("constant", "linear", "cosine", "cosine_restarts")
@@ -21,34 +23,83 @@ class TrainConfig:
     """How to train: schedule, optimisation, precision, checkpoints, logging and previews."""
 
     output_dir: str
-    epochs: int = 10
-    learning_rate: float = 1e-4
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    scheduler: str = "cosine"
-    warmup_steps: int = 0
-    restarts: int = 2
-    batch_size: int = 1
-    gradient_accumulation: int = 1
-    max_grad_norm: float = 1.0
-    precision: str = "auto"
-    gradient_checkpointing: bool = True
-    seed: int = 42
-    save_every: int = 1
-    timestep_mode: str = "auto"
-    continuous_draws: str = "max_of_two"
-    cfg_ratio: float | None = None
-    min_snr_gamma: float | None = None
-    max_latent_frames: int | None = 1500
-    num_workers: int = 0
-    nan_patience: int = 5
-    shift: float | None = None
-    num_inference_steps: int | None = None
-    log_every: int = 1
-    preview_every: int = 0
-    preview_caption: str = ""
-    resume_from: str | None = None
-    log_dir: str | None = None
+    # The Train Adapter node shows the settings below in this order (saved workflows keep their widget order):
+    # append new settings at the end; `node=False` ones are CLI-only.
+    epochs: int = setting(10, help="Passes over the whole dataset.", min=1, max=100_000)
+    learning_rate: float = setting(
+        1e-4, help="Step size: 1e-4 suits LoRA with AdamW; Prodigy expects 1.0 (on resume the checkpoint's is kept).",
+        min=0.0000001, max=10.0, step=0.0000001, flags=("--lr", "--learning-rate"),
+    )
+    optimizer: str = setting(
+        "adamw", choices=OPTIMIZERS, flags=("--optimizer", "--optimizer-type"),
+        help="adamw; adamw8bit (needs bitsandbytes); prodigy (needs prodigyopt, learning rate 1.0); adafactor.",
+    )
+    scheduler: str = setting(
+        "cosine", choices=SCHEDULERS, flags=("--scheduler", "--scheduler-type"),
+        help="How the learning rate changes over the run (after warm-up).",
+    )
+    warmup_steps: int = setting(0, help="Optimiser steps during which the learning rate ramps up from 0.", min=0, max=100_000)
+    batch_size: int = setting(1, help="Clips per forward pass.", min=1, max=64)
+    gradient_accumulation: int = setting(
+        1, help="Batches summed per optimiser step (effective batch = batch_size x this).", min=1, max=1024
+    )
+    timestep_mode: str = setting(
+        "auto", choices=TIMESTEP_MODES, help="How training draws timesteps.",
+        auto="the 8 discrete turbo timesteps for turbo, continuous logit-normal for base/sft",
+    )
+    cfg_ratio: float | None = setting(
+        None, help="Share of samples trained without their caption (for guidance).", min=0.0, max=0.99, step=0.01,
+        auto=per_base(lambda v: v.cfg_ratio),
+    )
+    save_every: int = setting(
+        1, help="Write checkpoints/epoch_N (adapter + training state) every this many epochs.", min=1, max=100_000
+    )
+    seed: int = setting(
+        42, help="Seed of every random choice in training (kept fixed: a new seed would mean a new run).",
+        min=0, max=2**31 - 1, widget={"control_after_generate": False},
+    )
+    resume_from: str | None = setting(
+        None, help=(
+            "Continue a run: 'latest' (this run's newest checkpoint) or a checkpoint folder such as checkpoints/epoch_5 "
+            "(relative paths are inside the run) or the training_state.pt inside it."
+        ), auto="start fresh",
+    )
+    gradient_checkpointing: bool = setting(
+        True, help="Recompute activations in the backward pass: much less memory, about 30% slower."
+    )
+    precision: str = setting("auto", choices=PRECISIONS, help="Compute precision.", auto="bf16 on CUDA, fp32 on the CPU")
+    preview_caption: str = setting(
+        "", help="Caption of the preview songs; empty uses the first clip's caption from the dataset."
+    )
+    preview_every: int = setting(
+        0, help=f"Every this many epochs, generate a short preview song, "
+        f"{PREVIEWS_FOLDER}/{EPOCH_PREFIX}N{PREVIEW_SUFFIX}; 0 = off.", min=0, max=100_000
+    )
+    weight_decay: float = setting(0.01, help="AdamW weight decay.", min=0.0, node=False)
+    restarts: int = setting(2, help="Restarts of the cosine_restarts schedule.", min=1, node=False)
+    continuous_draws: str = setting(
+        "max_of_two", choices=CONTINUOUS_DRAWS, node=False,
+        help="Continuous timesteps: the larger of two draws (official) or one.",
+    )
+    min_snr_gamma: float | None = setting(
+        None, help="Min-SNR loss weighting gamma.", min=0.0, auto="off", node=False
+    )
+    max_latent_frames: int | None = setting(
+        1500, help=f"Random crop length in {FRAMES_PER_SECOND} Hz frames.", min=1, auto="whole clips",
+        none_aliases=(0,), node=False,
+    )
+    num_workers: int = setting(0, help="Data loader worker processes.", min=0, node=False)
+    nan_patience: int = setting(5, help="Non-finite losses in a row before training stops.", min=1, node=False)
+    shift: float | None = setting(
+        None, help="Timestep shift recorded for inference.", min=0.0, auto=per_base(lambda v: v.schedule.shift), node=False
+    )
+    num_inference_steps: int | None = setting(
+        None, help="Sampling steps recorded for inference.", min=1, auto=per_base(lambda v: v.schedule.steps),
+        none_aliases=(0,), node=False,
+    )
+    log_every: int = setting(1, help="Log the loss every this many optimiser steps.", min=1, node=False)
+    log_dir: str | None = setting(None, help="TensorBoard folder.", auto="OUT/runs", node=False)
+    max_grad_norm: float = setting(1.0, help="Gradient clipping: the largest gradient norm an update may have.", min=0.0, max=1000.0, step=0.01)
 
     def __post_init__(self) -> None:
         choices = {

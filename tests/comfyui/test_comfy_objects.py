@@ -13,7 +13,6 @@ import torch
 
 from sidestep.bundle import AceStepBundle, open_checkpoint
 from sidestep.comfy_models import TOKENIZER_IN_COMFYUI
-from sidestep.errors import CheckpointError
 from sidestep.tiny_models import COMFY_DIT_FILES, COMFY_TEXT_ENCODER_FILE, COMFY_VAE_FILE
 from sidestep.vae import decode_latents
 
@@ -90,12 +89,17 @@ def test_comfyui_objects_compute_what_the_files_compute(
         torch.testing.assert_close(got[key], value, atol=1e-5, rtol=1e-5, msg=f"{key} differs")
 
 
+def _pack_checkpoint_error() -> type:
+    """The nodes use the pack's own copy of the core (imported relatively), so its error class."""
+    return importlib.import_module(f"{PACK_MODULE}.sidestep.errors").CheckpointError
+
+
 def test_the_dit_shares_comfyuis_weights(node: type, comfy_objects: SimpleNamespace) -> None:
     handle = node.execute(model=comfy_objects.model, base_model="base").args[0]
     ours = handle.bundle.dit().decoder.layers[0].self_attn.q_proj.weight
     theirs = comfy_objects.model.model.diffusion_model.decoder.layers[0].self_attn.q_proj.weight
     assert ours.data_ptr() == theirs.data_ptr() and handle.bundle.base == "base"
-    with pytest.raises(CheckpointError, match="No VAE was connected"):
+    with pytest.raises(_pack_checkpoint_error(), match="No VAE was connected"):
         handle.bundle.vae()
 
 
@@ -104,5 +108,5 @@ def test_a_model_that_is_not_ace_step_is_refused(comfy: ModuleType, node: type) 
     wrapper.diffusion_model = torch.nn.Linear(4, 4)
     cpu = torch.device("cpu")
     other = comfy.model_patcher.ModelPatcher(wrapper, load_device=cpu, offload_device=cpu)
-    with pytest.raises(CheckpointError, match="The MODEL is a Linear, not ACE-Step 1.5.*Load Diffusion Model"):
+    with pytest.raises(_pack_checkpoint_error(), match="The MODEL is a Linear, not ACE-Step 1.5.*Load Diffusion Model"):
         node.execute(model=other, base_model="turbo")

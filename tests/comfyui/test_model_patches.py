@@ -22,7 +22,6 @@ from sidestep.adapters.config import AdapterConfig, LokrConfig, LoraConfig
 from sidestep.adapters.export import export_comfy
 from sidestep.adapters.files import load_adapter
 from sidestep.adapters.training import attach_trainable_adapter
-from sidestep.errors import AdapterError
 from sidestep.model import AceStepConditionGenerationModel
 from sidestep.tiny_models import tiny_model_config
 
@@ -133,5 +132,7 @@ def test_a_model_without_an_ace_step_decoder_is_refused(comfy: ModuleType, node:
     wrapper.diffusion_model = torch.nn.Linear(4, 4)
     cpu = torch.device("cpu")
     other = comfy.model_patcher.ModelPatcher(wrapper, load_device=cpu, offload_device=cpu)
-    with pytest.raises(AdapterError, match="not an ACE-Step 1.5 model"):
+    # The nodes use the pack's own copy of the core (imported relatively), so its error class.
+    adapter_error = importlib.import_module(f"{PACK_MODULE}.sidestep.errors").AdapterError
+    with pytest.raises(adapter_error, match="not an ACE-Step 1.5 model"):
         node.execute(model=other, adapter_file=str(folder), strength=1.0)
