@@ -156,6 +156,7 @@ class ComfyUIHost:
     pack_name: str = PACK_NAME
     startup_timeout: float = 90.0
     name: str = "comfyui-server"
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the server's environment
     root: Path = field(init=False, repr=False)
     port: int = field(default=0, init=False)
     _tempdir: Path | None = field(default=None, init=False, repr=False)
@@ -207,7 +208,7 @@ class ComfyUIHost:
             sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--disable-api-nodes", "--extra-model-paths-config", str(paths_file),
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **self.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(

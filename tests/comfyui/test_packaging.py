@@ -12,7 +12,7 @@ from importlib.metadata import packages_distributions, requires
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from .host import REPO_ROOT
+from .host import PACK_NAME, REPO_ROOT, ComfyUIHost
 
 PROVIDED_BY_COMFYUI = {"torch"}
 
@@ -76,3 +76,16 @@ def test_comfy_node_validate_passes() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "All validation checks passed" in done.stdout + done.stderr
+
+
+def test_the_nodes_use_the_packs_own_core_when_another_sidestep_comes_first(tmp_path: Path) -> None:
+    """ComfyUI imports the pack as a package and the nodes import the core relatively: a foreign `sidestep` first on
+    the server's path (here one that refuses to be imported) changes nothing."""
+    foreign = tmp_path / "elsewhere" / "sidestep"
+    foreign.mkdir(parents=True)
+    (foreign / "__init__.py").write_text('raise ImportError("a foreign sidestep package was imported")\n', encoding="utf-8")
+    with ComfyUIHost(name="comfyui-foreign-sidestep", env={"PYTHONPATH": str(foreign.parent)}) as host:
+        assert not host.custom_node_import_failed(PACK_NAME), host.log_tail()
+        train = host.object_info()["SideStepTrainAdapter"]
+        assert "max_grad_norm" in train["input_order"]["optional"]  # a setting only this pack's core declares
+        assert "foreign sidestep" not in host.log_text()
