@@ -14,8 +14,9 @@ from ..sidestep.adapters.config import (
     LoraConfig,
 )
 from ..sidestep.settings import from_widgets
-from .common import CATEGORY, NONE_CHOICE, adapter_choices, resolve_adapter_choice
+from .folders import NONE_CHOICE, adapter_choices, resolve_adapter_choice
 from .handles import (
+    CATEGORY,
     AcestepModel,
     Adapter,
     AdapterConfigType,
@@ -24,8 +25,6 @@ from .handles import (
 )
 from .settings import setting_inputs
 
-DECODER_PREFIX = "diffusion_model.decoder."
-WEIGHT_SUFFIX = ".weight"
 ADAPTER_KINDS = (LoraConfig, LokrConfig)
 # The Configure node's settings: each kind's own, then the target layers; a setting several kinds share (rank, alpha,
 # weight decomposition) is one widget. A new kind's own settings go after these (new widgets come last).
@@ -167,19 +166,6 @@ class LoadAdapter(io.ComfyNode):
         return io.NodeOutput(model.with_adapter(loaded, strength), ui={"text": [text]})
 
 
-def decoder_key_map(model_state_keys: list[str]) -> dict[str, str]:
-    """Adapter key prefix (PEFT `base_model.model.<module>`, LyCORIS `lycoris_<module>`) → native ACE-Step 1.5 weight key."""
-    from ..sidestep.adapters.keys import lycoris_name, peft_name
-
-    key_map = {}
-    for key in model_state_keys:
-        if key.startswith(DECODER_PREFIX) and key.endswith(WEIGHT_SUFFIX):
-            module = key[len(DECODER_PREFIX) : -len(WEIGHT_SUFFIX)]
-            key_map[peft_name(module)] = key
-            key_map[lycoris_name(module)] = key
-    return key_map
-
-
 class ApplyAdapterToModel(io.ComfyNode):
     """Patch a Side-Step adapter into ComfyUI's own ACE-Step 1.5 MODEL (for ComfyUI's samplers)."""
 
@@ -215,14 +201,18 @@ class ApplyAdapterToModel(io.ComfyNode):
         patches, add them to a clone."""
         import comfy.lora
 
-        from ..sidestep.adapters.export import comfy_tensors
+        from ..sidestep.adapters.export import (
+            COMFY_DECODER_PREFIX,
+            comfy_key_map,
+            comfy_tensors,
+        )
         from ..sidestep.adapters.files import load_adapter
         from ..sidestep.errors import AdapterError
 
-        key_map = decoder_key_map(list(model.model_state_dict().keys()))
+        key_map = comfy_key_map(list(model.model_state_dict().keys()))
         if not key_map:
             raise AdapterError(
-                "This MODEL has no diffusion_model.decoder weights, so it is not an ACE-Step 1.5 model. "
+                f"This MODEL has no {COMFY_DECODER_PREFIX.rstrip('.')} weights, so it is not an ACE-Step 1.5 model. "
                 "Connect an ACE-Step 1.5 MODEL, or use Load Adapter with Load ACE-Step Checkpoint instead."
             )
         patches = comfy.lora.load_lora(comfy_tensors(load_adapter(_chosen_path(adapter, adapter_file))), key_map)

@@ -10,18 +10,11 @@ from comfy_api.latest import io
 
 from ..sidestep.dataset.settings import EncodeConfig
 from ..sidestep.settings import from_widgets
-from .common import (
-    CATEGORY,
-    DATASETS_FOLDER,
-    RUNS_FOLDER,
-    NodeProgress,
-    input_dir,
-    make_room,
-    output_dir,
-    under,
-)
-from .handles import AcestepDataset, AcestepModel, DatasetHandle, ModelHandle
+from .folders import DATASETS_FOLDER, RUNS_FOLDER, input_dir, output_dir, under
+from .handles import CATEGORY, AcestepDataset, AcestepModel, DatasetHandle, ModelHandle
 from .jobs import JOBS
+from .memory import make_room
+from .progress import NodeProgress
 from .settings import setting_inputs
 
 NODE_TYPE = "SideStepEncodeDataset"

@@ -1,4 +1,4 @@
-"""The objects that travel along Side-Step's node links, and their ComfyUI socket types."""
+"""The objects that travel along Side-Step's node links, their ComfyUI socket types, and the nodes' menu category."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from ..sidestep.adapters.metadata import AdapterMetadata
     from ..sidestep.bundle import AceStepBundle
     from ..sidestep.dataset.loader import DatasetIndex
+
+CATEGORY = "Side-Step"  # the nodes' menu
 
 AcestepModel = io.Custom("ACESTEP_MODEL")
 AcestepDataset = io.Custom("ACESTEP_DATASET")

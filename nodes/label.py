@@ -11,15 +11,9 @@ from comfy_api.latest import io
 
 from ..sidestep.labeling.settings import LabelConfig, Sampling
 from ..sidestep.settings import from_widgets
-from .common import (
-    CATEGORY,
-    NodeProgress,
-    acestep_roots,
-    comfy_tokenizer_dir,
-    input_dir,
-    under,
-)
-from .handles import AcestepModel
+from .folders import acestep_roots, comfy_tokenizer_dir, input_dir, under
+from .handles import CATEGORY, AcestepModel
+from .progress import NodeProgress
 from .settings import setting_inputs
 
 NODE_TYPE = "SideStepLabelSongs"

@@ -7,20 +7,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from comfy_api.latest import io
-from ..sidestep.variants import resolve_dtype
 
-from .common import (
-    CATEGORY,
-    COMFY_MEMORY,
+from ..sidestep.variants import resolve_dtype
+from .folders import (
     acestep_roots,
     comfy_folders,
     comfy_tokenizer_dir,
     discover_models,
     find_discovered,
     model_name_of,
-    resolve_device,
 )
-from .handles import AcestepModel, ModelHandle
+from .handles import CATEGORY, AcestepModel, ModelHandle
+from .memory import COMFY_MEMORY, resolve_device
 
 if TYPE_CHECKING:
     from ..sidestep.bundle import AceStepBundle
@@ -60,9 +58,9 @@ def _open_typed_path(model_path: str, choice: str, base: str | None, dtype, devi
 def _open_discovered(choice: str, text_encoder: str, vae: str, base: str | None, dtype, device) -> AceStepBundle:
     """A model from the dropdown, with its VAE and text encoder (paired automatically unless chosen)."""
     from ..sidestep.bundle import open_model
-    from ..sidestep.model_folders import find_shared_parts
     from ..sidestep.comfy_models import comfy_shared_parts
     from ..sidestep.errors import CheckpointError
+    from ..sidestep.model_folders import find_shared_parts
 
     entry = find_discovered(choice)
     if entry is None:

@@ -8,8 +8,9 @@ from comfy_api.latest import io
 
 from ..sidestep.request import GenerationRequest
 from ..sidestep.settings import WIDGET_AUTO, from_widgets
-from .common import CATEGORY, NodeProgress, make_room
-from .handles import AcestepModel, ModelHandle
+from .handles import CATEGORY, AcestepModel, ModelHandle
+from .memory import make_room
+from .progress import NodeProgress
 from .settings import setting_inputs
 
 

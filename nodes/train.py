@@ -14,17 +14,9 @@ from comfy_api.latest import io
 from ..sidestep.settings import from_widgets
 from ..sidestep.training.config import TrainConfig
 from ..sidestep.training.layout import FINAL_FOLDER, SUMMARY, RunLayout
-from .common import (
-    CATEGORY,
-    DATASETS_FOLDER,
-    RUNS_FOLDER,
-    NodeProgress,
-    loras_dir,
-    make_room,
-    output_location,
-    runs_dir,
-)
+from .folders import DATASETS_FOLDER, RUNS_FOLDER, loras_dir, output_location, runs_dir
 from .handles import (
+    CATEGORY,
     AcestepDataset,
     AcestepModel,
     Adapter,
@@ -34,6 +26,8 @@ from .handles import (
     ModelHandle,
 )
 from .jobs import JOBS
+from .memory import make_room
+from .progress import NodeProgress
 from .settings import setting_inputs
 
 if TYPE_CHECKING:

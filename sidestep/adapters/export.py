@@ -20,6 +20,9 @@ from ..errors import AdapterError
 from .keys import lycoris_name, peft_name
 from .loaded import LoadedAdapter, LoraWeights
 
+COMFY_DECODER_PREFIX = "diffusion_model.decoder."  # ComfyUI's ACE-Step 1.5 MODEL: the DiT's decoder weights
+COMFY_WEIGHT_SUFFIX = ".weight"
+
 
 def comfy_tensors(adapter: LoadedAdapter) -> dict[str, torch.Tensor]:
     """ComfyUI key → tensor for every module; AdapterError for DoRA / weight decomposition."""
@@ -42,6 +45,18 @@ def comfy_tensors(adapter: LoadedAdapter) -> dict[str, torch.Tensor]:
             if weights.alpha is not None:
                 tensors[f"{prefix}.alpha"] = torch.tensor(weights.alpha, dtype=torch.float32)
     return tensors
+
+
+def comfy_key_map(model_state_keys: list[str]) -> dict[str, str]:
+    """Adapter key prefix (PEFT `base_model.model.<module>`, LyCORIS `lycoris_<module>`) → the weight key of ComfyUI's
+    native ACE-Step 1.5 MODEL it patches, as ComfyUI's LoRA loader takes it."""
+    key_map = {}
+    for key in model_state_keys:
+        if key.startswith(COMFY_DECODER_PREFIX) and key.endswith(COMFY_WEIGHT_SUFFIX):
+            module = key[len(COMFY_DECODER_PREFIX) : -len(COMFY_WEIGHT_SUFFIX)]
+            key_map[peft_name(module)] = key
+            key_map[lycoris_name(module)] = key
+    return key_map
 
 
 def export_comfy(adapter: LoadedAdapter, out_file: str | Path) -> Path:

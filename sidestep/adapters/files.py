@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import AdapterError
-from ..training.layout import FINAL_FOLDER, STATE_FILE
+from ..training.layout import FINAL_FOLDER, STATE_FILE, RunLayout, epoch_folders
 from .keys import (
     ALPHA_PART,
     LOKR_CONFIG_KEY,
@@ -301,3 +301,10 @@ def load_adapter(path: str | Path) -> LoadedAdapter:
             "saved with it back beside it."
         )
     return adapter
+
+
+def run_adapter_folders(run: str | Path) -> list[Path]:
+    """A run folder's final adapter and its epoch checkpoints (oldest first) that hold adapter weights."""
+    layout = RunLayout(Path(run))
+    candidates = [layout.final, *epoch_folders(layout.checkpoints)]
+    return [folder for folder in candidates if any((folder / name).is_file() for name in (PEFT_WEIGHTS_FILE, LOKR_WEIGHTS_FILE))]

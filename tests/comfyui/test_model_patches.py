@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from sidestep.adapters.config import AdapterConfig, LokrConfig, LoraConfig
-from sidestep.adapters.export import export_comfy
+from sidestep.adapters.export import comfy_key_map, export_comfy
 from sidestep.adapters.files import load_adapter
 from sidestep.adapters.training import attach_trainable_adapter
 from sidestep.model import AceStepConditionGenerationModel
@@ -98,8 +98,7 @@ def test_patches_add_strength_times_delta(
     output = node.execute(model=model, adapter_file=str(folder), strength=0.5)
     patched = output.args[0]
     assert model.patches == {} and patched is not model
-    decoder_key_map = importlib.import_module(f"{PACK_MODULE}.nodes.adapters").decoder_key_map
-    key_map = decoder_key_map(list(model.model_state_dict()))
+    key_map = comfy_key_map(list(model.model_state_dict()))
     loaded = load_adapter(folder)
     from sidestep.adapters.keys import lycoris_name, peft_name
 
