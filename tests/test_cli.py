@@ -88,7 +88,7 @@ def test_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "LoRA rank (default: 64)" in text and "(default: 0.0001)" in text and "(default: cosine)" in text
+    assert "LoRA rank: capacity of the adapter (16-128 is typical). (default: 64)" in text and "(default: 0.0001)" in text and "(default: cosine)" in text
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     assert "(default: song.flac)" in " ".join(capsys.readouterr().out.split())
