@@ -159,8 +159,8 @@ def parse_header(path: Path, raw: bytes, size: int) -> Header:
 
 @contextmanager
 def readable_path(path: Path) -> Iterator[str]:
-    """A name safetensors can open for `path`: the path itself, or for a name that is not UTF-8 (which safetensors
-    refuses) the open file's /proc/self/fd entry."""
+    """A name safetensors and tokenizers can open for a file or folder: the path itself, or for a name that is not
+    UTF-8 (which they refuse) the /proc/self/fd entry of the opened file or folder."""
     text = str(path)
     try:
         text.encode("utf-8")
