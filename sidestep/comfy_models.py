@@ -15,7 +15,7 @@ from .model_folders import ModelEntry, SharedParts
 from .variants import BASE_MODELS
 from .comfy_formats import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX, COMFY_TOKENIZER_DIR, TEXT_ENCODER_PREFIX
 from .errors import CheckpointError, ConfigError
-from .model.config import config_from_shapes
+from .model.config import SHAPE_KEYS, config_from_shapes
 from .model.weights import WeightIndex, file_index
 
 PREFERRED_TEXT_ENCODER_FILE = "qwen_0.6b_ace15.safetensors"
@@ -238,6 +238,16 @@ def _classified(
     )
 
 
+def _check_complete(path: Path, expected: list[str], own: dict[str, tuple[int, ...]]) -> None:
+    """UnusableFile when tensors an ACE-Step 1.5 model needs are not in the file (a partial or pruned export)."""
+    missing = [name for name in expected if name not in own]
+    if missing:
+        raise UnusableFile(
+            path, f"{len(missing)} tensors an ACE-Step 1.5 model needs are missing (e.g. {missing[0]})",
+            "It is a partial or pruned export: download the whole model again.",
+        )
+
+
 def _entry(found: _Found, prefix: str, source: str) -> ModelEntry:
     """The ModelEntry of a ComfyUI file holding an ACE-Step 1.5 DiT under `prefix`; UnusableFile when its tensors do
     not make a whole ACE-Step 1.5 model."""
@@ -245,17 +255,12 @@ def _entry(found: _Found, prefix: str, source: str) -> ModelEntry:
 
     family, repackaged = _family_of(found.name, found.header.metadata)
     own = {key[len(prefix) :]: shape for key, shape in found.header.shapes.items() if key.startswith(prefix)}
+    _check_complete(found.path, list(SHAPE_KEYS), own)
     try:
         entry = _classified(found.name, found.path, own, family, repackaged, source, prefix)
     except ConfigError as error:
         raise UnusableFile(found.path, f"its tensors do not make an ACE-Step 1.5 model ({error})", _DIT_FIX) from None
-    expected = AceStepConditionGenerationModel.on_meta_device(entry.config).state_dict()
-    missing = [name for name in expected if name not in own]
-    if missing:
-        raise UnusableFile(
-            found.path, f"{len(missing)} of the {len(expected)} tensors of an ACE-Step 1.5 model are missing (e.g. {missing[0]})",
-            "It is a partial or pruned export: download the whole model again.",
-        )
+    _check_complete(found.path, list(AceStepConditionGenerationModel.on_meta_device(entry.config).state_dict()), own)
     return entry
 
 

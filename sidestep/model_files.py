@@ -50,8 +50,8 @@ class UnusableFile(CheckpointError):
     """A model file that is there but cannot be used: which file, why, and what to do."""
 
     def __init__(self, path: Path, reason: str, fix: str) -> None:
-        super().__init__(f"{shown(path)} cannot be used: {reason}. {fix}")
-        self.path, self.reason, self.fix = path, reason, fix
+        self.path, self.reason, self.fix = path, shown(reason), shown(fix)
+        super().__init__(f"{shown(path)} cannot be used: {self.reason}. {self.fix}")
 
 
 @dataclass(frozen=True)
