@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qw
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from .atomic import write_text_atomic
+from .comfy_layout import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX, COMFY_TOKENIZER_DIR, TEXT_ENCODER_PREFIX  # noqa: F401
 from .model_files import readable_path, shown
 from .errors import CheckpointError
 from .text import TextEncoder
@@ -29,12 +30,7 @@ from .variants import SAMPLE_RATE
 from .vae import check_vae_geometry
 
 COMFY_FILES = "https://huggingface.co/Comfy-Org/ace_step_1.5_ComfyUI_files (split_files/)"
-AIO_DIT_PREFIX = "model.diffusion_model."
-AIO_VAE_PREFIX = "vae."
-AIO_TEXT_ENCODER_PREFIX = "text_encoders.qwen3_06b.transformer.model."
-TEXT_ENCODER_PREFIX = "model."
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
-COMFY_TOKENIZER_DIR = "comfy/text_encoders/qwen25_tokenizer"  # inside a ComfyUI installation
 END_OF_TEXT = "<|endoftext|>"
 
 _SILENCE_DATA = Path(__file__).parent / "data" / "comfy_silence_latent.safetensors"

@@ -4,18 +4,20 @@ and VAE files beside them — found, classified and paired by reading safetensor
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from .model_files import Header, SkippedFile, UnusableFile, header_bytes, looks_like_ace_step, parse_header, read_header, shown
 from .model_folders import ModelEntry, SharedParts
 from .variants import BASE_MODELS
-from .comfy_formats import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX, COMFY_TOKENIZER_DIR, TEXT_ENCODER_PREFIX
+from .comfy_layout import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX, COMFY_TOKENIZER_DIR, TEXT_ENCODER_PREFIX
 from .errors import CheckpointError, ConfigError
-from .model.config import SHAPE_KEYS, config_from_shapes
+from .model.config import SHAPE_KEYS, AceStepConfig, config_from_shapes
 from .model.weights import WeightIndex, file_index
 
 PREFERRED_TEXT_ENCODER_FILE = "qwen_0.6b_ace15.safetensors"
@@ -251,8 +253,6 @@ def _check_complete(path: Path, expected: list[str], own: dict[str, tuple[int, .
 def _entry(found: _Found, prefix: str, source: str) -> ModelEntry:
     """The ModelEntry of a ComfyUI file holding an ACE-Step 1.5 DiT under `prefix`; UnusableFile when its tensors do
     not make a whole ACE-Step 1.5 model."""
-    from .model import AceStepConditionGenerationModel
-
     family, repackaged = _family_of(found.name, found.header.metadata)
     own = {key[len(prefix) :]: shape for key, shape in found.header.shapes.items() if key.startswith(prefix)}
     _check_complete(found.path, list(SHAPE_KEYS), own)
@@ -260,8 +260,17 @@ def _entry(found: _Found, prefix: str, source: str) -> ModelEntry:
         entry = _classified(found.name, found.path, own, family, repackaged, source, prefix)
     except ConfigError as error:
         raise UnusableFile(found.path, f"its tensors do not make an ACE-Step 1.5 model ({error})", _DIT_FIX) from None
-    _check_complete(found.path, list(AceStepConditionGenerationModel.on_meta_device(entry.config).state_dict()), own)
+    _check_complete(found.path, _tensor_names(json.dumps(entry.config.to_dict(), sort_keys=True)), own)
     return entry
+
+
+@lru_cache(maxsize=8)
+def _tensor_names(config_json: str) -> list[str]:
+    """The tensor names of an ACE-Step 1.5 model of this config (built on the meta device once per config)."""
+    from .model import AceStepConditionGenerationModel
+
+    config = AceStepConfig.from_dict(json.loads(config_json), source="a ComfyUI file")
+    return list(AceStepConditionGenerationModel.on_meta_device(config).state_dict())
 
 
 def entry_for_state_dict(shapes: dict[str, tuple[int, ...]], base: str, name: str = SOURCE_LOADED) -> ModelEntry:
