@@ -22,7 +22,7 @@ READABLE_DTYPES = frozenset(
 HEADER_LIMIT = 100_000_000  # safetensors refuses larger headers
 DOWNLOAD_AGAIN = "Download it again (compare its size with the size on the download page)."
 # ACE-Step 1.5 file and folder names as published: acestep_v1.5_*, ace_step_1.5_*_aio, qwen_0.6b_ace15, ace_1.5_vae.
-_ACE_NAME = re.compile(r"ace[-_ ]?step|ace[-_ ]?v?1[._]5|ace15", re.I)
+_ACE_NAME = re.compile(r"ace[-_ ]?step|ace[-_ ]?v?1[._]5|ace15", re.IGNORECASE)
 _PICKLE_STARTS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 _NOT_MODELS = ((b"version ", "a Git LFS pointer (the download fetched the link, not the file)"), (b"<", "a web page (HTML)"))
 
@@ -135,13 +135,14 @@ def parse_header(path: Path, raw: bytes, size: int) -> Header:
         table = None
     if not isinstance(table, dict):
         raise UnusableFile(path, "its header is not a safetensors header (a damaged file)", DOWNLOAD_AGAIN)
-    metadata = table.pop("__metadata__", None) or {}
+    metadata = table.pop("__metadata__", None)
+    metadata = metadata if isinstance(metadata, dict) else {}
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, str] = {}
     end = 0
     for name, info in table.items():
         try:
-            dtype, shape, (first, last) = info["dtype"], tuple(int(n) for n in info["shape"]), info["data_offsets"]
+            dtype, shape, (_, last) = info["dtype"], tuple(int(n) for n in info["shape"]), info["data_offsets"]
             end = max(end, int(last))
         except (TypeError, KeyError, ValueError):
             raise UnusableFile(path, f"the entry of tensor {name!r} in its header is damaged", DOWNLOAD_AGAIN) from None
@@ -154,7 +155,7 @@ def parse_header(path: Path, raw: bytes, size: int) -> Header:
     needed = 8 + len(raw) + end
     if needed > size:
         raise UnusableFile(path, f"it is cut short: {size:,} of its {needed:,} bytes are there (an interrupted download)", DOWNLOAD_AGAIN)
-    return Header(shapes, dtypes, {str(key): str(value) for key, value in dict(metadata).items()})
+    return Header(shapes, dtypes, {str(key): str(value) for key, value in metadata.items()})
 
 
 @contextmanager
