@@ -30,15 +30,37 @@ DEVICES = (AUTO, "cpu", "cuda")
 
 def _searched() -> str:
     """Every folder the model list is built from, for messages."""
+    from ..sidestep.model_files import shown
+
     folders = comfy_folders()
     roots = [*folders.diffusion_models, *folders.checkpoints, *acestep_roots()]
-    return ", ".join(str(folder) for folder in roots) or "none exist"
+    return ", ".join(shown(folder) for folder in roots) or "none exist"
+
+
+def skipped_models() -> list:
+    """The ACE-Step-looking files and folders in ComfyUI's model folders that cannot be used, with the reasons."""
+    from ..sidestep.comfy_models import survey_comfy_models
+    from ..sidestep.errors import CheckpointError
+    from ..sidestep.model_folders import survey_folders
+
+    skipped = survey_comfy_models(comfy_folders())[1]
+    for root in acestep_roots():
+        try:
+            skipped += survey_folders(root)[1]
+        except CheckpointError:
+            continue
+    return skipped
 
 
 def _no_model_message(choice: str) -> str:
-    """Why a dropdown value names no model: where we looked and what belongs there."""
+    """Why a dropdown value names no model: the file it names and why it cannot be used, or where we looked and what
+    belongs there."""
     from ..sidestep.comfy_models import WHERE_FILES_GO
+    from ..sidestep.model_folders import refusal
 
+    refused = refusal(skipped_models(), model_name_of(choice), short_names=False)
+    if refused is not None:
+        return str(refused)
     return (
         f"No ACE-Step 1.5 model {model_name_of(choice)!r} in ComfyUI's model folders ({_searched()}). {WHERE_FILES_GO} "
         "The official download tree (acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/) goes in models/acestep."

@@ -22,9 +22,12 @@ from .model_folders import (
     SharedParts,
     find_shared_parts,
     load_silence_latent,
+    no_models_message,
     resolve_base,
-    scan_models,
+    skipped_note,
+    survey_folders,
 )
+from .model_files import SkippedFile
 from .errors import CheckpointError
 from .model import PARTS, AceStepConditionGenerationModel
 
@@ -314,22 +317,37 @@ def open_model(
     )
 
 
-def list_models(root: str | Path) -> list[ModelEntry]:
-    """Every ACE-Step 1.5 model under `root`: an official checkpoint root, or a ComfyUI `models/` folder (its
-    diffusion_models and checkpoints files, plus official trees in its `acestep` folder)."""
-    from .comfy_models import ComfyFolders, looks_like_models_dir, no_comfy_models_message, scan_comfy_models
+def survey_models(root: str | Path) -> tuple[list[ModelEntry], list[SkippedFile]]:
+    """Every ACE-Step 1.5 model under `root` (an official checkpoint root, or a ComfyUI `models/` folder: its
+    diffusion_models and checkpoints files, plus official trees in its `acestep` folder), and each file or folder that
+    looks like ACE-Step 1.5 but was skipped, with the reason."""
+    from .comfy_models import ComfyFolders, looks_like_models_dir, survey_comfy_models
 
     root = Path(root).expanduser()
     if not looks_like_models_dir(root):
-        return scan_models(root)
-    entries = scan_comfy_models(ComfyFolders.from_models_dir(root))
+        return survey_folders(root)
+    entries, skipped = survey_comfy_models(ComfyFolders.from_models_dir(root))
     if (root / "acestep").is_dir():
-        try:
-            entries += scan_models(root / "acestep")
-        except CheckpointError:
-            pass
+        official, unusable = survey_folders(root / "acestep")
+        entries, skipped = entries + official, skipped + unusable
+    return entries, skipped
+
+
+def no_models_found(root: str | Path, skipped: list[SkippedFile]) -> CheckpointError:
+    """The error for a root without any usable ACE-Step 1.5 model: what was searched, and why files were skipped."""
+    from .comfy_models import ComfyFolders, looks_like_models_dir, no_comfy_models_message
+
+    root = Path(root).expanduser()
+    if not looks_like_models_dir(root):
+        return CheckpointError(no_models_message(root, skipped))
+    return CheckpointError(no_comfy_models_message(ComfyFolders.from_models_dir(root)) + skipped_note(skipped))
+
+
+def list_models(root: str | Path) -> list[ModelEntry]:
+    """Every ACE-Step 1.5 model under `root` (see `survey_models`); CheckpointError when there is none."""
+    entries, skipped = survey_models(root)
     if not entries:
-        raise CheckpointError(no_comfy_models_message(ComfyFolders.from_models_dir(root)))
+        raise no_models_found(root, skipped)
     return entries
 
 
@@ -343,11 +361,14 @@ def open_checkpoint(
 ) -> AceStepBundle:
     """Find `model` under `root` (an official checkpoint root or a ComfyUI models folder), pair its parts, settle its
     base. `tokenizer_dir` is ComfyUI's Qwen tokenizer folder for ComfyUI text-encoder files (found when omitted)."""
-    from .model_folders import select_model
+    from .model_folders import refusal, select_model
     from .comfy_models import ComfyFolders, comfy_shared_parts
 
     root = Path(root).expanduser()
-    entry = select_model(list_models(root), model, root)
+    entries, skipped = survey_models(root)
+    if not entries:
+        raise refusal(skipped, model, True) or no_models_found(root, skipped)
+    entry = select_model(entries, model, root, skipped=skipped)
     if entry.in_official_tree:
         shared = find_shared_parts(entry.path.parent, entry)
     else:

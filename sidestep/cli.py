@@ -19,14 +19,20 @@ from .variants import DTYPES, resolve_device, resolve_dtype
 ADAPTER_KINDS = (LoraConfig, LokrConfig)
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the models found under a checkpoint root."""
-    from .bundle import list_models
+    """List the models found under a checkpoint root, then the ACE-Step-looking files skipped and why."""
+    from .bundle import no_models_found, survey_models
+    from .model_files import describe_skipped
     from .model_folders import describe_models, filter_models
 
-    entries = list_models(args.checkpoint_dir)
+    entries, skipped = survey_models(args.checkpoint_dir)
+    if not entries and not skipped:
+        raise no_models_found(args.checkpoint_dir, skipped)
     if args.filter:
         entries = filter_models(entries, args.filter)
     print(describe_models(entries))
+    if skipped:
+        print(f"\nSkipped {len(skipped)} file(s) that look like ACE-Step 1.5 but cannot be used:")
+        print(describe_skipped(skipped))
     return 0
 
 

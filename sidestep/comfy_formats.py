@@ -22,18 +22,15 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qw
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from .atomic import write_text_atomic
+from .comfy_layout import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX, COMFY_TOKENIZER_DIR, TEXT_ENCODER_PREFIX  # noqa: F401
+from .model_files import readable_path, shown
 from .errors import CheckpointError
 from .text import TextEncoder
 from .variants import SAMPLE_RATE
 from .vae import check_vae_geometry
 
 COMFY_FILES = "https://huggingface.co/Comfy-Org/ace_step_1.5_ComfyUI_files (split_files/)"
-AIO_DIT_PREFIX = "model.diffusion_model."
-AIO_VAE_PREFIX = "vae."
-AIO_TEXT_ENCODER_PREFIX = "text_encoders.qwen3_06b.transformer.model."
-TEXT_ENCODER_PREFIX = "model."
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
-COMFY_TOKENIZER_DIR = "comfy/text_encoders/qwen25_tokenizer"  # inside a ComfyUI installation
 END_OF_TEXT = "<|endoftext|>"
 
 _SILENCE_DATA = Path(__file__).parent / "data" / "comfy_silence_latent.safetensors"
@@ -44,12 +41,12 @@ def read_prefixed(path: str | Path, prefix: str) -> dict[str, Tensor]:
     """The tensors of a safetensors file whose names start with `prefix`, prefix stripped; other tensors stay unread."""
     path = Path(path)
     try:
-        with safe_open(path, framework="pt") as handle:
+        with readable_path(path) as readable, safe_open(readable, framework="pt") as handle:
             names = [name for name in handle.keys() if name.startswith(prefix)]  # noqa: SIM118 (not a dict)
             tensors = {name[len(prefix) :]: handle.get_tensor(name) for name in names}
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(
-            f"Cannot read {path}: {exc}. Expected a .safetensors model file; re-download it from {COMFY_FILES}."
+            f"Cannot read {shown(path)}: {exc}. Expected a .safetensors model file; re-download it from {COMFY_FILES}."
         ) from exc
     if not tensors:
         raise CheckpointError(
@@ -249,7 +246,8 @@ def load_comfy_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
             "folder inside your ComfyUI installation."
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        with readable_path(folder) as readable:
+            tokenizer = AutoTokenizer.from_pretrained(readable, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"Cannot read the tokenizer in {folder}: {exc}. Use your ComfyUI installation's {COMFY_TOKENIZER_DIR}."

@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .errors import CheckpointError, ConfigError, UnknownBaseModelError
+from .model_files import SkippedFile, UnusableFile, looks_like_ace_step, read_header, shown
 from .model.config import AceStepConfig
 from .variants import BASE_MODELS
 
@@ -70,9 +71,9 @@ class ModelEntry:
         """Human label: 'acestep-v15-turbo  [official turbo]', or for a ComfyUI file
         'acestep_v1.5_turbo.safetensors · ComfyUI diffusion model · turbo'."""
         if self.in_official_tree:
-            return f"{self.name}  [{self.kind}]"
+            return f"{shown(self.name)}  [{self.kind}]"
         what = (self.variant or self.base) if self.official else (f"custom, base {self.base}" if self.base else "custom, base unknown")
-        return f"{self.name}{LABEL_SEPARATOR}{self.source}{LABEL_SEPARATOR}{what}"
+        return f"{shown(self.name)}{LABEL_SEPARATOR}{self.source}{LABEL_SEPARATOR}{what}"
 
 
 @dataclass(frozen=True)
@@ -160,34 +161,91 @@ def _check_root(root: str | Path) -> Path:
     return root
 
 
+def _official_variant(name: str) -> str | None:
+    """The official variant (turbo, xl-sft, ...) an official folder name says, if any."""
+    match = _OFFICIAL_NAME.fullmatch(name)
+    return (("xl-" if match["xl"] else "") + match["family"].lower()) if match else None
+
+
+def _check_weights(folder: Path) -> None:
+    """Read the header of a model folder's model.safetensors when there is one; UnusableFile when it cannot be used."""
+    weights = folder / "model.safetensors"
+    if weights.is_file() or weights.is_symlink():
+        read_header(weights)
+
+
+def _survey_folder(folder: Path) -> ModelEntry | None:
+    """The model in one folder under a checkpoint root; None when it is not a model folder; UnusableFile (for a folder
+    named like ACE-Step) when it is one that cannot be used."""
+    if _NON_MODEL_NAME.fullmatch(folder.name):
+        return None
+    claims = looks_like_ace_step(folder.name) or _official_variant(folder.name) is not None
+    if not folder.is_dir():
+        if claims and folder.is_symlink() and not folder.exists():
+            read_header(folder)  # says where the dangling link points
+        return None
+    if not (folder / "config.json").is_file():
+        if claims and any(folder.glob("model*.safetensors*")):
+            raise UnusableFile(folder, "it has weights but no config.json", "Download the model's config.json into it again.")
+        return None
+    try:
+        entry = load_entry(folder)
+    except ConfigError as error:
+        if not claims:
+            return None
+        raise UnusableFile(folder, f"its config.json cannot be used ({error})", "Download the model's config.json again.") from None
+    _check_weights(folder)
+    return entry
+
+
+def survey_folders(root: str | Path) -> tuple[list[ModelEntry], list[SkippedFile]]:
+    """The ACE-Step 1.5 model folders directly under `root` (official first), and why each ACE-Step-named folder that
+    cannot be used was left out."""
+    root = _check_root(root)
+    entries: list[ModelEntry] = []
+    skipped: list[SkippedFile] = []
+    try:
+        folders = sorted(root.iterdir())
+    except OSError as error:
+        raise CheckpointError(f"Cannot list {shown(root)}: {error.strerror}. {_ROOT_HINT}") from None
+    for folder in folders:
+        try:
+            entry = _survey_folder(folder)
+        except UnusableFile as error:
+            skipped.append(SkippedFile.of(folder.name, error, _official_variant(folder.name)))
+            continue
+        except OSError:
+            continue
+        if entry is not None:
+            entries.append(entry)
+    return sorted(entries, key=_sort_key), skipped
+
+
 def scan_models(root: str | Path) -> list[ModelEntry]:
     """All ACE-Step 1.5 model folders directly under `root`, official first; CheckpointError when there are none."""
-    root = _check_root(root)
-    entries = []
-    for folder in root.iterdir():
-        if not folder.is_dir() or _NON_MODEL_NAME.fullmatch(folder.name) or not (folder / "config.json").is_file():
-            continue
-        try:
-            entries.append(load_entry(folder))
-        except ConfigError:
-            continue
+    entries, skipped = survey_folders(root)
     if not entries:
-        raise CheckpointError(_no_models_message(root))
-    return sorted(entries, key=_sort_key)
+        raise CheckpointError(no_models_message(Path(root).expanduser(), skipped))
+    return entries
 
 
-def _no_models_message(root: Path) -> str:
+def skipped_note(skipped: list[SkippedFile]) -> str:
+    """The reasons of skipped files, appended to a 'no model' message."""
+    return "".join(f" Skipped: {unusable.message}" for unusable in skipped)
+
+
+def no_models_message(root: Path, skipped: list[SkippedFile] = ()) -> str:
     """Explain why `root` holds no model folder, including the common mistake of passing a model folder itself."""
     if (root / "config.json").is_file():
         return (
-            f"{root} looks like a single model folder, not a checkpoint root. "
-            f"Pass its parent folder {root.parent} instead."
+            f"{shown(root)} looks like a single model folder, not a checkpoint root. "
+            f"Pass its parent folder {shown(root.parent)} instead."
         )
-    subfolders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    subfolders = sorted(shown(p.name) for p in root.iterdir() if p.is_dir())
     found = ", ".join(subfolders) if subfolders else "no sub-folders"
     return (
-        f"No ACE-Step 1.5 model folder in {root} (a model folder holds an ACE-Step config.json and "
-        f"model.safetensors, e.g. acestep-v15-turbo); found: {found}. {_ROOT_HINT}"
+        f"No ACE-Step 1.5 model folder in {shown(root)} (a model folder holds an ACE-Step config.json and "
+        f"model.safetensors, e.g. acestep-v15-turbo); found: {found}. {_ROOT_HINT}{skipped_note(skipped)}"
     )
 
 
@@ -220,7 +278,10 @@ def find_model(root: str | Path, name: str) -> ModelEntry:
                 "A model folder holds config.json and model.safetensors (e.g. acestep-v15-turbo)."
             )
         return load_entry(folder)
-    return select_model(scan_models(root), name, root, short_names=False)
+    entries, skipped = survey_folders(root)
+    if not entries:
+        raise refusal(skipped, name, False) or CheckpointError(no_models_message(root, skipped))
+    return select_model(entries, name, root, short_names=False, skipped=skipped)
 
 
 def _canonical_names(variant: str) -> set[str]:
@@ -243,26 +304,42 @@ def _by_short_name(entries: list[ModelEntry], variant: str, root: Path) -> Model
 def _not_downloaded(variant: str, entries: list[ModelEntry], root: Path) -> CheckpointError:
     """The error for an official variant that is not in `root`: where it would go, and what is there."""
     where = (
-        f"{root / f'acestep-v15-{variant}'} (official download)"
+        f"{shown(root / f'acestep-v15-{variant}')} (official download)"
         if all(e.in_official_tree for e in entries)
-        else f"{root / 'diffusion_models' / sorted(_canonical_names(variant))[1]} (ComfyUI)"
+        else f"{shown(root / 'diffusion_models' / sorted(_canonical_names(variant))[1])} (ComfyUI)"
     )
-    found = ", ".join(e.short_name for e in entries)
+    found = ", ".join(shown(e.short_name) for e in entries)
     return CheckpointError(
         f"The {variant} model is not downloaded: it would be {where}. Models found there: {found}."
     )
 
 
-def select_model(entries: list[ModelEntry], name: str, root: Path, short_names: bool = True) -> ModelEntry:
+def refusal(skipped: list[SkippedFile], name: str, short_names: bool = True) -> CheckpointError | None:
+    """The error for a name that picks a file or folder skipped while listing: its path and why it cannot be used."""
+    needle = name.strip().lower()
+
+    def names(unusable: SkippedFile) -> set[str]:
+        base = Path(shown(unusable.name)).name.lower()
+        return {unusable.name.lower(), shown(unusable.name).lower(), base, base.rsplit(".", 1)[0]}
+
+    hits = [s for s in skipped if (short_names and s.variant == needle) or needle in names(s)]
+    hits = hits or [s for s in skipped if needle and needle in shown(s.name).lower() and not _OFFICIAL_NAME.fullmatch(needle)]
+    return CheckpointError(" ".join(unusable.message for unusable in hits)) if hits else None
+
+
+def select_model(
+    entries: list[ModelEntry], name: str, root: Path, short_names: bool = True, skipped: list[SkippedFile] = ()
+) -> ModelEntry:
     """The entry `name` picks: an official short name (turbo, xl-sft, ...), an exact name, else a unique substring.
 
-    Errors name the models that are there, the closest match for a typo, and where a missing official model goes.
+    Errors name the models that are there, the closest match for a typo, where a missing official model goes, and
+    for a name that picks a file skipped while listing, that file and why it cannot be used.
     """
     needle = name.strip().lower()
     if short_names and needle in OFFICIAL_VARIANTS:
         entry = _by_short_name(entries, needle, root)
         if entry is None:
-            raise _not_downloaded(needle, entries, root)
+            raise refusal(skipped, name, short_names) or _not_downloaded(needle, entries, root)
         return entry
     same = [e for e in entries if e.name.lower() == needle or Path(e.name).name.lower().removesuffix(".safetensors") == needle]
     # A full official folder name means that exact variant: never swap in a look-alike such as '-shift3'.
@@ -275,6 +352,9 @@ def select_model(entries: list[ModelEntry], name: str, root: Path, short_names: 
             f"Model name {name!r} matches several folders in {root}: {', '.join(e.name for e in hits)}. "
             "Give the full folder name."
         )
+    refused = refusal(skipped, name, short_names)
+    if refused is not None:
+        raise refused
     names = [e.short_name for e in entries] + [e.name for e in entries]
     closest = _closest(needle, list(dict.fromkeys(names)))
     hint = f" Did you mean {closest[0]!r}?" if closest else ""
@@ -388,6 +468,9 @@ def describe_models(entries: list[ModelEntry]) -> str:
     if not entries:
         return "No ACE-Step 1.5 models."
     rows = [("model", "--model-variant", "type", "path")]
-    rows += [(e.name, e.short_name, f"[{e.kind}]" + ("" if e.in_official_tree else f" {e.source}"), str(e.path)) for e in entries]
+    rows += [
+        (shown(e.name), shown(e.short_name), f"[{e.kind}]" + ("" if e.in_official_tree else f" {e.source}"), shown(e.path))
+        for e in entries
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}" for a, b, c, d in rows)

@@ -119,7 +119,7 @@ class AceStepConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(f"No config.json at {path}. A model folder needs config.json and model.safetensors.") from exc
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
             raise ConfigError(f"Cannot read {path}: {exc}. Re-download the model's config.json.") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path} does not hold a JSON object; it is not a model config.")

@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError, WeightMismatchError
+from ..model_files import DOWNLOAD_AGAIN, read_header, readable_path, shown
 
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
@@ -28,10 +29,9 @@ class WeightIndex:
         """Shapes of every indexed tensor, read from the safetensors headers only."""
         shapes: dict[str, tuple[int, ...]] = {}
         for path in sorted(set(self.files.values())):
-            with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():
-                    if key.startswith(self.prefix):
-                        shapes[key[len(self.prefix) :]] = tuple(handle.get_slice(key).get_shape())
+            for key, shape in read_header(path).shapes.items():
+                if key.startswith(self.prefix):
+                    shapes[key[len(self.prefix) :]] = shape
         return shapes
 
     def read(self, names: Iterable[str], dtype: torch.dtype | None, device: torch.device | str) -> dict[str, torch.Tensor]:
@@ -41,29 +41,29 @@ class WeightIndex:
             by_file.setdefault(self.files[name], []).append(name)
         tensors: dict[str, torch.Tensor] = {}
         for path, wanted in by_file.items():
-            with safe_open(str(path), framework="pt") as handle:
-                for name in wanted:
-                    tensor = handle.get_tensor(self.prefix + name)
-                    if dtype is not None and tensor.is_floating_point():
-                        tensor = tensor.to(dtype)
-                    tensors[name] = tensor.to(device)
+            try:
+                with readable_path(path) as readable, safe_open(readable, framework="pt") as handle:
+                    for name in wanted:
+                        tensor = handle.get_tensor(self.prefix + name)
+                        if dtype is not None and tensor.is_floating_point():
+                            tensor = tensor.to(dtype)
+                        tensors[name] = tensor.to(device)
+            except (OSError, SafetensorError) as exc:
+                read_header(path)  # names the reason when the header tells it
+                raise CheckpointError(f"Cannot read the tensors of {shown(path)}: {exc}. {DOWNLOAD_AGAIN}") from exc
         return tensors
 
 
 def file_keys(path: Path) -> list[str]:
-    """Every tensor name in a safetensors file (header only); CheckpointError when it is not a safetensors file."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return list(handle.keys())
-    except (OSError, SafetensorError) as exc:
-        raise CheckpointError(f"Cannot read {path} as a safetensors file: {exc}. Re-download it.") from exc
+    """Every tensor name in a safetensors file (header only); CheckpointError saying why when it cannot be used."""
+    return list(read_header(path).shapes)
 
 
 def file_index(path: Path, prefix: str = "") -> WeightIndex:
     """Index the tensors stored under `prefix` in one safetensors file (a ComfyUI diffusion model or checkpoint)."""
     names = [key[len(prefix) :] for key in file_keys(path) if key.startswith(prefix)]
     if not names:
-        raise CheckpointError(f"{path} holds no tensors under {prefix!r}; it is not the file it was taken for.")
+        raise CheckpointError(f"{shown(path)} holds no tensors under {prefix!r}; it is not the file it was taken for.")
     return WeightIndex({name: path for name in names}, prefix)
 
 
