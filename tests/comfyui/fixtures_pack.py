@@ -215,6 +215,20 @@ def load_example(name: str) -> dict[str, Any]:
 FRONTEND_ONLY_INPUTS = {"audioUI"}
 
 
+def without_newer_defaults(prompt: dict[str, Any], expected: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
+    """A prompt converted from a saved example, less the settings declared after it was saved: the frontend gives each
+    of those its default (checked here), as it does in every saved workflow it opens."""
+    trimmed = {}
+    for node_id, node in prompt.items():
+        known = expected.get(node_id, {}).get("inputs", node["inputs"])
+        optional = object_info.get(node["class_type"], {}).get("input", {}).get("optional", {})
+        for name, value in node["inputs"].items():
+            if name not in known:
+                assert name in optional and value == optional[name][1].get("default"), (node["class_type"], name, value)
+        trimmed[node_id] = {**node, "inputs": {name: value for name, value in node["inputs"].items() if name in known}}
+    return trimmed
+
+
 def strip_meta(prompt: dict[str, Any]) -> dict[str, Any]:
     """An API prompt without titles and frontend-only widgets, for comparing graphs."""
     return {

@@ -14,7 +14,7 @@ from sidestep.labeling.label import LABELS_FILE
 from sidestep.labeling.parse import KEYSCALES, LANGUAGES
 from sidestep.tiny_models import COMFY_LM_FILE, LM_FOLDER
 
-from .fixtures_pack import TRIGGER, example_path, strip_meta, substitute, write_song
+from .fixtures_pack import TRIGGER, example_path, strip_meta, substitute, without_newer_defaults, write_song
 from .host import ComfyUIHost, Frontend
 from .label_example import COMFY_LM_LABEL, LM_LABEL, NAME, label_graph, write_lms
 from .test_nodes import Run, run_prompt
@@ -61,7 +61,10 @@ def example_run(lm_pack: ComfyUIHost, browser_page: Frontend, song_folder: Path)
     browser_page.page.evaluate("async () => { await window.app.refreshComboInNodes(); }")
     browser_page.load_workflow(json.loads(example_path(NAME).read_text(encoding="utf-8")))
     prompt = browser_page.graph_to_prompt()
-    assert strip_meta(prompt) == strip_meta(label_graph()), f"{example_path(NAME)} is out of date"
+    expected = strip_meta(label_graph())
+    assert without_newer_defaults(strip_meta(prompt), expected, lm_pack.object_info()) == expected, (
+        f"{example_path(NAME)} is out of date"
+    )
     prompt = substitute(prompt, "SideStepLabelSongs", audio_folder=FOLDER)
     prompt = substitute(prompt, "SideStepTrainAdapter", epochs=1, save_every=1)
     return succeeded(lm_pack, prompt)
@@ -70,8 +73,9 @@ def example_run(lm_pack: ComfyUIHost, browser_page: Frontend, song_folder: Path)
 def test_label_songs_definition_lists_both_lm_sources(lm_pack: ComfyUIHost) -> None:
     node = lm_pack.object_info()["SideStepLabelSongs"]
     assert node["display_name"] == "Label Songs" and node["category"] == "Side-Step"
-    assert node["input_order"]["required"] == INPUTS and node["output"] == ["STRING"]
-    for name, (_, options) in node["input"]["required"].items():
+    order = node["input_order"]["required"] + node["input_order"].get("optional", [])
+    assert order[: len(INPUTS)] == INPUTS and node["output"] == ["STRING"]  # settings declared later follow
+    for name, (_, options) in {**node["input"]["required"], **node["input"].get("optional", {})}.items():
         assert len(options.get("tooltip", "")) > 20, f"{name} has no tooltip"
     assert node["input"]["required"]["lm"][1]["options"][:2] == [LM_LABEL, COMFY_LM_LABEL]
 

@@ -29,6 +29,7 @@ from .fixtures_pack import (
     load_example,
     strip_meta,
     substitute,
+    without_newer_defaults,
 )
 from .host import ComfyUIHost, Frontend, PromptRejected
 
@@ -109,23 +110,10 @@ def converted_example(page: Frontend, name: str) -> dict[str, Any]:
     page.load_workflow(load_example(name))
     prompt = page.graph_to_prompt()
     expected = strip_meta(EXAMPLE_GRAPHS[name])
-    assert _without_newer_defaults(strip_meta(prompt), expected, page.host) == expected, f"{example_path(name)} is out of date"
+    assert without_newer_defaults(strip_meta(prompt), expected, page.host.object_info()) == expected, (
+        f"{example_path(name)} is out of date"
+    )
     return prompt
-
-
-def _without_newer_defaults(prompt: dict[str, Any], expected: dict[str, Any], host: ComfyUIHost) -> dict[str, Any]:
-    """A converted prompt less the settings declared after the example was saved: the frontend gives each of those
-    its default (checked here), as it does in every saved workflow it opens."""
-    info = host.object_info()
-    trimmed = {}
-    for node_id, node in prompt.items():
-        known = expected.get(node_id, {}).get("inputs", node["inputs"])
-        newer = {name: value for name, value in node["inputs"].items() if name not in known}
-        optional = info.get(node["class_type"], {}).get("input", {}).get("optional", {})
-        for name, value in newer.items():
-            assert name in optional and value == optional[name][1].get("default"), (node["class_type"], name, value)
-        trimmed[node_id] = {**node, "inputs": {name: value for name, value in node["inputs"].items() if name in known}}
-    return trimmed
 
 
 def run_example(host: ComfyUIHost, page: Frontend, name: str, **substitutions: dict[str, Any]) -> Run:
