@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 OVERWRITE_MODES = ("never", "empty", "all")
 FIELD_GROUPS = {
-    "caption": ("caption",),
+    "caption": ("caption", "genre"),
     "metadata": ("bpm", "keyscale", "timesignature", "language"),
     "lyrics": ("lyrics",),
 }
@@ -14,13 +14,16 @@ FIELD_GROUPS = {
 
 @dataclass(frozen=True)
 class Sampling:
-    """How tokens are drawn: temperature (0 = greedy), top-p, seed, length limits, constrained or free decoding."""
+    """How tokens are drawn: temperature (0 = greedy), top-p, seed, length limits, constrained or free decoding.
+
+    The limits are the official ones: a caption of at most 512 tokens, a whole answer of at
+    most 4096 - 64 new tokens (the PyTorch path's budget), of which the lyrics get what the metadata leaves."""
 
     temperature: float = 0.7
     top_p: float = 1.0
     seed: int = 0
-    max_caption_tokens: int = 200
-    max_lyric_tokens: int = 1024
+    max_caption_tokens: int = 512
+    max_answer_tokens: int = 4096 - 64
     constrained: bool = True
 
 
