@@ -60,7 +60,7 @@ class LabelSongs(io.ComfyNode):
                     tooltip="Folder of songs; a relative path is inside ComfyUI's input folder. Sidecars are written beside the songs.",
                 ),
                 io.Boolean.Input(
-                    "caption", default="caption" in labeling["fields"], tooltip="Write a caption describing genre, mood and instruments."
+                    "caption", default="caption" in labeling["fields"], tooltip="Write a caption describing genre, mood and instruments, and a genres line."
                 ),
                 io.Boolean.Input("metadata", default="metadata" in labeling["fields"], tooltip="Write BPM, key, time signature and language."),
                 io.Boolean.Input(

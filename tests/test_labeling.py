@@ -370,7 +370,7 @@ def test_user_values_in_any_form_permissions_and_silent_songs_survive_a_run(tiny
     assert status["warm_pad.wav"].status == "labelled"
     assert "your bpm kept as written but unreadable" in status["warm_pad.wav"].message
     assert set(status["warm_pad.wav"].written) == {"genre", "timesignature", "language"}
-    assert re.search(r"^genres: \S", text, re.M)
+    assert re.search(r"^genres: \S", text, re.MULTILINE)
     meta = read_song_metadata(songs / "warm_pad.wav")
     assert meta.genre == status["warm_pad.wav"].written["genre"] and meta.bpm is None
     records = json.loads((songs / LABELS_FILE).read_text(encoding="utf-8"))["songs"]

@@ -44,12 +44,13 @@ class _Decoder:
         self.text_mask = torch.zeros(vocab, dtype=torch.bool)
         self.text_mask[: lm.first_code_id] = True
         self.text_mask[[i for i in added if i < vocab]] = False
-        self.pieces = {token: index for token, index in lm.tokenizer.get_vocab().items() if index < lm.first_code_id}
-        self.text_mask[[i for token, i in self.pieces.items() if "`" in token]] = False  # the official caption rule
+        pieces = {token: index for token, index in lm.tokenizer.get_vocab().items() if index < lm.first_code_id}
+        self.caption_mask = self.text_mask.clone()
+        self.caption_mask[[i for token, i in pieces.items() if "`" in token]] = False  # no backticks, officially
         self.newline_mask = torch.zeros(vocab, dtype=torch.bool)
-        self.newline_mask[[i for token, i in self.pieces.items() if "\u010a" in token]] = True  # byte-level "\n"
+        self.newline_mask[[i for token, i in pieces.items() if "\u010a" in token]] = True  # byte-level "\n"
         self.indent_mask = torch.zeros(vocab, dtype=torch.bool)
-        self.indent_mask[[i for token, i in self.pieces.items() if token[:1] in ("\u0120", "\u0109")]] = True  # " ", "\t"
+        self.indent_mask[[i for token, i in pieces.items() if token[:1] in ("\u0120", "\u0109")]] = True  # " ", "\t"
         ends = [i for i in lm.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]) if i is not None]
         self.end_mask = torch.zeros(vocab, dtype=torch.bool)
         self.end_mask[ends] = True
@@ -104,7 +105,7 @@ class _Decoder:
 
     def caption(self, limit: int) -> None:
         """Append a caption that may wrap onto indented lines, ending with a line break (forced at `limit` tokens)."""
-        any_text, one_line = self.text_mask.nonzero().squeeze(1), (self.text_mask & ~self.newline_mask).nonzero().squeeze(1)
+        any_text, one_line = self.caption_mask.nonzero().squeeze(1), (self.caption_mask & ~self.newline_mask).nonzero().squeeze(1)
         for count in range(limit):
             token = self.choose(any_text if count else one_line)
             self.feed([token])
