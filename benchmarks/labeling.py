@@ -2,7 +2,8 @@
 
 The LM is written in ComfyUI's single-file layout with ACE-Step's vocabulary size (217204 rows) and read with the tiny
 test tokenizer plus the 64000 audio codes; `full` has the 0.6B LM's dimensions. Random weights never end a lyric early,
-so generation runs to its limits (200 caption + 1024 lyric tokens): an upper bound. The song is encoded with the narrow
+so generation runs to its limits (the official ones: 512 caption tokens and a 4032-token answer, plus our 64 genres
+tokens): an upper bound. The song is encoded with the narrow
 test VAE (the `vae` suite measures the official one). `--quick` skips this suite.
 """
 

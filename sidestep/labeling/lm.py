@@ -60,12 +60,20 @@ class LmEntry:
 
 @dataclass
 class LoadedLm:
-    """A loaded 5 Hz LM with its tokenizer; `first_code_id` is the token id of `<|audio_code_0|>`."""
+    """A loaded 5 Hz LM with its tokenizer; `first_code_id` is the token id of `<|audio_code_0|>`; `own_template`:
+    the prompt uses the chat template the LM folder ships (official folders do), else the built-in Qwen layout (always
+    for ComfyUI's LM files, whose Qwen tokenizer is not the LM's own)."""
 
     name: str
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
     first_code_id: int
+    own_template: bool = False
+
+    @property
+    def template_name(self) -> str:
+        """Which chat template builds the prompt, as `.labels.json` records it."""
+        return "the LM's own" if self.own_template else "built-in Qwen layout"
 
     @property
     def device(self) -> torch.device:
@@ -162,7 +170,8 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> Load
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"Cannot load the 5 Hz LM weights in {folder}: {exc}. Re-download the folder.") from exc
-    return LoadedLm(folder.name, model.to(device).eval().requires_grad_(False), tokenizer, first)
+    own = bool(getattr(tokenizer, "chat_template", None))
+    return LoadedLm(folder.name, model.to(device).eval().requires_grad_(False), tokenizer, first, own)
 
 
 def _shapes(path: Path) -> dict[str, tuple[int, ...]]:

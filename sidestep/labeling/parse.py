@@ -1,9 +1,10 @@
 """What the 5 Hz LM answers and how to read it: the official value sets, the `<think>` block parser and validation.
 
-The LM's understanding answer is a `<think>` block of `key: value` lines (bpm, caption, duration, keyscale, language,
-timesignature; a value may continue on indented lines) followed by the lyrics. `parse_lm_output` and `extract_lyrics`
-give the same fields as the official `parse_lm_output` / `_extract_lyrics_from_output`; `validate` keeps only values
-from the official sets (ACE-Step's `acestep/constants.py`).
+The LM's understanding answer is a `<think>` block of `key: value` lines (bpm, caption, duration, genres, keyscale,
+language, timesignature; a value may continue on indented lines, as `yaml.dump` wraps a long caption) followed by the
+lyrics. `parse_lm_output` and `extract_lyrics` give exactly what the official `parse_lm_output` /
+`_extract_lyrics_from_output` give; `understanding_fields` adds what the official understanding call adds (the lyrics)
+and one name of ours; `validate` keeps only values from the official sets (ACE-Step's `acestep/constants.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BPM_MIN, BPM_MAX = 30, 300
+DURATION_MIN, DURATION_MAX = 10, 600
 TIME_SIGNATURES = ("2", "3", "4", "6")
 LANGUAGES = (
     "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "he", "hi", "hr", "ht", "hu",
@@ -28,7 +30,7 @@ _AUDIO_CODE = re.compile(r"<\|audio_code_\d+\|>")
 _REASONING = (re.compile(r"<think>(.*?)</think>", re.S), re.compile(r"<reasoning>(.*?)</reasoning>", re.S))
 _LYRIC_HEADER = re.compile(r"^#\s*Lyri[c|cs]?\s*\n", re.I)
 _INTEGER_FIELDS = ("bpm", "duration")
-_TEXT_FIELDS = ("genres", "keyscale", "timesignature", "lyrics")
+_TEXT_FIELDS = ("genres", "keyscale", "language", "timesignature")
 
 
 def _store(metadata: dict[str, Any], key: str, lines: list[str]) -> None:
@@ -41,8 +43,6 @@ def _store(metadata: dict[str, Any], key: str, lines: list[str]) -> None:
             metadata[key] = value.strip()
     elif key == "caption":
         metadata[key] = " ".join(line.strip() for line in value.split("\n") if line.strip())
-    elif key == "language":
-        metadata["language"] = metadata["vocal_language"] = value.strip()
     elif key in _TEXT_FIELDS:
         metadata[key] = value.strip()
 
@@ -79,11 +79,25 @@ def extract_lyrics(text: str) -> str:
     return re.sub(r"<\|im_end\|>\s*$", "", after).strip()
 
 
+def understanding_fields(text: str) -> dict[str, Any]:
+    """The official parser's fields, plus `lyrics` (after `</think>`) when there are some, as the official
+    understanding call returns them, plus our own `vocal_language`: the language under the name ACE-Step's
+    generation inputs give it."""
+    metadata, _ = parse_lm_output(text)
+    lyrics = extract_lyrics(text)
+    if lyrics:
+        metadata["lyrics"] = lyrics
+    if "language" in metadata:
+        metadata["vocal_language"] = metadata["language"]
+    return metadata
+
+
 @dataclass
 class Labels:
     """The fields one LM answer gives, each checked against the official value sets; `problems` lists what was dropped."""
 
     caption: str = ""
+    genre: str = ""
     bpm: int | None = None
     keyscale: str = ""
     timesignature: str = ""
@@ -96,6 +110,7 @@ class Labels:
         """The non-empty fields as sidecar text values (lyrics included)."""
         values = {
             "caption": self.caption,
+            "genre": self.genre,
             "bpm": "" if self.bpm is None else str(self.bpm),
             "keyscale": self.keyscale,
             "timesignature": self.timesignature,
@@ -114,9 +129,10 @@ def _canonical_key(value: str) -> str:
     return candidate if candidate in KEYSCALES else ""
 
 
-def validate(metadata: dict[str, Any], lyrics: str) -> Labels:
-    """Labels from parsed fields: bpm an integer in [30, 300], key / time signature / language from the official sets."""
-    labels = Labels(caption=str(metadata.get("caption", "")).strip())
+def validate(metadata: dict[str, Any]) -> Labels:
+    """Labels from understood fields: bpm an integer in [30, 300], key / time signature / language from the official
+    sets, caption and genres as one line each."""
+    labels = Labels(caption=str(metadata.get("caption", "")).strip(), genre=" ".join(str(metadata.get("genres", "")).split()))
     bpm = metadata.get("bpm")
     if isinstance(bpm, int) and BPM_MIN <= bpm <= BPM_MAX:
         labels.bpm = bpm
@@ -136,5 +152,5 @@ def validate(metadata: dict[str, Any], lyrics: str) -> Labels:
         labels.problems.append(f"language {language!r} is not one of ACE-Step's language codes")
     duration = metadata.get("duration")
     labels.duration = duration if isinstance(duration, int) and duration > 0 else None
-    labels.lyrics = lyrics.strip()
+    labels.lyrics = str(metadata.get("lyrics", "")).strip()
     return labels

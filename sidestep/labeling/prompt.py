@@ -2,13 +2,15 @@
 
 Codes: the song's 25 Hz VAE latents go through the DiT's own audio tokenizer (attention pooler + residual FSQ, padded
 with silence frames to a whole 5-frame window); each code index becomes `<|audio_code_N|>` (the official
-`convert_src_audio_to_codes`). Prompt: the Qwen chat layout with the understanding instruction as the system turn,
-the code string as the user turn and the assistant turn opened (the official `build_formatted_prompt_for_understanding`).
+`convert_src_audio_to_codes`). Prompt: the understanding instruction as the system turn, the code string as the user
+turn and the assistant turn opened (the official `build_formatted_prompt_for_understanding`), through the LM's own
+chat template when it ships one, else through the Qwen chat layout ComfyUI's LM files are used with.
 """
 
 from __future__ import annotations
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from ..model import AceStepConditionGenerationModel
 
@@ -32,8 +34,12 @@ def code_string(indices: list[int]) -> str:
     return "".join(f"<|audio_code_{index}|>" for index in indices)
 
 
-def understanding_prompt(codes: str) -> str:
-    """The chat-formatted understanding prompt for a code string, ending where the assistant's answer starts."""
+def understanding_prompt(codes: str, tokenizer: PreTrainedTokenizerBase | None = None) -> str:
+    """The chat-formatted understanding prompt for a code string, ending where the assistant's answer starts:
+    `tokenizer`'s own chat template when given, else the Qwen layout."""
+    if tokenizer is not None:
+        messages = [{"role": "system", "content": SYSTEM_TEXT}, {"role": "user", "content": codes}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return (
         f"<|im_start|>system\n{SYSTEM_TEXT}<|im_end|>\n"
         f"<|im_start|>user\n{codes}<|im_end|>\n"

@@ -8,7 +8,7 @@ from ..settings import setting
 
 OVERWRITE_MODES = ("never", "empty", "all")
 FIELD_GROUPS = {
-    "caption": ("caption",),
+    "caption": ("caption", "genre"),
     "metadata": ("bpm", "keyscale", "timesignature", "language"),
     "lyrics": ("lyrics",),
 }
@@ -16,7 +16,10 @@ FIELD_GROUPS = {
 
 @dataclass(frozen=True)
 class Sampling:
-    """How tokens are drawn: temperature (0 = greedy), top-p, seed, length limits, constrained or free decoding."""
+    """How tokens are drawn: temperature (0 = greedy), top-p, seed, length limits, constrained or free decoding.
+
+    The limits are the official ones: a caption of at most 512 tokens, a whole answer of at
+    most 4096 - 64 new tokens (the PyTorch path's budget), of which the lyrics get what the metadata leaves."""
 
     # The Label Songs node shows these settings (after LabelConfig's) in this order: append new ones at the end.
     temperature: float = setting(
@@ -30,8 +33,8 @@ class Sampling:
         0, help="Seed for sampling (kept fixed: the same seed gives the same labels, and re-runs skip).",
         min=0, max=2**31 - 1, widget={"control_after_generate": False},
     )
-    max_caption_tokens: int = 200
-    max_lyric_tokens: int = 1024
+    max_caption_tokens: int = 512
+    max_answer_tokens: int = 4096 - 64
     constrained: bool = setting(
         True, flags=("--free-decoding",),
         help="Constrain BPM, key, time signature and language to ACE-Step's values while generating (off: validate after).",
@@ -48,7 +51,7 @@ class LabelConfig:
     # The Label Songs node shows these settings in this order (one switch per field group): append new ones at the end.
     fields: tuple[str, ...] = setting(
         tuple(FIELD_GROUPS), choices=tuple(FIELD_GROUPS),
-        help="What to write: caption (genre, mood, instruments), metadata (BPM, key, time signature, language), lyrics",
+        help="What to write: caption (genre, mood, instruments; with a genres line), metadata (BPM, key, time signature, language), lyrics",
     )
     overwrite: str = setting(
         "empty", choices=OVERWRITE_MODES,

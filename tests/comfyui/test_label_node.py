@@ -90,6 +90,7 @@ def test_example_labels_then_encodes_the_labels_and_trains(lm_pack: ComfyUIHost,
     assert mine.keyscale in KEYSCALES and bare.language in LANGUAGES and 30 <= bare.bpm <= 300
     records = json.loads((song_folder / LABELS_FILE).read_text(encoding="utf-8"))["songs"]
     assert set(records) == {"bare.wav", "mine.wav"} and records["bare.wav"]["lm"] == LM_FOLDER
+    assert bare.genre and "\ngenres: " in (song_folder / "bare.txt").read_text(encoding="utf-8")
     manifest = json.loads((lm_pack.output_dir / "sidestep/datasets/my_labelled_songs/manifest.json").read_text("utf-8"))
     encoded = {Path(clip["source"]).name: clip["caption"] for clip in manifest["clips"]}
     assert encoded["bare.wav"] == apply_tag(bare.caption, TRIGGER)  # Encode Dataset read the new sidecar
@@ -112,6 +113,7 @@ def test_comfyui_lm_file_labels_with_comfyuis_own_tokenizer(lm_pack: ComfyUIHost
     statuses = {event["file"]: event["status"] for event in run.events("sidestep.label", "8")}
     assert statuses["bare.wav"] == statuses["mine.wav"] == "labelled"
     records = json.loads((song_folder / LABELS_FILE).read_text(encoding="utf-8"))["songs"]
-    assert records["mine.wav"]["lm"] == COMFY_LM_FILE and list(records["mine.wav"]["fields"]) == ["caption"]
+    assert records["mine.wav"]["lm"] == COMFY_LM_FILE and list(records["mine.wav"]["fields"]) == ["caption", "genre"]
+    assert records["mine.wav"]["chat_template"] == "built-in Qwen layout"  # ComfyUI's files: never the tokenizer's own
     after = read_song_metadata(song_folder / "mine.wav")
     assert after.bpm == before.bpm == 97 and after.keyscale == before.keyscale
