@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from comfy_api.latest import io
-from sidestep.adapters.config import CUSTOM_TARGET, KINDS, TARGET_PRESETS, LokrConfig, LoraConfig
+from sidestep.adapters.config import CUSTOM_TARGET, TARGET_PRESETS
+from sidestep.adapters.kinds import KINDS
+from sidestep.adapters.kinds.loha import LohaConfig
+from sidestep.adapters.kinds.lokr import LokrConfig
+from sidestep.adapters.kinds.lora import LoraConfig
+from sidestep.adapters.kinds.oft import OftConfig
+from sidestep.settings import declared
 
 from .common import CATEGORY, NONE_CHOICE, adapter_choices, resolve_adapter_choice
 from .handles import AcestepModel, Adapter, AdapterConfigType, AdapterHandle, ModelHandle
@@ -13,7 +19,12 @@ from .handles import AcestepModel, Adapter, AdapterConfigType, AdapterHandle, Mo
 DECODER_PREFIX = "diffusion_model.decoder."
 WEIGHT_SUFFIX = ".weight"
 ADAPTER_TARGETS = (*TARGET_PRESETS, CUSTOM_TARGET)
-LORA_DEFAULTS, LOKR_DEFAULTS = LoraConfig(), LokrConfig()
+LORA_DEFAULTS, LOKR_DEFAULTS, LOHA_DEFAULTS, OFT_DEFAULTS = LoraConfig(), LokrConfig(), LohaConfig(), OftConfig()
+def _tooltip(config: type, name: str) -> str:
+    """A kind-only widget's tooltip: the setting's declared help."""
+    return declared(config)[name][1].help
+
+
 _STRENGTH_TOOLTIP = "How strongly the adapter applies: 1.0 as trained, 0 off, negative values push away from it."
 
 
@@ -77,7 +88,7 @@ def _fingerprint(adapter_file: str) -> object:
 
 
 class ConfigureAdapter(io.ComfyNode):
-    """Choose LoRA or LoKR, its size and which DiT layers it adapts."""
+    """Choose the adapter kind (LoRA, LoKR, LoHA, OFT), its size and which DiT layers it adapts."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -86,20 +97,23 @@ class ConfigureAdapter(io.ComfyNode):
             node_id="SideStepConfigureAdapter",
             display_name="Configure LoRA/LoKR",
             category=CATEGORY,
-            description="The adapter to train: LoRA (PEFT) or LoKR (LyCORIS), its rank and alpha, and its target layers.",
+            description=(
+                "The adapter to train: LoRA (PEFT) or LoKR, LoHA, OFT (LyCORIS), its size, and its target layers. "
+                "Widgets named after a kind apply to that kind only."
+            ),
             inputs=[
                 io.Combo.Input(
                     "adapter_type",
                     options=list(KINDS),
                     default=LORA_DEFAULTS.kind,
-                    tooltip="lora: low-rank update (PEFT). lokr: Kronecker-product update (LyCORIS), smaller files.",
+                    tooltip=" ".join(kind.summary for kind in KINDS.values()),
                 ),
                 io.Int.Input(
                     "rank",
                     default=LORA_DEFAULTS.rank,
                     min=1,
                     max=1024,
-                    tooltip="LoRA rank / LoKR linear dimension: capacity of the adapter (16-128 is typical).",
+                    tooltip="LoRA rank / LoKR linear dimension: capacity of the adapter (16-128 is typical). LoHA: loha_dim; OFT: oft_block_size.",
                 ),
                 io.Float.Input(
                     "alpha",
@@ -121,7 +135,7 @@ class ConfigureAdapter(io.ComfyNode):
                     "weight_decompose",
                     default=LORA_DEFAULTS.use_dora,
                     tooltip=(
-                        "DoRA for LoRA / weight decomposition for LoKR. Often better quality, but ComfyUI's native "
+                        "DoRA for LoRA / weight decomposition for LoKR and LoHA (OFT has none). Often better quality, but ComfyUI's native "
                         "LoRA loader cannot reproduce it, so no models/loras export is written."
                     ),
                 ),
@@ -154,6 +168,28 @@ class ConfigureAdapter(io.ComfyNode):
                         "'cross_attn.o_proj' or 'layers.0.self_attn.q_proj'."
                     ),
                 ),
+                io.Int.Input(
+                    "loha_dim",
+                    default=LOHA_DEFAULTS.linear_dim,
+                    min=1,
+                    max=1024,
+                    tooltip=_tooltip(LohaConfig, "linear_dim"),
+                ),
+                io.Float.Input(
+                    "loha_alpha",
+                    default=LOHA_DEFAULTS.linear_alpha,
+                    min=0.01,
+                    max=4096.0,
+                    step=1.0,
+                    tooltip=_tooltip(LohaConfig, "linear_alpha"),
+                ),
+                io.Int.Input(
+                    "oft_block_size",
+                    default=OFT_DEFAULTS.block_size,
+                    min=2,
+                    max=1024,
+                    tooltip=_tooltip(OftConfig, "block_size"),
+                ),
             ],
             outputs=[AdapterConfigType.Output(display_name="adapter_config", tooltip="Connect to Train Adapter.")],
         )
@@ -170,20 +206,22 @@ class ConfigureAdapter(io.ComfyNode):
         lokr_decompose_both: bool,
         target: str,
         custom_modules: str,
+        loha_dim: int = LOHA_DEFAULTS.linear_dim,
+        loha_alpha: float = LOHA_DEFAULTS.linear_alpha,
+        oft_block_size: int = OFT_DEFAULTS.block_size,
     ) -> io.NodeOutput:
-        """Build and validate the LoraConfig / LokrConfig (AdapterError for impossible settings)."""
-        from sidestep.adapters.config import CUSTOM_TARGET, AdapterConfig
+        """Build and validate the chosen kind's settings from the widgets it uses (AdapterError for impossible ones)."""
+        from sidestep.adapters.kinds import kind_named
 
+        widgets = {
+            "rank": rank, "alpha": alpha, "dropout": dropout, "weight_decompose": weight_decompose,
+            "lokr_factor": lokr_factor, "lokr_decompose_both": lokr_decompose_both, "loha_dim": loha_dim,
+            "loha_alpha": loha_alpha, "oft_block_size": oft_block_size,
+        }
         modules = tuple(name.strip() for name in custom_modules.split(",") if name.strip())
-        where = {"target": target, "custom_modules": modules if target == CUSTOM_TARGET else ()}
-        if adapter_type == "lora":
-            settings = {"rank": rank, "alpha": alpha, "dropout": dropout, "use_dora": weight_decompose}
-        else:
-            settings = {
-                "linear_dim": rank, "linear_alpha": alpha, "factor": lokr_factor, "decompose_both": lokr_decompose_both,
-                "weight_decompose": weight_decompose,
-            }
-        config = AdapterConfig.from_dict({"kind": adapter_type, **settings, **where})
+        kind = kind_named(adapter_type)
+        settings = {field: widgets[widget] for widget, field in kind.node_settings.items()}
+        config = kind.config(**settings, target=target, custom_modules=modules if target == CUSTOM_TARGET else ())
         return io.NodeOutput(config, ui={"text": [config.describe()]})
 
 

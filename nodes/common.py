@@ -12,7 +12,7 @@ import comfy.utils
 import folder_paths
 import torch
 from comfy_execution.utils import get_executing_context
-from sidestep.adapters.keys import LOKR_WEIGHTS_FILE, PEFT_WEIGHTS_FILE
+from sidestep.adapters.files import WEIGHT_FILES
 from sidestep.training.layout import RunLayout, epoch_folders
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ ACESTEP_FOLDER = "acestep"
 RUNS_FOLDER = "sidestep"
 DATASETS_FOLDER = "datasets"
 NONE_CHOICE = "none"
-ADAPTER_WEIGHT_FILES = (PEFT_WEIGHTS_FILE, LOKR_WEIGHTS_FILE)
 _OUTPUT_PREFIX = "output/"
 _LORAS_PREFIX = "loras/"
 
@@ -139,7 +138,7 @@ def _run_adapters(run: Path) -> list[Path]:
     """A run's final adapter and its epoch checkpoints (oldest first) that hold adapter weights."""
     layout = RunLayout(run)
     candidates = [layout.final, *epoch_folders(layout.checkpoints)]
-    return [folder for folder in candidates if any((folder / name).is_file() for name in ADAPTER_WEIGHT_FILES)]
+    return [folder for folder in candidates if any((folder / name).is_file() for name in WEIGHT_FILES)]
 
 
 def adapter_choices() -> list[str]:

@@ -6,12 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from .adapters.config import KINDS, TARGET_PRESETS, LokrConfig, LoraConfig
+from .adapters.config import TARGET_PRESETS
+from .adapters.kinds import KINDS
+from .adapters.kinds.loha import LohaConfig
+from .adapters.kinds.lokr import LokrConfig
+from .adapters.kinds.lora import LoraConfig
+from .adapters.kinds.oft import OftConfig
 from .dataset.settings import NORMALIZE_MODES, EncodeConfig
 from .dataset.sidecars import TAG_POSITIONS
 from .errors import SideStepError
 from .labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
 from .request import GUIDANCE_MODES, GenerationRequest
+from .settings import declared
 from .training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
 from .training.layout import SUMMARY
 from .variants import DTYPES, FRAMES_PER_SECOND, config_defaults, per_base, resolve_device, resolve_dtype
@@ -88,25 +94,23 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _adapter_config(args: argparse.Namespace):
-    from .adapters.config import LokrConfig, LoraConfig
+    """The chosen kind's settings from the flags its settings declare."""
+    from .adapters.kinds import kind_named
 
     custom = tuple(args.target_modules or ())
     where = {"target": "custom" if custom else args.target, "custom_modules": custom}
-    if args.adapter == "lora":
-        return LoraConfig(rank=args.rank, alpha=args.alpha, dropout=args.dropout, use_dora=args.dora, **where)
-    return LokrConfig(
-        linear_dim=args.lokr_linear_dim,
-        linear_alpha=args.lokr_linear_alpha,
-        factor=args.lokr_factor,
-        decompose_both=args.lokr_decompose_both,
-        use_tucker=args.lokr_use_tucker,
-        weight_decompose=args.lokr_weight_decompose,
-        **where,
-    )
+    config = kind_named(args.adapter).config
+    values = {name: getattr(args, _dest(setting.flags[0])) for name, (_, setting) in declared(config).items()}
+    return config(**values, **where)
+
+
+def _dest(flag: str) -> str:
+    """The argparse destination of a flag (`--lokr-linear-dim` → `lokr_linear_dim`)."""
+    return flag.lstrip("-").replace("-", "_")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a LoRA/LoKR adapter on an encoded dataset, printing a progress bar."""
+    """Train an adapter (any registered kind) on an encoded dataset, printing a progress bar."""
     from .progress import ProgressPrinter
     from .training import distributed
     from .training.config import TrainConfig
@@ -212,13 +216,24 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="weight dtype (auto: bf16 on CUDA, fp32 on CPU)")
 
 
+def _add_declared_flags(parser: argparse.ArgumentParser, config: type) -> None:  # hand-wired until declare-once (#24)
+    """One flag per declared setting of `config` (booleans switch on), its default and help from the declaration."""
+    types = {"int": int, "float": float}
+    for field, setting in declared(config).values():
+        if field.type == "bool":
+            parser.add_argument(*setting.flags, action="store_true", default=field.default, help=setting.help)
+        else:
+            parser.add_argument(*setting.flags, type=types[field.type], default=field.default, help=setting.help)
+
+
 def _add_train_parser(commands, name: str, help_text: str) -> None:
     train = commands.add_parser(name, help=help_text, formatter_class=HelpFormatter)
     lora, lokr, config = config_defaults(LoraConfig), config_defaults(LokrConfig), config_defaults(TrainConfig)
     _add_model_flags(train)
     train.add_argument("--dataset-dir", required=True, help="encoded dataset (ours, or Side-Step .pt files)")
     train.add_argument("--output-dir", required=True, help=f"run folder: {SUMMARY}")
-    train.add_argument("--adapter", "--adapter-type", default=LoraConfig.kind, choices=KINDS, help="adapter type")
+    kinds = "; ".join(kind.summary for kind in KINDS.values())
+    train.add_argument("--adapter", "--adapter-type", default=LoraConfig.kind, choices=list(KINDS), help=f"adapter type ({kinds})")
     train.add_argument("--rank", type=int, default=lora["rank"], help="LoRA rank")
     train.add_argument("--alpha", type=float, default=lora["alpha"], help="LoRA alpha (scale = alpha / rank)")
     train.add_argument("--dropout", type=float, default=lora["dropout"], help="LoRA dropout")
@@ -229,6 +244,8 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     train.add_argument("--lokr-decompose-both", action="store_true", default=lokr["decompose_both"], help="LoKR: decompose both Kronecker factors")
     train.add_argument("--lokr-use-tucker", action="store_true", default=lokr["use_tucker"], help="LoKR: Tucker decomposition")
     train.add_argument("--lokr-weight-decompose", action="store_true", default=lokr["weight_decompose"], help="LoKR: weight decomposition (DoRA-style)")
+    for kind in (LohaConfig, OftConfig):  # hand-wired until declare-once (#24)
+        _add_declared_flags(train, kind)  # hand-wired until declare-once (#24)
     train.add_argument("--target", default=lora["target"], choices=list(TARGET_PRESETS), help="which decoder layers get the adapter")
     train.add_argument("--target-modules", nargs="+", help="custom module list (overrides --target)")
     train.add_argument("--epochs", type=int, default=config["epochs"], help="passes over the dataset")

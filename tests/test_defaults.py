@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from sidestep.adapters.config import KINDS, TARGET_PRESETS, LokrConfig, LoraConfig
+from sidestep.adapters.kinds.loha import LohaConfig
+from sidestep.adapters.kinds.oft import OftConfig
 from sidestep.cli import build_parser
 from sidestep.dataset.settings import NORMALIZE_MODES, EncodeConfig
 from sidestep.dataset.sidecars import TAG_POSITIONS
@@ -89,6 +91,10 @@ SHARED = [
     Shared(LokrConfig, "factor", ("adapter", "lokr_factor"), ("train", "lokr_factor")),
     Shared(LokrConfig, "decompose_both", ("adapter", "lokr_decompose_both"), ("train", "lokr_decompose_both")),
     Shared(LokrConfig, "use_tucker", cli=("train", "lokr_use_tucker")),
+    Shared(LohaConfig, "linear_dim", ("adapter", "loha_dim"), ("train", "loha_linear_dim")),
+    Shared(LohaConfig, "linear_alpha", ("adapter", "loha_alpha"), ("train", "loha_linear_alpha")),
+    Shared(LohaConfig, "weight_decompose", ("adapter", "weight_decompose"), ("train", "loha_weight_decompose")),
+    Shared(OftConfig, "block_size", ("adapter", "oft_block_size"), ("train", "oft_block_size")),
     *(Shared(EncodeConfig, name, ("encode", name), ("encode", name)) for name in ("max_duration", "normalize")),
     Shared(EncodeConfig, "skip_existing", ("encode", "skip_existing"), ("encode", "force"), cli_value=negated),
     Shared(EncodeConfig, "custom_tag", ("encode", "trigger_word"), ("encode", "trigger")),

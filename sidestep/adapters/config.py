@@ -1,5 +1,7 @@
-"""`LoraConfig` and `LokrConfig`: the one place for adapter kinds, hyper-parameter defaults, target presets and their
-validation; both share `AdapterConfig`'s target selection."""
+"""`AdapterConfig`: what every adapter kind's settings share (target selection, validation helpers, the saved dict form).
+
+Each kind's own settings dataclass lives in its module under `kinds/` (`LoraConfig` in `kinds/lora.py`, ...); the
+registry there (`kinds.KINDS`) is where the rest of the code finds them."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from typing import Any, ClassVar
 
 from ..errors import AdapterError
 
-KINDS = ("lora", "lokr")
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 _SELF = tuple(f"self_attn.{name}" for name in ATTENTION_PROJECTIONS)
@@ -27,19 +28,26 @@ TARGET_PRESETS: dict[str, tuple[str, ...]] = {
 CUSTOM_TARGET = "custom"
 
 
-def _positive_int(name: str, value: Any) -> None:
+def is_number(value: Any, whole: bool = False) -> bool:
+    """A finite number above 0 (a whole one when `whole`); booleans are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def check_positive_int(name: str, value: Any) -> None:
     """Raise AdapterError unless `value` is a whole number above zero."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not is_number(value, whole=True):
         raise AdapterError(f"Adapter setting {name} must be a whole number above 0, got {value!r}.")
 
 
-def _positive_number(name: str, value: Any) -> None:
+def check_positive_number(name: str, value: Any) -> None:
     """Raise AdapterError unless `value` is a finite number above zero."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not is_number(value):
         raise AdapterError(f"Adapter setting {name} must be a number above 0, got {value!r}.")
 
 
-def _flag(name: str, value: Any) -> None:
+def check_flag(name: str, value: Any) -> None:
     """Raise AdapterError unless `value` is True or False."""
     if not isinstance(value, bool):
         raise AdapterError(f"Adapter setting {name} must be true or false, got {value!r}.")
@@ -47,7 +55,7 @@ def _flag(name: str, value: Any) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class AdapterConfig(ABC):
-    """Which of the decoder's Linear layers an adapter adapts; `LoraConfig` and `LokrConfig` add their own settings.
+    """Which of the decoder's Linear layers an adapter adapts; each kind's config adds its own settings.
 
     `target` is a preset from TARGET_PRESETS or "custom" with `custom_modules`, each entry a short name ("q_proj",
     every layer's self- and cross-attention q_proj), a block-qualified name ("self_attn.q_proj", "mlp.up_proj") or a
@@ -103,106 +111,37 @@ class AdapterConfig(ABC):
 
     @abstractmethod
     def _settings(self) -> dict[str, Any]:
-        """Both kinds' settings in the saved order (the other kind's as the Configure node always wrote them)."""
+        """The kind's settings in the saved order (LoRA and LoKR also write each other's, as they always did)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict: kind, both kinds' settings (the same keys as before the kinds were split), target."""
+        """Plain JSON-ready dict: kind, the kind's settings, target."""
         return {"kind": self.kind, **self._settings(), "target": self.target, "custom_modules": list(self.custom_modules)}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "AdapterConfig":
-        """Build a LoraConfig or LokrConfig from `to_dict()` output (by "kind", default lora); the other kind's
-        settings are ignored; unknown keys or kinds raise AdapterError."""
-        kinds = {config.kind: config for config in (LoraConfig, LokrConfig)}
-        known = {"kind", *(field.name for config in kinds.values() for field in fields(config))}
+        """Build the kind's config from `to_dict()` output (by "kind", default lora); other kinds' settings are
+        ignored; unknown keys or kinds raise AdapterError."""
+        from .kinds import KINDS, kind_named
+
+        known = {"kind", *(field.name for kind in KINDS.values() for field in fields(kind.config))}
         unknown = sorted(set(data) - known)
         if unknown:
             raise AdapterError(f"Unknown adapter settings {unknown}; valid settings are {sorted(known)}.")
-        kind = data.get("kind", "lora")
-        if kind not in kinds:
-            raise AdapterError(f"Adapter kind must be one of {', '.join(KINDS)}, got {kind!r}.")
-        own = {field.name for field in fields(kinds[kind])}
+        config = kind_named(data.get("kind", "lora")).config
+        own = {field.name for field in fields(config)}
         values = {key: value for key, value in data.items() if key in own}
         if "custom_modules" in values and not isinstance(values["custom_modules"], str):
             values["custom_modules"] = tuple(values["custom_modules"])
-        return kinds[kind](**values)
+        return config(**values)
 
 
-@dataclass(frozen=True, kw_only=True)
-class LoraConfig(AdapterConfig):
-    """A LoRA (PEFT): rank, alpha (scale = alpha / rank), dropout on the adapter's input, and DoRA."""
+def __getattr__(name: str) -> Any:
+    """The kinds' names and configs as this module always offered them (`KINDS`, `LoraConfig`, `LokrConfig`, ...)."""
+    from . import kinds
 
-    kind: ClassVar[str] = "lora"
-    rank: int = 64
-    alpha: float = 128
-    dropout: float = 0.0
-    use_dora: bool = False
-
-    def _check_settings(self) -> None:
-        _positive_int("rank", self.rank)
-        _positive_number("alpha", self.alpha)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise AdapterError(f"Adapter setting dropout must be at least 0 and below 1, got {self.dropout!r}.")
-        _flag("use_dora", self.use_dora)
-
-    @property
-    def decomposes_weight(self) -> bool:
-        return self.use_dora
-
-    def shape_signature(self) -> tuple:
-        return (self.kind, self.rank, self.use_dora, self.target, tuple(self.custom_modules))
-
-    def describe(self) -> str:
-        extra = " with DoRA" if self.use_dora else ""
-        return f"LoRA rank {self.rank}, alpha {self.alpha:g}{extra} on {self._where()}"
-
-    def _settings(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "use_dora": self.use_dora,
-            "linear_dim": self.rank, "linear_alpha": self.alpha, "factor": -1, "decompose_both": False,
-            "use_tucker": False, "weight_decompose": False,
-        }
-
-
-@dataclass(frozen=True, kw_only=True)
-class LokrConfig(AdapterConfig):
-    """A LoKR (LyCORIS): linear_dim/linear_alpha, the Kronecker factor (-1 automatic), decompose_both, use_tucker and
-    weight decomposition. `use_tucker` only changes convolution layers in LyCORIS, so on the decoder's Linear targets
-    it trains exactly like `use_tucker=False`."""
-
-    kind: ClassVar[str] = "lokr"
-    linear_dim: int = 64
-    linear_alpha: float = 128
-    factor: int = -1
-    decompose_both: bool = False
-    use_tucker: bool = False
-    weight_decompose: bool = False
-
-    def _check_settings(self) -> None:
-        _positive_int("linear_dim", self.linear_dim)
-        _positive_number("linear_alpha", self.linear_alpha)
-        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or (self.factor <= 0 and self.factor != -1):
-            raise AdapterError(f"LoKR factor must be -1 (automatic) or a whole number above 0, got {self.factor!r}.")
-        for name in ("decompose_both", "use_tucker", "weight_decompose"):
-            _flag(name, getattr(self, name))
-
-    @property
-    def decomposes_weight(self) -> bool:
-        return self.weight_decompose
-
-    def shape_signature(self) -> tuple:
-        shape = (self.linear_dim, self.factor, self.decompose_both, self.weight_decompose)
-        return (self.kind, *shape, self.target, tuple(self.custom_modules))
-
-    def describe(self) -> str:
-        extra = (", both factors decomposed" if self.decompose_both else "") + (
-            ", weight-decomposed" if self.weight_decompose else ""
-        )
-        return f"LoKR dim {self.linear_dim}, alpha {self.linear_alpha:g}, factor {self.factor}{extra} on {self._where()}"
-
-    def _settings(self) -> dict[str, Any]:
-        return {
-            "rank": self.linear_dim, "alpha": self.linear_alpha, "dropout": 0.0, "use_dora": False,
-            "linear_dim": self.linear_dim, "linear_alpha": self.linear_alpha, "factor": self.factor,
-            "decompose_both": self.decompose_both, "use_tucker": self.use_tucker, "weight_decompose": self.weight_decompose,
-        }
+    if name == "KINDS":
+        return tuple(kinds.KINDS)
+    configs = {kind.config.__name__: kind.config for kind in kinds.KINDS.values()}
+    if name in configs:
+        return configs[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
