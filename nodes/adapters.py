@@ -99,7 +99,7 @@ class ConfigureAdapter(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "The adapter to train: LoRA (PEFT) or LoKR, LoHA, OFT (LyCORIS), its size, and its target layers. "
-                "Widgets named after a kind apply to that kind only."
+                "Widgets named after a kind apply to that kind only (optional, so prompts saved before them still run)."
             ),
             inputs=[
                 io.Combo.Input(
@@ -170,6 +170,7 @@ class ConfigureAdapter(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "loha_dim",
+                    optional=True,
                     default=LOHA_DEFAULTS.linear_dim,
                     min=1,
                     max=1024,
@@ -177,6 +178,7 @@ class ConfigureAdapter(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "loha_alpha",
+                    optional=True,
                     default=LOHA_DEFAULTS.linear_alpha,
                     min=0.01,
                     max=4096.0,
@@ -185,6 +187,7 @@ class ConfigureAdapter(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "oft_block_size",
+                    optional=True,
                     default=OFT_DEFAULTS.block_size,
                     min=2,
                     max=1024,

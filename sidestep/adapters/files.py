@@ -1,7 +1,8 @@
 """Read any adapter form from disk into a LoadedAdapter (safetensors only; nothing is unpickled).
 
-Accepted: a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors, written by PEFT, Side-Step or the
-ACE-Step trainer), a LoKR `lokr_weights.safetensors` or a folder holding it, a run folder holding `final/`, a
+Accepted: each kind's Side-Step folder or its weights file (a PEFT LoRA folder, adapter_config.json +
+adapter_model.safetensors, written by PEFT, Side-Step or the ACE-Step trainer; `lokr_weights.safetensors`,
+`loha_weights.safetensors`, `oft_weights.safetensors`), a run folder holding `final/`, a
 `checkpoints/epoch_N/` folder or the `training_state.pt` inside one (its folder is used), and single ComfyUI-style
 `.safetensors` files (`base_model.model.<module>.lora_A/.lora_B` or `.lora_down/.lora_up`, optional `.alpha`;
 `lycoris_<module>.lokr_*` + `.alpha`; the other LyCORIS kinds' keys likewise). Each module is read by the kind in
@@ -22,15 +23,13 @@ from ..errors import AdapterError
 from ..training.layout import FINAL_FOLDER, STATE_FILE
 from .keys import ALPHA_PART, first_few, split_key
 from .kinds import KINDS, PARTS, kinds_owning
-from .kinds.lokr import LOKR_WEIGHTS_FILE
-from .kinds.lora import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE
 from .loaded import LoadedAdapter, ModuleWeights
 
 # The weights file of each kind's Side-Step folder.
 WEIGHT_FILES = tuple(kind.weights_file for kind in KINDS.values())
 _EXPECTED = (
-    f"a LoRA folder ({PEFT_CONFIG_FILE} + {PEFT_WEIGHTS_FILE}), a LoKR {LOKR_WEIGHTS_FILE} (or its folder; the other "
-    "LyCORIS kinds likewise), a checkpoints/epoch_N folder, or a single ComfyUI-style .safetensors file"
+    f"an adapter folder (holding {' or '.join(WEIGHT_FILES)}) or one of those files, a checkpoints/epoch_N folder, "
+    "or a single ComfyUI-style .safetensors file"
 )
 
 

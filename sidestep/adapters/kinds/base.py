@@ -111,22 +111,15 @@ class AdapterKind(ABC):
     ) -> ModuleWeights:
         """One module's weights from its parts, checked (AdapterError naming `path` and the module)."""
 
+    @abstractmethod
     def declared(
         self, modules: dict[str, ModuleWeights], peft_config: dict[str, Any] | None, header: Mapping[str, str], path: Path
     ) -> tuple[int | None, float | None]:
         """The (rank, alpha) the adapter declares: its metadata (checked, AdapterError naming `path`), else read off
         its first module."""
-        first = next(iter(modules.values()))
-        return first.rank, alpha_of(first)
-
 
     def check_loaded(self, path: Path, peft_config: dict[str, Any] | None, modules: int, with_alpha: int) -> None:
         """AdapterError when a file read from `path` cannot be used as it is (`with_alpha` of `modules` carry `.alpha`)."""
-
-
-def alpha_of(weights: ModuleWeights) -> float | None:
-    """The alpha a module's scale stands for (scale · rank), None without a rank."""
-    return None if weights.rank is None else weights.scale * weights.rank
 
 
 def stored_alpha(parts: Mapping[str, torch.Tensor]) -> float | None:
