@@ -6,7 +6,10 @@ from pathlib import Path
 
 import torch
 
-from sidestep.adapters.config import LokrConfig, LoraConfig
+from sidestep.adapters.kinds.loha import LohaConfig
+from sidestep.adapters.kinds.lokr import LokrConfig
+from sidestep.adapters.kinds.lora import LoraConfig
+from sidestep.adapters.kinds.oft import OftConfig
 from sidestep.dataset.tensors import ClipRecord, Manifest, save_clip, write_manifest
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel, AceStepConfig
 from sidestep.variants import FRAMES_PER_SECOND, resolve_device
@@ -15,10 +18,13 @@ SIZES = ("tiny", "small", "full")
 # Encoder tokens of a typical condition: caption prompt (~100) plus lyrics (~200).
 CONDITION_TOKENS = 300
 VARIANT = "turbo"
-# The adapters the issue measures: LoRA r=64 and LoKR (Side-Step defaults), both on attention + MLP.
+# The adapters measured, all on attention + MLP: LoRA r=64 and LoKR (Side-Step defaults), LoHA dim 64 and OFT (block
+# size 32, its default) — the "rank/dim 64" row of the README's table of kinds.
 ADAPTERS = {
     "lora": LoraConfig(rank=64, alpha=128, target="attention_mlp"),
     "lokr": LokrConfig(target="attention_mlp"),
+    "loha": LohaConfig(linear_dim=64, linear_alpha=64, target="attention_mlp"),
+    "oft": OftConfig(target="attention_mlp"),
 }
 STORAGE = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -1,4 +1,4 @@
-"""Training-step speed: LoRA and LoKR against the plain frozen decoder, checkpointing, torch.compile, data loading."""
+"""Training-step speed: every adapter kind against the plain frozen decoder, checkpointing, torch.compile, data loading."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from .settings import RunSettings
 from .timing import Repeats, measure, measure_in_turns, seconds
 
 CLIPS = {"10 s": 250, "30 s": 750}
-ADAPTER_NAMES = {"lora": "LoRA r64 attn+MLP", "lokr": "LoKR dim64 attn+MLP"}
+ADAPTER_NAMES = {
+    "lora": "LoRA r64 attn+MLP", "lokr": "LoKR dim64 attn+MLP", "loha": "LoHA dim64 attn+MLP", "oft": "OFT block32 attn+MLP",
+}
 PLAIN = "plain fwd+bwd"
 GROUP = "train step"
 FULL_CLIPS = {"30 s": CLIPS["30 s"]}
@@ -33,6 +35,8 @@ LOADING_LIMIT = 0.05
 OVERHEAD_CAUSE = {
     "lora": "rank-64 products are thin and run below the wide products' rate; clipping and AdamW count no FLOPs",
     "lokr": "two small Kronecker products per layer and pass run below the wide products' rate",
+    "loha": "ΔW is rebuilt from two rank-64 products per layer and pass (out×in×64 each), at the thin products' rate",
+    "oft": "many small block rotations and one Cayley inverse per layer and pass, far below the wide products' rate",
 }
 
 

@@ -6,13 +6,8 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from ..sidestep.adapters.config import (
-    CUSTOM_TARGET,
-    KINDS,
-    AdapterConfig,
-    LokrConfig,
-    LoraConfig,
-)
+from ..sidestep.adapters.config import CUSTOM_TARGET, AdapterConfig
+from ..sidestep.adapters.kinds import KINDS, kind_named
 from ..sidestep.settings import from_widgets
 from .folders import NONE_CHOICE, adapter_choices, resolve_adapter_choice
 from .handles import (
@@ -25,10 +20,14 @@ from .handles import (
 )
 from .settings import setting_inputs
 
-ADAPTER_KINDS = (LoraConfig, LokrConfig)
-# The Configure node's settings: each kind's own, then the target layers; a setting several kinds share (rank, alpha,
-# weight decomposition) is one widget. A new kind's own settings go after these (new widgets come last).
-ADAPTER_SETTINGS = (LoraConfig, LokrConfig, AdapterConfig)
+# The Configure node's settings: LoRA's and LoKR's, the target layers, then every later kind's own in registry order
+# (new widgets come last); a setting several kinds share (rank, alpha, weight decomposition) is one widget.
+_FIRST_KINDS = ("lora", "lokr")
+ADAPTER_SETTINGS = (
+    *(KINDS[name].config for name in _FIRST_KINDS),
+    AdapterConfig,
+    *(kind.config for name, kind in KINDS.items() if name not in _FIRST_KINDS),
+)
 _STRENGTH_TOOLTIP = "How strongly the adapter applies: 1.0 as trained, 0 off, negative values push away from it."
 
 
@@ -92,7 +91,7 @@ def _fingerprint(adapter_file: str) -> object:
 
 
 class ConfigureAdapter(io.ComfyNode):
-    """Choose LoRA or LoKR, its size and which DiT layers it adapts."""
+    """Choose the adapter kind (LoRA, LoKR, LoHA, OFT), its size and which DiT layers it adapts."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -101,13 +100,16 @@ class ConfigureAdapter(io.ComfyNode):
             node_id="SideStepConfigureAdapter",
             display_name="Configure LoRA/LoKR",
             category=CATEGORY,
-            description="The adapter to train: LoRA (PEFT) or LoKR (LyCORIS), its rank and alpha, and its target layers.",
+            description=(
+                "The adapter to train: LoRA (PEFT) or LoKR, LoHA, OFT (LyCORIS), its size, and its target layers. "
+                "Widgets named after a kind apply to that kind only."
+            ),
             inputs=[
                 io.Combo.Input(
                     "adapter_type",
                     options=list(KINDS),
-                    default=LoraConfig.kind,
-                    tooltip="lora: low-rank update (PEFT). lokr: Kronecker-product update (LyCORIS), smaller files.",
+                    default="lora",
+                    tooltip=" ".join(kind.summary for kind in KINDS.values()),
                 ),
                 *setting_inputs(*ADAPTER_SETTINGS),
             ],
@@ -116,8 +118,8 @@ class ConfigureAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter_type: str, **settings: object) -> io.NodeOutput:
-        """Build and validate the LoraConfig / LokrConfig (AdapterError for impossible settings)."""
-        config_class = next(config for config in ADAPTER_KINDS if config.kind == adapter_type)
+        """Build and validate the chosen kind's settings from the widgets it declares (AdapterError for impossible ones)."""
+        config_class = kind_named(adapter_type).config
         values = from_widgets(config_class, settings)
         if values.get("target") != CUSTOM_TARGET:
             values["custom_modules"] = ()

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .adapters.config import KINDS, AdapterConfig, LokrConfig, LoraConfig
+from .adapters.config import AdapterConfig
+from .adapters.kinds import KINDS, kind_named
 from .dataset.settings import EncodeConfig
 from .errors import SideStepError
 from .labeling.settings import LabelConfig, Sampling
@@ -16,7 +17,6 @@ from .training.config import TrainConfig
 from .training.layout import SUMMARY
 from .variants import DTYPES, resolve_device, resolve_dtype
 
-ADAPTER_KINDS = (LoraConfig, LokrConfig)
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the models found under a checkpoint root, then the ACE-Step-looking files skipped and why."""
@@ -86,10 +86,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _adapter_config(args: argparse.Namespace):
-    """The LoraConfig or LokrConfig the flags describe (--target-modules chooses target custom)."""
+    """The chosen kind's settings the flags describe (--target-modules chooses target custom)."""
     from .adapters.config import CUSTOM_TARGET
 
-    config_class = next(config for config in ADAPTER_KINDS if config.kind == args.adapter)
+    config_class = kind_named(args.adapter).config
     values = from_flags(config_class, args)
     if values["custom_modules"]:
         values["target"] = CUSTOM_TARGET
@@ -97,7 +97,7 @@ def _adapter_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a LoRA/LoKR adapter on an encoded dataset, printing a progress bar."""
+    """Train an adapter (any registered kind) on an encoded dataset, printing a progress bar."""
     from .progress import ProgressPrinter
     from .training import distributed
     from .training.run import LATEST, TrainingRun
@@ -183,8 +183,9 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     _add_model_flags(train)
     train.add_argument("--dataset-dir", required=True, help="encoded dataset (ours, or Side-Step .pt files)")
     train.add_argument("--output-dir", required=True, help=f"run folder: {SUMMARY}")
-    train.add_argument("--adapter", "--adapter-type", default=LoraConfig.kind, choices=KINDS, help="adapter type")
-    add_flags(train, *ADAPTER_KINDS, AdapterConfig, TrainConfig)
+    kinds = "; ".join(kind.summary for kind in KINDS.values())
+    train.add_argument("--adapter", "--adapter-type", default="lora", choices=list(KINDS), help=f"adapter type ({kinds})")
+    add_flags(train, *(kind.config for kind in KINDS.values()), AdapterConfig, TrainConfig)
     train.set_defaults(run=cmd_train)
 
 

@@ -72,7 +72,7 @@ def run_demo(
     sample_seconds: float = 5.0,
 ) -> DemoResult:
     """Build (or use) a checkpoint tree, encode songs, train a LoRA with live progress and sample a clip with it."""
-    from .adapters.config import LoraConfig
+    from .adapters.kinds.lora import LoraConfig
     from .adapters.files import load_adapter
     from .generate import GenerationRequest, generate
     from .tiny_models import make_tiny_checkpoints

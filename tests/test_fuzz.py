@@ -208,18 +208,36 @@ def test_a_bad_adapter_is_refused_at_export_naming_the_file(tmp_path, capsys, ca
     assert not out.exists()
 
 
-def test_unusable_lokr_metadata_is_ignored_and_export_to_an_unwritable_place_is_refused(tmp_path, capsys):
-    generator = torch.Generator().manual_seed(1)
+@pytest.mark.parametrize("stored, words", [
+    ({"linear_dim": "abc", "linear_alpha": 4}, "linear_dim = 'abc'"),
+    ({"linear_dim": 2, "linear_alpha": [1]}, "linear_alpha = [1]"),
+    ("not json", "not valid JSON"),
+])
+def test_unusable_lokr_metadata_is_refused_at_export_naming_the_file(tmp_path, capsys, stored, words):
     lokr = tmp_path / "lokr_weights.safetensors"
-    tensors = {
+    save_file(_lokr_tensors(), str(lokr), metadata={"lokr_config": stored if isinstance(stored, str) else json.dumps(stored)})
+    out = tmp_path / "exported.safetensors"
+    code = main(["export-comfy", str(lokr), str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(lokr) in err and words in err and "lokr_config" in err, err
+    assert not out.exists()
+
+
+def _lokr_tensors() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return {
         "lycoris_layers_0_self_attn_q_proj.lokr_w1": torch.randn(4, 4, generator=generator),
         "lycoris_layers_0_self_attn_q_proj.lokr_w2_a": torch.randn(8, 2, generator=generator),
         "lycoris_layers_0_self_attn_q_proj.lokr_w2_b": torch.randn(2, 8, generator=generator),
         "lycoris_layers_0_self_attn_q_proj.alpha": torch.tensor(2.0),
     }
-    save_file(tensors, str(lokr), metadata={"lokr_config": json.dumps({"linear_dim": "abc", "linear_alpha": [1]})})
+
+
+def test_lokr_metadata_declares_rank_and_alpha_and_export_to_an_unwritable_place_is_refused(tmp_path, capsys):
+    lokr = tmp_path / "lokr_weights.safetensors"
+    save_file(_lokr_tensors(), str(lokr), metadata={"lokr_config": json.dumps({"linear_dim": 2, "linear_alpha": 3})})
     loaded = load_adapter(lokr)
-    assert (loaded.rank, loaded.alpha) == (2, 2.0)  # read off the weights instead
+    assert (loaded.rank, loaded.alpha) == (2, 3.0)
     blocker = tmp_path / "a file"
     blocker.write_text("not a folder")
     (tmp_path / "taken.safetensors").mkdir()

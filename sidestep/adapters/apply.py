@@ -1,7 +1,7 @@
 """Run the decoder with adapters on top — W·x + Σ strength·ΔW·x — without touching its base weights.
 
-Each adapted Linear layer gets one forward hook that adds the adapters' contributions to its output, computed from
-the low-rank / Kronecker factors (no full-size ΔW is kept in memory). DoRA-style magnitudes are honoured: the layer
+Each adapted Linear layer gets one forward hook that adds the adapters' contributions to its output, computed by each
+kind from its own factors (`ModuleWeights.delta_x`; LoRA and LoKR keep no full-size ΔW in memory). DoRA-style magnitudes are honoured: the layer
 then behaves as W + strength·(W' − W), W' being the trained, re-normalised weight (ComfyUI's rule for strength).
 Removing the handle removes the hooks, so the same model serves another adapter, or none, bit for bit.
 """
@@ -22,41 +22,32 @@ from torch.utils.hooks import RemovableHandle
 from ..errors import AdapterError
 from .keys import first_few, is_flat_name, lycoris_name
 from .targets import linear_modules
-from .loaded import LoadedAdapter, LokrWeights, ModuleWeights
+from .loaded import LoadedAdapter, ModuleWeights
 
 
 class _Term:
-    """One adapter's contribution to one Linear layer: strength · ΔW·x, with ΔW kept factored."""
+    """One adapter's contribution to one Linear layer: strength · ΔW·x, with ΔW kept in its kind's factored form."""
 
     def __init__(self, weights: ModuleWeights, strength: float, layer: nn.Linear) -> None:
         device = layer.weight.device
         self.strength = strength
-        self.scale = weights.scale
-        self.kron = isinstance(weights, LokrWeights)
-        if self.kron:
-            self.factors = (weights.w1().to(device), weights.w2().to(device))
-        else:
-            self.factors = (weights.down.float().to(device), weights.up.float().to(device))
+        self.delta_x = weights.delta_x(device)
+        self.needs_base = weights.needs_base_output
         self.gain = None
         if weights.magnitude is not None:
             # DoRA: W' = g ⊙ (W + ΔW) with g = m / ‖W + ΔW‖ per output row, so W' − W = (g − 1) ⊙ W + g ⊙ ΔW.
-            merged = layer.weight.detach().float() + weights.delta().to(device)
+            base = layer.weight.detach().float()
+            merged = base + weights.delta(base).to(device)
             self.gain = weights.magnitude.float().to(device) / merged.norm(dim=1)
+            self.needs_base = True
 
-    def _delta_x(self, x: torch.Tensor) -> torch.Tensor:
-        """ΔW·x (the plain delta, scale included)."""
-        a, b = (factor.to(x.device, x.dtype) for factor in self.factors)
-        if self.kron:
-            # kron(a, b)·x = a · X · bᵀ with x viewed as X [in1, in2].
-            return (a @ x.unflatten(-1, (a.shape[1], b.shape[1])) @ b.T).flatten(-2) * self.scale
-        return F.linear(F.linear(x, a), b) * self.scale
-
-    def __call__(self, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-        delta = self._delta_x(x)
+    def __call__(self, x: torch.Tensor, base_out: torch.Tensor | None) -> torch.Tensor:
+        """strength · (W' − W)·x, `base_out` being W·x (None unless `needs_base`)."""
+        delta = self.delta_x(x, base_out)
         if self.gain is None:
             return self.strength * delta
         gain = self.gain.to(x.device, x.dtype)
-        return self.strength * ((gain - 1) * F.linear(x, layer.weight.to(x.dtype)) + gain * delta)
+        return self.strength * ((gain - 1) * base_out + gain * delta)
 
 
 class _LayerHook:
@@ -67,8 +58,10 @@ class _LayerHook:
 
     def __call__(self, layer: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
+        needs_base = any(term.needs_base for term in self.terms)
+        base_out = F.linear(x, layer.weight.to(x.dtype)) if needs_base else None
         for term in self.terms:
-            output = output + term(x, layer)
+            output = output + term(x, base_out)
         return output
 
 
@@ -104,8 +97,9 @@ def _resolve(adapter: LoadedAdapter, linears: dict[str, nn.Linear]) -> dict[str,
             continue
         layer = linears[name]
         expected = (layer.out_features, layer.in_features)
-        if tuple(weights.shape) != expected or (weights.magnitude is not None and weights.magnitude.numel() != expected[0]):
-            wrong.append(f"{key} (adapter {weights.shape[0]}x{weights.shape[1]}, model {expected[0]}x{expected[1]})")
+        if not weights.fits(expected) or (weights.magnitude is not None and weights.magnitude.numel() != expected[0]):
+            size = "x".join(str(n) for n in weights.shape if n is not None)
+            wrong.append(f"{key} (adapter {size}, model {expected[0]}x{expected[1]})")
         resolved[key] = name
     if missing:
         raise AdapterError(

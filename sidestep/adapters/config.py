@@ -1,5 +1,7 @@
-"""`LoraConfig` and `LokrConfig`: the one place for adapter kinds, hyper-parameter defaults, target presets and their
-validation; both share `AdapterConfig`'s target selection."""
+"""`AdapterConfig`: what every adapter kind's settings share (target selection, validation helpers, the saved dict form).
+
+Each kind's own settings dataclass lives in its module under `kinds/` (`LoraConfig` in `kinds/lora.py`, ...); the
+registry there (`kinds.KINDS`) is where the rest of the code finds them."""
 
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from ..errors import AdapterError
-from ..settings import setting
+from ..settings import declared, setting
 
-KINDS = ("lora", "lokr")
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 _SELF = tuple(f"self_attn.{name}" for name in ATTENTION_PROJECTIONS)
@@ -26,22 +27,28 @@ TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "cross_attention": _CROSS,
 }
 CUSTOM_TARGET = "custom"
-AUTO_FACTOR = -1  # LyCORIS's and the saved settings' spelling of an automatic LoKR factor
 
 
-def _positive_int(name: str, value: Any) -> None:
+def is_number(value: Any, whole: bool = False) -> bool:
+    """A finite number above 0 (a whole one when `whole`); booleans are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def check_positive_int(name: str, value: Any) -> None:
     """Raise AdapterError unless `value` is a whole number above zero."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not is_number(value, whole=True):
         raise AdapterError(f"Adapter setting {name} must be a whole number above 0, got {value!r}.")
 
 
-def _positive_number(name: str, value: Any) -> None:
+def check_positive_number(name: str, value: Any) -> None:
     """Raise AdapterError unless `value` is a finite number above zero."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not is_number(value):
         raise AdapterError(f"Adapter setting {name} must be a number above 0, got {value!r}.")
 
 
-def _flag(name: str, value: Any) -> None:
+def check_flag(name: str, value: Any) -> None:
     """Raise AdapterError unless `value` is True or False."""
     if not isinstance(value, bool):
         raise AdapterError(f"Adapter setting {name} must be true or false, got {value!r}.")
@@ -49,7 +56,7 @@ def _flag(name: str, value: Any) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class AdapterConfig(ABC):
-    """Which of the decoder's Linear layers an adapter adapts; `LoraConfig` and `LokrConfig` add their own settings.
+    """Which of the decoder's Linear layers an adapter adapts; each kind's config adds its own settings.
 
     `target` is a preset from TARGET_PRESETS or "custom" with `custom_modules`, each entry a short name ("q_proj",
     every layer's self- and cross-attention q_proj), a block-qualified name ("self_attn.q_proj", "mlp.up_proj") or a
@@ -117,141 +124,40 @@ class AdapterConfig(ABC):
 
     @abstractmethod
     def _settings(self) -> dict[str, Any]:
-        """Both kinds' settings in the saved order (the other kind's as the Configure node always wrote them)."""
+        """The kind's settings in the saved order (LoRA and LoKR also write each other's, as they always did)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict: kind, both kinds' settings (the same keys as before the kinds were split), target."""
+        """Plain JSON-ready dict: kind, the kind's settings, target."""
         return {"kind": self.kind, **self._settings(), "target": self.target, "custom_modules": list(self.custom_modules)}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> AdapterConfig:
-        """Build a LoraConfig or LokrConfig from `to_dict()` output (by "kind", default lora); the other kind's
-        settings are ignored; unknown keys or kinds raise AdapterError."""
-        kinds = {config.kind: config for config in (LoraConfig, LokrConfig)}
-        known = {"kind", *(field.name for config in kinds.values() for field in fields(config))}
+        """Build the kind's config from `to_dict()` output (by "kind", default lora); other kinds' settings are
+        ignored; unknown keys or kinds raise AdapterError."""
+        from .kinds import KINDS, kind_named
+
+        known = {"kind", *(field.name for kind in KINDS.values() for field in fields(kind.config))}
         unknown = sorted(set(data) - known)
         if unknown:
             raise AdapterError(f"Unknown adapter settings {unknown}; valid settings are {sorted(known)}.")
-        kind = data.get("kind", "lora")
-        if kind not in kinds:
-            raise AdapterError(f"Adapter kind must be one of {', '.join(KINDS)}, got {kind!r}.")
-        own = {field.name for field in fields(kinds[kind])}
+        config = kind_named(data.get("kind", "lora")).config
+        own = {field.name for field in fields(config)}
         values = {key: value for key, value in data.items() if key in own}
         if "custom_modules" in values and not isinstance(values["custom_modules"], str):
             values["custom_modules"] = tuple(values["custom_modules"])
-        if values.get("factor") == AUTO_FACTOR:
-            values["factor"] = None
-        return kinds[kind](**values)
+        for name, (_, declaration) in declared(config).items():
+            if name in values and not isinstance(values[name], (bool, list)) and values[name] in declaration.none_aliases:
+                values[name] = None  # a saved spelling of auto (e.g. LoKR's factor -1)
+        return config(**values)
 
 
-@dataclass(frozen=True, kw_only=True)
-class LoraConfig(AdapterConfig):
-    """A LoRA (PEFT): rank, alpha (scale = alpha / rank), dropout on the adapter's input, and DoRA."""
+def __getattr__(name: str) -> Any:
+    """The kinds' names and configs as this module always offered them (`KINDS`, `LoraConfig`, `LokrConfig`, ...)."""
+    from . import kinds
 
-    kind: ClassVar[str] = "lora"
-    rank: int = setting(64, help="LoRA rank: capacity of the adapter (16-128 is typical).", min=1, max=1024)
-    alpha: float = setting(
-        128, help="LoRA scaling: the update is multiplied by alpha / rank.", min=0.01, max=4096.0, step=1.0
-    )
-    dropout: float = setting(
-        0.0, help="LoRA only: dropout on the adapter's input during training (0 = off).", min=0.0, max=0.9, step=0.01
-    )
-    use_dora: bool = setting(
-        False, flags=("--dora",), node="weight_decompose",
-        help=(
-            "DoRA for LoRA / weight decomposition for LoKR. Often better quality, but ComfyUI's native LoRA loader "
-            "cannot reproduce it, so no models/loras export is written."
-        ),
-    )
-
-    def _check_settings(self) -> None:
-        _positive_int("rank", self.rank)
-        _positive_number("alpha", self.alpha)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise AdapterError(f"Adapter setting dropout must be at least 0 and below 1, got {self.dropout!r}.")
-        _flag("use_dora", self.use_dora)
-
-    @property
-    def decomposes_weight(self) -> bool:
-        return self.use_dora
-
-    def shape_signature(self) -> tuple:
-        return (self.kind, self.rank, self.use_dora, self.target, tuple(self.custom_modules))
-
-    def describe(self) -> str:
-        extra = " with DoRA" if self.use_dora else ""
-        return f"LoRA rank {self.rank}, alpha {self.alpha:g}{extra} on {self._where()}"
-
-    def _settings(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "use_dora": self.use_dora,
-            "linear_dim": self.rank, "linear_alpha": self.alpha, "factor": AUTO_FACTOR, "decompose_both": False,
-            "use_tucker": False, "weight_decompose": False,
-        }
-
-
-@dataclass(frozen=True, kw_only=True)
-class LokrConfig(AdapterConfig):
-    """A LoKR (LyCORIS): linear_dim/linear_alpha, the Kronecker factor (None automatic), decompose_both, use_tucker and
-    weight decomposition. `use_tucker` only changes convolution layers in LyCORIS, so on the decoder's Linear targets
-    it trains exactly like `use_tucker=False`."""
-
-    kind: ClassVar[str] = "lokr"
-    linear_dim: int = setting(
-        64, help="LoKR linear dimension: capacity of the adapter.", min=1, max=1024, flags=("--lokr-linear-dim",), node="rank"
-    )
-    linear_alpha: float = setting(
-        128, help="LoKR scaling, when a factor is decomposed: alpha / dimension.", min=0.01, max=4096.0, step=1.0,
-        flags=("--lokr-linear-alpha",), node="alpha",
-    )
-    factor: int | None = setting(
-        None, help="LoKR only: Kronecker factor.", min=1, max=1024, auto="LyCORIS picks one",
-        flags=("--lokr-factor",), node="lokr_factor",
-    )
-    decompose_both: bool = setting(
-        False, help="LoKR only: also split the smaller Kronecker factor into a low-rank pair.",
-        flags=("--lokr-decompose-both",), node="lokr_decompose_both",
-    )
-    use_tucker: bool = setting(
-        False, help="LoKR: Tucker decomposition (changes convolutions only, so nothing on the decoder).",
-        flags=("--lokr-use-tucker",), node=False,
-    )
-    weight_decompose: bool = setting(
-        False, help="LoKR: weight decomposition (DoRA-style); no models/loras export is written.",
-        flags=("--lokr-weight-decompose",), node="weight_decompose",
-    )
-
-    def _check_settings(self) -> None:
-        _positive_int("linear_dim", self.linear_dim)
-        _positive_number("linear_alpha", self.linear_alpha)
-        if self.factor is not None:
-            _positive_int("factor", self.factor)
-        for name in ("decompose_both", "use_tucker", "weight_decompose"):
-            _flag(name, getattr(self, name))
-
-    @property
-    def decomposes_weight(self) -> bool:
-        return self.weight_decompose
-
-    @property
-    def lycoris_factor(self) -> int:
-        """The factor as LyCORIS and the saved settings spell it (-1 automatic)."""
-        return AUTO_FACTOR if self.factor is None else self.factor
-
-    def shape_signature(self) -> tuple:
-        shape = (self.linear_dim, self.factor, self.decompose_both, self.weight_decompose)
-        return (self.kind, *shape, self.target, tuple(self.custom_modules))
-
-    def describe(self) -> str:
-        extra = (", both factors decomposed" if self.decompose_both else "") + (
-            ", weight-decomposed" if self.weight_decompose else ""
-        )
-        factor = "auto" if self.factor is None else self.factor
-        return f"LoKR dim {self.linear_dim}, alpha {self.linear_alpha:g}, factor {factor}{extra} on {self._where()}"
-
-    def _settings(self) -> dict[str, Any]:
-        return {
-            "rank": self.linear_dim, "alpha": self.linear_alpha, "dropout": 0.0, "use_dora": False,
-            "linear_dim": self.linear_dim, "linear_alpha": self.linear_alpha, "factor": self.lycoris_factor,
-            "decompose_both": self.decompose_both, "use_tucker": self.use_tucker, "weight_decompose": self.weight_decompose,
-        }
+    if name == "KINDS":
+        return tuple(kinds.KINDS)
+    configs = {kind.config.__name__: kind.config for kind in kinds.KINDS.values()}
+    if name in configs:
+        return configs[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,10 @@
-"""A LoadedAdapter in ComfyUI's LoRA key format: in memory (for ModelPatcher patches) or as one .safetensors file that
+"""A LoadedAdapter in ComfyUI's key format: in memory (for ModelPatcher patches) or as one .safetensors file that
 ComfyUI's own LoraLoaderModelOnly applies to ACE-Step 1.5.
 
-LoRA → `base_model.model.<module>.lora_A.weight` / `.lora_B.weight` + `.alpha` = scale·rank, so ComfyUI's
-alpha / rank reproduces the trained scale at strength 1.0. LoKR → `lycoris_<module_with_underscores>.lokr_*` + the
-stored `.alpha`: ComfyUI and LyCORIS share the scale rule (alpha / dim only when a side is decomposed), so the factors
-go out unchanged. DoRA / weight decomposition is refused: ComfyUI normalises by the base weight's norm instead of the
-adapted weight's, so it would not reproduce the trained result.
+Each kind writes its own keys (`ModuleWeights.comfy_tensors`: LoRA `base_model.model.<module>.lora_A/.lora_B` +
+`.alpha`, the LyCORIS kinds `lycoris_<module_with_underscores>.<their tensors>` + `.alpha`). DoRA / weight
+decomposition is refused: ComfyUI normalises by the base weight's norm instead of the adapted weight's, so it would not
+reproduce the trained result.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from safetensors import SafetensorError
 from ..atomic import save_safetensors_atomic
 from ..errors import AdapterError
 from .keys import lycoris_name, peft_name
-from .loaded import LoadedAdapter, LoraWeights
+from .loaded import LoadedAdapter
 
 COMFY_DECODER_PREFIX = "diffusion_model.decoder."  # ComfyUI's ACE-Step 1.5 MODEL: the DiT's decoder weights
 COMFY_WEIGHT_SUFFIX = ".weight"
@@ -34,16 +33,7 @@ def comfy_tensors(adapter: LoadedAdapter) -> dict[str, torch.Tensor]:
         )
     tensors: dict[str, torch.Tensor] = {}
     for module, weights in adapter.modules.items():
-        if isinstance(weights, LoraWeights):
-            prefix = peft_name(module)
-            tensors[f"{prefix}.lora_A.weight"] = weights.down
-            tensors[f"{prefix}.lora_B.weight"] = weights.up
-            tensors[f"{prefix}.alpha"] = torch.tensor(weights.scale * weights.rank, dtype=torch.float32)
-        else:
-            prefix = lycoris_name(module)
-            tensors.update({f"{prefix}.{name}": tensor for name, tensor in weights.factors.items()})
-            if weights.alpha is not None:
-                tensors[f"{prefix}.alpha"] = torch.tensor(weights.alpha, dtype=torch.float32)
+        tensors.update(weights.comfy_tensors(module))
     return tensors
 
 

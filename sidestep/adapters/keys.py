@@ -1,49 +1,29 @@
-"""Adapter file names and tensor key conventions (PEFT, LyCORIS, ComfyUI), shared by saving, loading and export."""
+"""Tensor key conventions every kind shares (PEFT and LyCORIS module prefixes, `.alpha`); each kind's file names and
+key suffixes are in its module under `kinds/`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-PEFT_CONFIG_FILE = "adapter_config.json"
-PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
-LOKR_WEIGHTS_FILE = "lokr_weights.safetensors"
-LOKR_CONFIG_KEY = "lokr_config"
+from collections.abc import Iterable, Mapping
 
 PEFT_PREFIX = "base_model.model."
 DECODER_PREFIX = "decoder."
 LYCORIS_PREFIX = "lycoris_"
 
-# Key suffix (after "<module>.") → the role of the tensor. LoRA: PEFT names with and without the adapter name,
-# kohya/ComfyUI lora_down/lora_up, PEFT's DoRA magnitude. LoKR: LyCORIS names. "alpha" is shared.
-LORA_PARTS = {
-    "lora_A.weight": "down",
-    "lora_A.default.weight": "down",
-    "lora_down.weight": "down",
-    "lora_B.weight": "up",
-    "lora_B.default.weight": "up",
-    "lora_up.weight": "up",
-    "lora_magnitude_vector": "magnitude",
-    "lora_magnitude_vector.weight": "magnitude",
-    "lora_magnitude_vector.default.weight": "magnitude",
-}
-LOKR_PARTS = {
-    name: name for name in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "dora_scale")
-}
 ALPHA_PART = "alpha"
-_SUFFIXES = sorted([*LORA_PARTS, *LOKR_PARTS, ALPHA_PART], key=len, reverse=True)
 
 
-def split_key(key: str) -> tuple[str, str] | None:
-    """`(module, part)` of a tensor key, the module normalised (PEFT prefix and an extra `decoder.` dropped);
-    LyCORIS flat names keep their `lycoris_` prefix. None when the suffix is not an adapter tensor."""
-    for suffix in _SUFFIXES:
+def split_key(key: str, parts: Mapping[str, str]) -> tuple[str, str] | None:
+    """`(module, part)` of a tensor key by its suffix in `parts` (suffix → part; `.alpha` always), the module
+    normalised (PEFT prefix and an extra `decoder.` dropped); LyCORIS flat names keep their `lycoris_` prefix. None when
+    the suffix is not an adapter tensor."""
+    for suffix in sorted([*parts, ALPHA_PART], key=len, reverse=True):
         if key.endswith("." + suffix):
             module = key[: -len(suffix) - 1]
             break
     else:
         return None
     module = module.removeprefix(PEFT_PREFIX).removeprefix(DECODER_PREFIX)
-    part = LORA_PARTS.get(suffix) or LOKR_PARTS.get(suffix) or ALPHA_PART
+    part = parts.get(suffix, ALPHA_PART)
     return (module, part) if module else None
 
 

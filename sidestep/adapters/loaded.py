@@ -1,95 +1,58 @@
-"""A loaded adapter: per-module LoRA or LoKR factors and the weight delta ΔW each one stands for."""
+"""A loaded adapter: per-module weights of one kind (`ModuleWeights`, each kind's form) and the record it carries."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from .metadata import AdapterMetadata
 
 
-@dataclass(frozen=True)
-class LoraWeights:
-    """ΔW = scale · up @ down (PEFT: lora_B @ lora_A); `magnitude` [out] makes it DoRA."""
+class ModuleWeights(ABC):
+    """One module's trained weights in a kind's own factored form (each kind's module under `kinds/` defines its class).
 
-    down: torch.Tensor
-    up: torch.Tensor
-    scale: float
-    magnitude: torch.Tensor | None = None
-
-    @property
-    def rank(self) -> int:
-        """Inner dimension of the factors."""
-        return self.down.shape[0]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(out_features, in_features) of the Linear layer this fits."""
-        return self.up.shape[0], self.down.shape[1]
-
-    def delta(self) -> torch.Tensor:
-        """The plain (non-DoRA) ΔW in fp32."""
-        return self.scale * (self.up.float() @ self.down.float())
-
-
-@dataclass(frozen=True)
-class LokrWeights:
-    """ΔW = scale · kron(w1, w2), each side stored whole or as a low-rank pair (LyCORIS names in `factors`).
-
-    The scale follows LyCORIS and ComfyUI alike: alpha / dim when either side is a low-rank pair (dim = that pair's
-    rank, w2's when both are), otherwise 1. `magnitude` [out] is LyCORIS weight decomposition (DoRA on the output axis).
+    `magnitude` [out], when set, is DoRA / LyCORIS weight decomposition on the output axis; `scale` is the factor the
+    kind multiplies its product by (1.0 where it has none).
     """
 
-    factors: dict[str, torch.Tensor]
-    alpha: float | None
-    magnitude: torch.Tensor | None = None
-
-    def w1(self) -> torch.Tensor:
-        """The left Kronecker factor [out1, in1] in fp32."""
-        if "lokr_w1" in self.factors:
-            return self.factors["lokr_w1"].float().contiguous()
-        return self.factors["lokr_w1_a"].float() @ self.factors["lokr_w1_b"].float()
-
-    def w2(self) -> torch.Tensor:
-        """The right Kronecker factor [out2, in2] in fp32 (a Tucker core is contracted, trailing 1x1 dims dropped)."""
-        f = self.factors
-        if "lokr_w2" in f:
-            w2 = f["lokr_w2"].float()
-        elif "lokr_t2" in f:
-            w2 = torch.einsum("ij...,jr,ip->pr...", f["lokr_t2"].float(), f["lokr_w2_b"].float(), f["lokr_w2_a"].float())
-        else:
-            w2 = f["lokr_w2_a"].float() @ f["lokr_w2_b"].float()
-        return w2.flatten(1).contiguous()
+    kind: ClassVar[str]
+    # True when ΔW·x needs the base layer's W·x (OFT rotates it), so the sampler computes that once per layer.
+    needs_base_output: ClassVar[bool] = False
+    magnitude: torch.Tensor | None
+    scale: float
 
     @property
-    def rank(self) -> int | None:
-        """The low-rank dimension, or None when both sides are stored whole."""
-        for name in ("lokr_w2_b", "lokr_w1_b"):
-            if name in self.factors:
-                return self.factors[name].shape[0]
-        return None
-
-    @property
-    def scale(self) -> float:
-        """alpha / rank when a side is decomposed and alpha is known, else 1.0."""
-        rank = self.rank
-        return self.alpha / rank if rank is not None and self.alpha is not None else 1.0
-
-    @property
+    @abstractmethod
     def shape(self) -> tuple[int, int]:
         """(out_features, in_features) of the Linear layer this fits."""
-        w1, w2 = self.w1(), self.w2()
-        return w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]
 
-    def delta(self) -> torch.Tensor:
-        """The plain (non-decomposed) ΔW in fp32."""
-        return self.scale * torch.kron(self.w1(), self.w2())
+    def fits(self, shape: tuple[int, int]) -> bool:
+        """Whether the module fits a Linear layer of (out_features, in_features)."""
+        return tuple(self.shape) == shape
 
+    @property
+    @abstractmethod
+    def rank(self) -> int | None:
+        """The kind's size (rank, dimension or block size) as stored, None where it has none."""
 
-ModuleWeights = LoraWeights | LokrWeights
+    @abstractmethod
+    def delta(self, base: torch.Tensor | None = None) -> torch.Tensor:
+        """The plain (non-decomposed) ΔW in fp32; `base` is the layer's weight, which OFT's ΔW depends on."""
+
+    @abstractmethod
+    def delta_x(self, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """A function `(x, W·x) → ΔW·x` with the factors moved to `device` once (no full-size ΔW where avoidable);
+        W·x is None unless `needs_base_output`."""
+
+    @abstractmethod
+    def comfy_tensors(self, module: str) -> dict[str, torch.Tensor]:
+        """This module's tensors under ComfyUI's key names (what `comfy/lora.py` maps and its weight adapters read)."""
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def _configure(kind: str) -> dict[str, Any]:
     return _node(
         "SideStepConfigureAdapter", "Configure LoRA/LoKR",
         adapter_type=kind, rank=64, alpha=128.0, dropout=0.0, weight_decompose=False, lokr_factor=-1,
-        lokr_decompose_both=False, target="attention", custom_modules="",
+        lokr_decompose_both=False, target="attention", custom_modules="", loha_dim=32, loha_alpha=32.0, oft_block_size=32,
     )
 
 

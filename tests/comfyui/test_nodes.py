@@ -44,7 +44,7 @@ NODE_INPUTS = {
     ],
     "SideStepConfigureAdapter": [
         "adapter_type", "rank", "alpha", "dropout", "weight_decompose", "lokr_factor", "lokr_decompose_both", "target",
-        "custom_modules",
+        "custom_modules", "loha_dim", "loha_alpha", "oft_block_size",
     ],
     "SideStepTrainAdapter": [
         "model", "dataset", "adapter_config", "run_name", "epochs", "learning_rate", "optimizer", "scheduler",
@@ -207,7 +207,7 @@ def test_widget_defaults_are_the_core_defaults(pack: ComfyUIHost) -> None:
 
     adapter, lokr, encode, train = LoraConfig(), LokrConfig(), EncodeConfig("in", "out"), TrainConfig(output_dir="out")
     configure = "SideStepConfigureAdapter"
-    assert info[configure]["input"]["required"]["adapter_type"][1]["options"] == ["lora", "lokr"]
+    assert info[configure]["input"]["required"]["adapter_type"][1]["options"] == ["lora", "lokr", "loha", "oft"]
     assert [default(configure, name) for name in ("adapter_type", "rank", "alpha", "dropout", "weight_decompose")] == [
         adapter.kind, adapter.rank, adapter.alpha, adapter.dropout, adapter.use_dora,
     ]
