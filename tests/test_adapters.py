@@ -124,7 +124,7 @@ def test_custom_targets_accept_short_qualified_and_full_names() -> None:
 @pytest.mark.parametrize(
     "settings, words",
     [
-        ({"kind": "loha"}, "kind"),
+        ({"kind": "boft"}, "kind"),
         ({"rank": 0}, "rank"),
         ({"rank": 2.5}, "rank"),
         ({"alpha": -1}, "alpha"),

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from sidestep.adapters.config import AdapterConfig, LokrConfig, LoraConfig
+from sidestep.adapters.kinds.loha import LohaConfig
+from sidestep.adapters.kinds.oft import OftConfig
 from sidestep.cli import build_parser
 from sidestep.dataset.settings import EncodeConfig
 from sidestep.labeling.settings import LabelConfig, Sampling
@@ -31,7 +33,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 # node key → (module, class, node id, the hand-written inputs before the generated ones, its settings dataclasses)
 NODES = {
     "train": ("train", "TrainAdapter", "SideStepTrainAdapter", ("model", "dataset", "adapter_config", "run_name"), (TrainConfig,)),
-    "adapter": ("adapters", "ConfigureAdapter", "SideStepConfigureAdapter", ("adapter_type",), (LoraConfig, LokrConfig, AdapterConfig)),
+    "adapter": ("adapters", "ConfigureAdapter", "SideStepConfigureAdapter", ("adapter_type",), (LoraConfig, LokrConfig, AdapterConfig, LohaConfig, OftConfig)),
     "encode": ("dataset", "EncodeDataset", "SideStepEncodeDataset", ("model", "audio_folder", "dataset_folder"), (EncodeConfig,)),
     "sample": ("sample", "SampleWithShift", "SideStepSampleWithShift", ("model", "caption", "lyrics", "language"), (GenerationRequest,)),
     "label": ("label", "LabelSongs", "SideStepLabelSongs", ("model", "lm", "audio_folder"), (LabelConfig, Sampling)),
