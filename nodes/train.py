@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import comfy.model_management as model_management
 import torch
 from comfy_api.latest import io
+from sidestep.settings import declared
 from sidestep.training.layout import FINAL_FOLDER, SUMMARY, RunLayout
 from sidestep.variants import per_base
 
@@ -73,7 +74,7 @@ class TrainAdapter(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         """Model, dataset, adapter config and the training settings (TrainConfig's defaults) in; ADAPTER out."""
-        from sidestep.training.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES
+        from sidestep.training.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
         from sidestep.training.run import PREVIEW_SECONDS
 
         default = _defaults()
@@ -184,6 +185,9 @@ class TrainAdapter(io.ComfyNode):
                         f"{RunLayout('').preview('N')}; 0 = off."
                     ),
                 ),
+                io.Boolean.Input(  # hand-wired until declare-once (#24)
+                    "overwrite", default=default["overwrite"], tooltip=declared(TrainConfig)["overwrite"][1].help.capitalize() + "."
+                ),
             ],
             outputs=[Adapter.Output(display_name="adapter", tooltip=f"The trained adapter ({FINAL_FOLDER}/); connect it to Load Adapter.")],
             hidden=[io.Hidden.unique_id],
@@ -226,6 +230,7 @@ class TrainAdapter(io.ComfyNode):
         precision: str,
         preview_caption: str,
         preview_every: int,
+        overwrite: bool = False,
     ) -> io.NodeOutput:
         """Reuse the finished adapter of identical settings, else train (or resume)."""
         from sidestep.training.config import TrainConfig
@@ -249,6 +254,7 @@ class TrainAdapter(io.ComfyNode):
             preview_every=preview_every,
             preview_caption=preview_caption.strip() or dataset.first_caption,
             resume_from=resume_from.strip() or None,
+            overwrite=overwrite,
         )
         run = TrainingRun(model.bundle, dataset.index or dataset.folder, adapter_config, config)
         reused = run.finished(comfy_lora_path(run_name))

@@ -10,6 +10,7 @@ from .adapters.config import KINDS, TARGET_PRESETS, LokrConfig, LoraConfig
 from .dataset.settings import NORMALIZE_MODES, EncodeConfig
 from .dataset.sidecars import TAG_POSITIONS
 from .errors import SideStepError
+from .settings import declared
 from .labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
 from .request import GUIDANCE_MODES, GenerationRequest
 from .training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
@@ -107,15 +108,17 @@ def _adapter_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a LoRA/LoKR adapter on an encoded dataset, printing a progress bar."""
+    from .interrupt import stop_on_signals
     from .progress import ProgressPrinter
     from .training import distributed
     from .training.config import TrainConfig
+    from .training.events import StopSignal
     from .training.run import LATEST, TrainingRun
 
     _check_dataset_dir(Path(args.dataset_dir))
     resume_from = args.resume_from
     if resume_from and resume_from != LATEST:
-        _check_resume_from(Path(resume_from), Path(args.output_dir))
+        _check_resume_from(resume_from, Path(args.output_dir))
         # Relative to the working directory here (the core reads a relative path as inside the run folder).
         resume_from = str(Path(resume_from).absolute())
     adapter = _adapter_config(args)
@@ -143,12 +146,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_inference_steps=args.num_inference_steps,
         resume_from=resume_from,
         log_dir=args.log_dir,
+        overwrite=args.overwrite,
     )
     _init_distributed()
     run = TrainingRun(_bundle(args), args.dataset_dir, adapter, config)
-    run.train(ProgressPrinter())
-    if distributed.rank_and_world()[0] == 0:
-        print(f"TensorBoard logs in {config.log_dir or run.layout.tensorboard}")
+    stop = StopSignal()
+    with stop_on_signals(stop) as received:
+        outcome = run.train(ProgressPrinter(), stop)
+    if distributed.rank_and_world()[0] != 0:
+        return 128 + received[0] if received else 0
+    print(f"TensorBoard logs in {config.log_dir or run.layout.tensorboard}")
+    if received:
+        print(
+            f"Stopped by {stop.reason.removeprefix('stopped by ')}: checkpoint {outcome.result.last_checkpoint}, "
+            f"adapter {outcome.adapter_dir}. Continue with the same command and --resume-from latest.",
+            file=sys.stderr,
+        )
+        return 128 + received[0]
     return 0
 
 
@@ -167,13 +181,19 @@ def _check_dataset_dir(folder: Path) -> None:
         )
 
 
-def _check_resume_from(path: Path, output_dir: Path) -> None:
-    """A --resume-from path that does not exist is named, with the checkpoints that do."""
+def _check_resume_from(text: str, output_dir: Path) -> None:
+    """A --resume-from path that does not exist is named, with the checkpoints that do (and 'latest' if meant)."""
+    import difflib
+
     from .errors import TrainingError
     from .training.layout import EPOCH_PREFIX, RunLayout, complete_checkpoints
+    from .training.run import LATEST
 
+    path = Path(text)
     if path.exists():
         return
+    if difflib.get_close_matches(text.strip().lower(), [LATEST], n=1, cutoff=0.6):
+        raise TrainingError(f"--resume-from {text}: no such checkpoint. Did you mean '{LATEST}'?")
     folders = [path.parent, RunLayout(output_dir).checkpoints]
     found = sorted(
         {child.resolve() for folder in folders for child in complete_checkpoints(folder)},
@@ -253,6 +273,7 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     train.add_argument("--num-inference-steps", type=int, default=config["num_inference_steps"], help=f"recorded for inference (when not given: {per_base(lambda v: v.schedule.steps)})")
     train.add_argument("--resume-from", default=config["resume_from"], help="'latest' (the run's newest checkpoint), a checkpoints/epoch_N folder or the training_state.pt inside it")
     train.add_argument("--log-dir", default=config["log_dir"], help="TensorBoard folder (default OUT/runs)")
+    train.add_argument("--overwrite", action="store_true", help=declared(TrainConfig)["overwrite"][1].help)  # hand-wired until declare-once (#24)
     train.set_defaults(run=cmd_train)
 
 
@@ -429,13 +450,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def in_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """A core message with each setting it names in backticks (`resume_from`) spelled as its flag (--resume-from)."""
+    import re
+
+    flags = {
+        action.dest: next(option for option in action.option_strings if option.startswith("--"))
+        for commands in parser._subparsers._group_actions
+        for command in commands.choices.values()
+        for action in command._actions
+        if any(option.startswith("--") for option in action.option_strings)
+    }
+    return re.sub(r"`(\w+)`", lambda match: flags.get(match[1], match[0]), message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print a one-paragraph message and exit with status 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
     except SideStepError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {in_flags(str(error), parser)}", file=sys.stderr)
         return 2
     except OSError as error:  # the machine, not the input: a full disk, a folder that cannot be written, ...
         print(f"error: {error}. Check that path, its permissions and the free space on its disk.", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +98,9 @@ def run_demo(
     run_dir = workdir / "runs" / "demo-lora"
     if run_dir.exists():
         print(f"Replacing the previous demo run in {run_dir} (a fresh run, so TensorBoard shows each step once) ...")
-        shutil.rmtree(run_dir)
-    config = TrainConfig(output_dir=str(run_dir), epochs=epochs, learning_rate=DEMO_LR, save_every=max(1, epochs // 2))
+    config = TrainConfig(
+        output_dir=str(run_dir), epochs=epochs, learning_rate=DEMO_LR, save_every=max(1, epochs // 2), overwrite=True
+    )
     adapter_config = LoraConfig(rank=DEMO_RANK, alpha=DEMO_ALPHA)
     run = TrainingRun(bundle, dataset_index(dataset_dir, encoded.manifest), adapter_config, config)
     print(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TrainingError
+from ..settings import setting
 from ..variants import Schedule, variant_defaults
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
@@ -49,6 +50,12 @@ class TrainConfig:
     preview_caption: str = ""
     resume_from: str | None = None
     log_dir: str | None = None
+    overwrite: bool = setting(
+        False,
+        help="start over in a run folder that holds an earlier run: delete what is in it first (else such a folder is "
+        "refused unless resuming)",
+        flags=("--overwrite",),
+    )
 
     def __post_init__(self) -> None:
         choices = {
