@@ -20,15 +20,15 @@ def stop_on_signals(stop: StopSignal, stream: TextIO | None = None) -> Iterator[
     received: list[int] = []
 
     def handle(signum: int, _frame: object) -> None:
+        received.append(signum)  # first: a signal that lands while this one is handled sees it
         name = signal.Signals(signum).name
         out = stream or sys.stderr
-        if received:
+        if len(received) > 1:
             out.write(f"\n{name} again: waiting for the checkpoint and final adapter to be saved (a half-written "
                       "checkpoint would be useless); the run ends by itself in a moment.\n")
         else:
             out.write(f"\n{name}: finishing the current step, then saving a checkpoint and the final adapter ...\n")
         out.flush()
-        received.append(signum)
         stop.request(f"stopped by {name}")
 
     previous = {number: signal.signal(number, handle) for number in STOP_SIGNALS}

@@ -179,7 +179,7 @@ class TrainingRun:
                     "folder first), or train into another folder."
                 )
             removed = empty_run_folder(root)
-        return f"`overwrite`: deleted the earlier run in {root} ({', '.join(entry.name for entry in removed)})"
+        return f"starting over: deleted the earlier run in {root} ({', '.join(entry.name for entry in removed)})"
 
     def trainer(self, callback: EventCallback | None = None, stop: StopSignal | None = None) -> Trainer:
         """The trainer on a DiT of its own: a private module tree over the bundle's weights (training injects adapter
