@@ -83,9 +83,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     print(
         f"Encoded {result.encoded}, kept {result.skipped} unchanged, rejected {len(result.rejected)}; "
-        f"{len(result.manifest.clips)} clips in {result.output_dir}"
+        f"{_count(len(result.manifest.clips), 'clip')} in {result.output_dir}"
     )
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    """'1 clip', '3 clips'."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _adapter_config(args: argparse.Namespace):
@@ -390,24 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--dataset-dir", required=True, help="folder of songs (searched recursively) with optional sidecars")
     encode.add_argument("--output-dir", required=True, help="where the clip tensors and manifest.json go")
     encode.add_argument("--max-duration", type=float, default=encoding["max_duration"], help="split songs into clips of at most this many seconds (0 = keep whole)")
-    encode.add_argument("--normalize", default=encoding["normalize"], choices=NORMALIZE_MODES)
+    encode.add_argument("--normalize", default=encoding["normalize"], choices=NORMALIZE_MODES, help="loudness normalisation of each song before encoding")
     encode.add_argument("--min-seconds", type=float, default=encoding["min_seconds"], help="reject clips shorter than this")
     encode.add_argument("--trigger", default=encoding["custom_tag"], help="trigger word / custom tag added to every caption")
-    encode.add_argument("--tag-position", default=encoding["tag_position"], choices=TAG_POSITIONS)
+    encode.add_argument("--tag-position", default=encoding["tag_position"], choices=TAG_POSITIONS, help="where --trigger goes in the caption")
     encode.add_argument("--force", action="store_true", default=not encoding["skip_existing"], help="re-encode clips even when unchanged")
     encode.set_defaults(run=cmd_encode)
 
-    label = commands.add_parser("label", help="caption, tag and transcribe songs with ACE-Step's 5 Hz LM")
+    label = commands.add_parser("label", help="caption, tag and transcribe songs with ACE-Step's 5 Hz LM", formatter_class=HelpFormatter)
     labeling, sampling = config_defaults(LabelConfig), config_defaults(Sampling)
     _add_model_flags(label)
     label.add_argument("--dataset-dir", required=True, help="folder of songs; song.txt sidecars are written beside them")
-    label.add_argument("--lm", default="", help="acestep-5Hz-lm-* folder name under --checkpoint-dir, or a path (folder or ComfyUI qwen_*_ace15.safetensors)")
+    label.add_argument("--lm", default="", help="acestep-5Hz-lm-* folder name under --checkpoint-dir, or a path (folder or ComfyUI qwen_*_ace15.safetensors); empty: the first one found")
     label.add_argument("--fields", default=",".join(labeling["fields"]), help="comma-separated: caption, metadata, lyrics")
     label.add_argument("--overwrite", default=labeling["overwrite"], choices=OVERWRITE_MODES, help="never: skip labelled songs; empty: fill missing fields; all: rewrite")
-    label.add_argument("--trigger", default=labeling["trigger_word"], help="trigger word written to every song's sidecar")
+    label.add_argument("--trigger", default=labeling["trigger_word"], help="trigger word written to every song's sidecar (empty: none)")
     label.add_argument("--temperature", type=float, default=sampling["temperature"], help="0 = greedy")
-    label.add_argument("--top-p", type=float, default=sampling["top_p"])
-    label.add_argument("--seed", type=int, default=sampling["seed"])
+    label.add_argument("--top-p", type=float, default=sampling["top_p"], help="nucleus sampling: keep the most likely tokens up to this probability mass")
+    label.add_argument("--seed", type=int, default=sampling["seed"], help="random seed of the sampling")
     label.add_argument("--free-decoding", action="store_true", default=not sampling["constrained"], help="sample freely and validate after (default: constrained)")
     label.set_defaults(run=cmd_label)
 
