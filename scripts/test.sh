@@ -18,7 +18,8 @@ listing() { if [[ -d "$SHARED" ]]; then (cd "$SHARED" && find . 2>/dev/null | LC
 before="$(listing)"
 
 status=0
-TMPDIR="$RUN_TMP" .venv/bin/python -m pytest --basetemp="$RUN_TMP/pytest" "$@" || status=$?
+# torch keeps its compile cache in the temporary folder: the run's own, kept apart from what tests leave behind.
+TMPDIR="$RUN_TMP" TORCHINDUCTOR_CACHE_DIR="$RUN_TMP/cache/torchinductor" .venv/bin/python -m pytest --basetemp="$RUN_TMP/pytest" "$@" || status=$?
 if [[ $status -eq 5 ]]; then
     echo "[test] pytest collected no tests: treated as a failure" >&2
     exit 1
@@ -28,7 +29,7 @@ if [[ "$(listing)" != "$before" ]]; then
     diff <(echo "$before") <(listing) >&2 || true
     status=1
 fi
-leftover="$(find "$RUN_TMP" -mindepth 1 -maxdepth 1 ! -name pytest)"
+leftover="$(find "$RUN_TMP" -mindepth 1 -maxdepth 1 ! -name pytest ! -name cache)"
 if [[ -n "$leftover" ]]; then
     echo "[test] the run left these in its temporary folder (a test or server did not clean up):" >&2
     echo "$leftover" >&2
