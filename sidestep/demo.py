@@ -46,7 +46,7 @@ class DemoResult:
         tree = shlex.quote(str(self.checkpoint_dir))
         commands = [f"{python} -m sidestep models {tree}"]
         if self.songs_dir is not None and (self.checkpoint_dir / LM_FOLDER).is_dir():
-            commands.append(f"{python} -m sidestep label --checkpoint-dir {tree} --dataset-dir {shlex.quote(str(self.songs_dir))} --overwrite empty")
+            commands.append(f"{python} -m sidestep label --checkpoint-dir {tree} --dataset-dir {shlex.quote(str(self.songs_dir))} --fields metadata --overwrite empty")
         song = shlex.quote(str(self.audio_path.with_name("song.flac")))
         commands.append(
             f"{python} -m sidestep sample --checkpoint-dir {tree} --adapter {shlex.quote(str(self.adapter_dir))} "
