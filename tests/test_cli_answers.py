@@ -52,3 +52,15 @@ def test_help_shows_every_default_and_every_flag_has_help(command):
     for action in options:
         if action.default not in (None, False, "") and action.required is False:
             assert f"(default: {action.default})" in text or "default" in action.help, action.dest
+
+
+def test_a_junk_mp3_could_not_be_decoded_rather_than_does_not_exist(tmp_path):
+    from sidestep.audio import load_audio
+    from sidestep.errors import AudioError
+
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(AudioError) as caught:
+        load_audio(junk)
+    assert "could not be decoded (not valid MP3 data)" in str(caught.value)
+    assert "does not exist" not in str(caught.value)
