@@ -198,6 +198,8 @@ def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
             frames = f.read(dtype="float32", always_2d=True)
     except soundfile.SoundFileError as exc:
         detail = (getattr(exc, "error_string", None) or str(exc)).strip().rstrip(".")
+        if "does not exist or is not a regular file" in detail:  # libsndfile's words for data it cannot decode
+            raise _audio_error(path, f"could not be decoded (not valid {path.suffix.lstrip('.').upper() or 'audio'} data)") from exc
         raise _audio_error(path, f"corrupt or unreadable (libsndfile: {detail})") from exc
     if 0 < frames.shape[0] < declared:
         raise _audio_error(path, f"truncated (decoded {frames.shape[0]} of {declared} frames)")

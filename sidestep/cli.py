@@ -80,9 +80,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     print(
         f"Encoded {result.encoded}, kept {result.skipped} unchanged, rejected {len(result.rejected)}; "
-        f"{len(result.manifest.clips)} clips in {result.output_dir}"
+        f"{_count(len(result.manifest.clips), 'clip')} in {result.output_dir}"
     )
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    """'1 clip', '3 clips'."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _adapter_config(args: argparse.Namespace):
@@ -98,23 +103,35 @@ def _adapter_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train an adapter (any registered kind) on an encoded dataset, printing a progress bar."""
+    from .interrupt import stop_on_signals
     from .progress import ProgressPrinter
     from .training import distributed
+    from .training.events import StopSignal
     from .training.run import LATEST, TrainingRun
 
     _check_dataset_dir(Path(args.dataset_dir))
     resume_from = from_flags(TrainConfig, args)["resume_from"]
     if resume_from and resume_from != LATEST:
-        _check_resume_from(Path(resume_from), Path(args.output_dir))
+        _check_resume_from(resume_from, Path(args.output_dir))
         # Relative to the working directory here (the core reads a relative path as inside the run folder).
         resume_from = str(Path(resume_from).absolute())
     adapter = _adapter_config(args)
     config = TrainConfig(**{**from_flags(TrainConfig, args), "resume_from": resume_from}, output_dir=args.output_dir)
     _init_distributed()
     run = TrainingRun(_bundle(args), args.dataset_dir, adapter, config)
-    run.train(ProgressPrinter())
-    if distributed.rank_and_world()[0] == 0:
-        print(f"TensorBoard logs in {config.log_dir or run.layout.tensorboard}")
+    stop = StopSignal()
+    with stop_on_signals(stop) as received:
+        outcome = run.train(ProgressPrinter(), stop)
+    if distributed.rank_and_world()[0] != 0:
+        return 128 + received[0] if received else 0
+    print(f"TensorBoard logs in {config.log_dir or run.layout.tensorboard}")
+    if received:
+        print(
+            f"Stopped by {stop.reason.removeprefix('stopped by ')}: checkpoint {outcome.result.last_checkpoint}, "
+            f"adapter {outcome.adapter_dir}. Continue with the same command and --resume-from latest.",
+            file=sys.stderr,
+        )
+        return 128 + received[0]
     return 0
 
 
@@ -133,13 +150,19 @@ def _check_dataset_dir(folder: Path) -> None:
         )
 
 
-def _check_resume_from(path: Path, output_dir: Path) -> None:
-    """A --resume-from path that does not exist is named, with the checkpoints that do."""
+def _check_resume_from(text: str, output_dir: Path) -> None:
+    """A --resume-from path that does not exist is named, with the checkpoints that do (and 'latest' if meant)."""
+    import difflib
+
     from .errors import TrainingError
     from .training.layout import EPOCH_PREFIX, RunLayout, complete_checkpoints
+    from .training.run import LATEST
 
+    path = Path(text)
     if path.exists():
         return
+    if difflib.get_close_matches(text.strip().lower(), [LATEST], n=1, cutoff=0.6):
+        raise TrainingError(f"--resume-from {text}: no such checkpoint. Did you mean '{LATEST}'?")
     folders = [path.parent, RunLayout(output_dir).checkpoints]
     found = sorted(
         {child.resolve() for folder in folders for child in complete_checkpoints(folder)},
@@ -290,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     label = commands.add_parser("label", help="caption, tag and transcribe songs with ACE-Step's 5 Hz LM", formatter_class=HelpFormatter)
     _add_model_flags(label)
     label.add_argument("--dataset-dir", required=True, help="folder of songs; song.txt sidecars are written beside them")
-    label.add_argument("--lm", default="", help="acestep-5Hz-lm-* folder name under --checkpoint-dir, or a path (folder or ComfyUI qwen_*_ace15.safetensors)")
+    label.add_argument("--lm", default="", help="acestep-5Hz-lm-* folder name under --checkpoint-dir, or a path (folder or ComfyUI qwen_*_ace15.safetensors); empty: the first one found")
     add_flags(label, LabelConfig, Sampling)
     label.set_defaults(run=cmd_label)
 
@@ -321,13 +344,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def in_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """A core message with each setting it names in backticks (`resume_from`) spelled as its flag (--resume-from)."""
+    import re
+
+    flags = {
+        action.dest: next(option for option in action.option_strings if option.startswith("--"))
+        for commands in parser._subparsers._group_actions
+        for command in commands.choices.values()
+        for action in command._actions
+        if any(option.startswith("--") for option in action.option_strings)
+    }
+    return re.sub(r"`(\w+)`", lambda match: flags.get(match[1], match[0]), message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print a one-paragraph message and exit with status 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
     except SideStepError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {in_flags(str(error), parser)}", file=sys.stderr)
         return 2
     except OSError as error:  # the machine, not the input: a full disk, a folder that cannot be written, ...
         print(f"error: {error}. Check that path, its permissions and the free space on its disk.", file=sys.stderr)

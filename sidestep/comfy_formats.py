@@ -12,22 +12,24 @@ import json
 import re
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import AutoencoderOobleck
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from tokenizers import processors
 from torch import Tensor
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
-from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from .atomic import write_text_atomic
 from .comfy_layout import AIO_DIT_PREFIX, AIO_TEXT_ENCODER_PREFIX, AIO_VAE_PREFIX, COMFY_TOKENIZER_DIR, TEXT_ENCODER_PREFIX  # noqa: F401
 from .model_files import readable_path, shown
 from .errors import CheckpointError
-from .text import TextEncoder
 from .variants import SAMPLE_RATE
-from .vae import check_vae_geometry
+
+if TYPE_CHECKING:  # diffusers and transformers are imported where a VAE or text encoder is built (a start in a second)
+    from diffusers import AutoencoderOobleck
+    from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
+
+    from .text import TextEncoder
 
 COMFY_FILES = "https://huggingface.co/Comfy-Org/ace_step_1.5_ComfyUI_files (split_files/)"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -144,6 +146,10 @@ def vae_from_state_dict(
     tensors: dict[str, Tensor], source: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> AutoencoderOobleck:
     """Our diffusers VAE from ComfyUI-layout Oobleck tensors (shared, not copied, when dtype and device already fit)."""
+    from diffusers import AutoencoderOobleck
+
+    from .vae import check_vae_geometry
+
     converted = {}
     blocks = {side: _block_count(tensors, side) for side in _BLOCK}
     for name, tensor in tensors.items():
@@ -215,6 +221,8 @@ def _text_encoder_error(source: str, problem: str) -> CheckpointError:
 
 def _qwen3_config(tensors: dict[str, Tensor], source: str, pad_token_id: int) -> Qwen3Config:
     """A Qwen3 config read from the shapes of Qwen3Model tensors, with Qwen3-Embedding's other constants."""
+    from transformers import Qwen3Config
+
     try:
         vocab, hidden = tensors["embed_tokens.weight"].shape
         head_dim = tensors["layers.0.self_attn.q_norm.weight"].shape[0]
@@ -238,6 +246,9 @@ def _qwen3_config(tensors: dict[str, Tensor], source: str, pad_token_id: int) ->
 
 def load_comfy_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
     """Qwen3-Embedding's tokenizer from ComfyUI's three files: byte-level BPE, `<|endoftext|>` appended and padding."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
     folder = Path(folder)
     missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
     if missing:
@@ -305,6 +316,11 @@ def text_encoder_from_state_dict(
     device: str | torch.device = "cpu",
 ) -> TextEncoder:
     """Our TextEncoder from Qwen3Model tensors (ComfyUI's names without `model.`), shared when dtype and device fit."""
+    from transformers import Qwen3Model
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+
+    from .text import TextEncoder
+
     config = _qwen3_config(tensors, source, tokenizer.pad_token_id)
     if config.vocab_size != len(tokenizer):  # the 5 Hz LM files (qwen_1.7b/4b_ace15) have audio-code tokens too
         raise _text_encoder_error(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from .bundle import open_checkpoint
 from .dataset.encode import EncodeConfig, encode_dataset
 from .dataset.loader import dataset_index
 from .progress import ProgressPrinter
+from .tiny_models import LM_FOLDER
 from .training.config import TrainConfig
 from .training.run import TrainingRun
 from .variants import SAMPLE_RATE
@@ -35,17 +38,35 @@ class DemoResult:
     log_dir: Path
     audio_path: Path
 
+    songs_dir: Path | None = None
+
+    def next_commands(self) -> list[str]:
+        """Commands to try next on the same model tree, runnable as printed from the folder the demo ran in."""
+        python = shlex.quote(os.path.relpath(sys.executable) if _inside(Path(sys.executable), Path.cwd()) else sys.executable)
+        tree = shlex.quote(str(self.checkpoint_dir))
+        commands = [f"{python} -m sidestep models {tree}"]
+        if self.songs_dir is not None and (self.checkpoint_dir / LM_FOLDER).is_dir():
+            commands.append(f"{python} -m sidestep label --checkpoint-dir {tree} --dataset-dir {shlex.quote(str(self.songs_dir))} --fields metadata --overwrite empty")
+        song = shlex.quote(str(self.audio_path.with_name("song.flac")))
+        commands.append(
+            f"{python} -m sidestep sample --checkpoint-dir {tree} --adapter {shlex.quote(str(self.adapter_dir))} "
+            f"--caption \"warm pad\" --duration 5 --out {song}"
+        )
+        return commands
+
     def summary(self) -> str:
-        """Where everything went, and the command line to try next on the same model tree."""
+        """Where everything went, and the command lines to try next on the same model tree."""
         return (
             f"\nDone.\n  adapter:          {self.adapter_dir}\n  checkpoints:      {self.checkpoints_dir}\n"
             f"  TensorBoard logs: {self.log_dir}\n  audio:            {self.audio_path}\n"
             f"  dataset:          {self.dataset_dir}\n  model tree:       {self.checkpoint_dir}\n"
-            f"Next, on the same model tree:\n"
-            f"  python -m sidestep models {self.checkpoint_dir}\n"
-            f"  python -m sidestep sample --checkpoint-dir {self.checkpoint_dir} --adapter {self.adapter_dir} "
-            f"--caption \"warm pad\" --duration 5 --out song.flac"
-        )
+            "Next, on the same model tree:\n" + "".join(f"  {command}\n" for command in self.next_commands())
+        ).rstrip("\n")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies under `folder` (so it can be printed relative to it)."""
+    return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(folder)))
 
 
 def write_demo_songs(folder: Path, seconds: float) -> Path:
@@ -75,7 +96,7 @@ def run_demo(
     from .adapters.kinds.lora import LoraConfig
     from .adapters.files import load_adapter
     from .generate import GenerationRequest, generate
-    from .tiny_models import make_tiny_checkpoints
+    from .tiny_models import make_tiny_checkpoints, write_tiny_lm
 
     workdir = Path(workdir)
     tiny = checkpoint_dir is None
@@ -84,6 +105,8 @@ def run_demo(
         if not checkpoint_dir.exists():
             print(f"Building a tiny ACE-Step 1.5 model tree in {checkpoint_dir} ...", flush=True)
             make_tiny_checkpoints(checkpoint_dir)
+        if not (checkpoint_dir / LM_FOLDER).exists():  # so `sidestep label` can be tried on the demo's songs
+            write_tiny_lm(checkpoint_dir / LM_FOLDER)
     if audio_dir is None:
         audio_dir = write_demo_songs(workdir / "songs", song_seconds)
     bundle = open_checkpoint(checkpoint_dir, model)
@@ -99,8 +122,9 @@ def run_demo(
     run_dir = workdir / "runs" / "demo-lora"
     if run_dir.exists():
         print(f"Replacing the previous demo run in {run_dir} (a fresh run, so TensorBoard shows each step once) ...")
-        shutil.rmtree(run_dir)
-    config = TrainConfig(output_dir=str(run_dir), epochs=epochs, learning_rate=DEMO_LR, save_every=max(1, epochs // 2))
+    config = TrainConfig(
+        output_dir=str(run_dir), epochs=epochs, learning_rate=DEMO_LR, save_every=max(1, epochs // 2), overwrite=True
+    )
     adapter_config = LoraConfig(rank=DEMO_RANK, alpha=DEMO_ALPHA)
     run = TrainingRun(bundle, dataset_index(dataset_dir, encoded.manifest), adapter_config, config)
     print(
@@ -123,6 +147,8 @@ def run_demo(
     for warning in song.warnings:
         print(f"warning: {warning}")
     audio_path = save_audio(workdir / "demo_sample.flac", song.waveform[0], song.sample_rate)
-    demo = DemoResult(checkpoint_dir, dataset_dir, result.adapter_dir, run.layout.checkpoints, run.layout.tensorboard, audio_path)
+    demo = DemoResult(
+        checkpoint_dir, dataset_dir, result.adapter_dir, run.layout.checkpoints, run.layout.tensorboard, audio_path, audio_dir
+    )
     print(demo.summary())
     return demo

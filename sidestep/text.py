@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from safetensors import SafetensorError
 from torch import Tensor
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import CheckpointError
+
+if TYPE_CHECKING:  # transformers is imported when an encoder is loaded
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PromptForm = Literal["training", "inference"]
 
@@ -129,6 +131,8 @@ class TextEncoder:
         cls, folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
     ) -> "TextEncoder":
         """Load a Qwen3-Embedding folder (model + tokenizer) from local files only, never running code from it."""
+        from transformers import AutoModel, AutoTokenizer
+
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise CheckpointError(

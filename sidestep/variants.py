@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import UnknownBaseModelError
+from .errors import ConfigError, UnknownBaseModelError
 
 if TYPE_CHECKING:
     import torch
@@ -81,6 +81,11 @@ def resolve_device(choice: str = "auto") -> torch.device:
 
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(choice).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"`device` is {choice} but no CUDA device is available here (no NVIDIA GPU, driver or CUDA build of "
+            "torch). Use `device` auto (CUDA when available, else the CPU) or cpu."
+        )
     return torch.device(choice)
 
 

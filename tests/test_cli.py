@@ -125,7 +125,7 @@ def test_resume_from_a_missing_folder_lists_the_checkpoints_that_exist(tiny_root
     code = main(train_args(tiny_root, encoded, tmp_path / "other", "--resume-from", str(tmp_path / "other" / "epoch_3")))
     assert code == 2 and "There are no epoch_N checkpoints in" in capsys.readouterr().err
     code = main(train_args(tiny_root, encoded, tmp_path / "fresh", "--resume-from", "latest"))
-    assert code == 2 and f"resume_from is 'latest' but {tmp_path / 'fresh'} has no checkpoints/epoch_N folder yet" in capsys.readouterr().err
+    assert code == 2 and f"--resume-from is 'latest' but {tmp_path / 'fresh'} has no checkpoints/epoch_N folder yet" in capsys.readouterr().err
 
 
 def scalar_steps(log_dir: Path, tag: str) -> list[int]:

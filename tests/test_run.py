@@ -127,7 +127,7 @@ def test_a_finished_run_is_reused_and_changed_settings_train_again(tiny_root, en
 def test_resume_latest_continues_from_the_newest_checkpoint(tiny_root, encoded, tmp_path):
     bundle = open_checkpoint(tiny_root, MODEL)
     out = tmp_path / "run"
-    with pytest.raises(TrainingError, match=f"resume_from is 'latest' but {out} has no checkpoints/epoch_N folder yet"):
+    with pytest.raises(TrainingError, match=f"`resume_from` is 'latest' but {out} has no checkpoints/epoch_N folder yet"):
         TrainingRun(bundle, encoded.output_dir, LORA, train_config(out, resume_from="latest")).trainer()
     TrainingRun(bundle, encoded.output_dir, LORA, train_config(out, epochs=2)).train()
     events = []

@@ -42,7 +42,7 @@ from ..dataset.sidecars import (
 from ..errors import AudioError, DatasetError
 from ..vae import encode_waveform
 from .decode import generate_answer
-from .lm import LoadedLm, free_memory, load_lm
+from .lm import LoadedLm, check_lm, free_memory, load_lm
 from .parse import INSTRUMENTAL, Labels, understanding_fields, validate
 from .prompt import audio_code_indices, code_string, understanding_prompt
 from .settings import FIELD_GROUPS, OVERWRITE_MODES, LabelConfig
@@ -271,6 +271,8 @@ def label_songs(
             continue
         emit(LabelEvent(index, len(files), name, songs[name].status, songs[name].message))
 
+    if any(set(fill) - {"custom_tag"} for _, _, fill, _, _ in todo.values()):
+        check_lm(config.lm_path, config.tokenizer_dir)  # a wrong LM is named before any song is read
     codes: dict[str, str] = {}
     for name, (path, _, fill, _, _) in todo.items():
         if stop():

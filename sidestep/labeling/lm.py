@@ -154,8 +154,8 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _load_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> LoadedLm:
-    """An official `acestep-5Hz-lm-*` folder through transformers, local files only."""
+def _inspect_folder(folder: Path) -> tuple[PreTrainedTokenizerBase, int]:
+    """An official LM folder's tokenizer and first audio-code id, checked without reading the weights."""
     config = _read_json(folder / "config.json")
     if config.get("model_type") != "qwen3":
         raise CheckpointError(
@@ -163,7 +163,12 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> Load
             f"not 'qwen3'. {_HINT}"
         )
     tokenizer = _load_tokenizer(folder, folder.name)
-    first = _check_codes(tokenizer, int(config.get("vocab_size", 0)), folder)
+    return tokenizer, _check_codes(tokenizer, int(config.get("vocab_size", 0)), folder)
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> LoadedLm:
+    """An official `acestep-5Hz-lm-*` folder through transformers, local files only."""
+    tokenizer, first = _inspect_folder(folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False, dtype=dtype, use_safetensors=True
@@ -205,8 +210,8 @@ def comfy_lm_config(shapes: dict[str, tuple[int, ...]], source: Path) -> Qwen3Co
     )
 
 
-def _load_file(path: Path, tokenizer_dir: Path | None, dtype: torch.dtype, device: torch.device) -> LoadedLm:
-    """A ComfyUI `qwen_*_ace15.safetensors` LM with the Qwen tokenizer from `tokenizer_dir` plus the audio codes."""
+def _inspect_file(path: Path, tokenizer_dir: Path | None) -> tuple[dict[str, tuple[int, ...]], Qwen3Config, PreTrainedTokenizerBase, int]:
+    """A ComfyUI LM file's shapes, config, tokenizer and first audio-code id, checked without reading the weights."""
     if tokenizer_dir is None:
         raise CheckpointError(
             f"{path.name} carries no tokenizer; pass the Qwen tokenizer folder ComfyUI ships "
@@ -215,7 +220,12 @@ def _load_file(path: Path, tokenizer_dir: Path | None, dtype: torch.dtype, devic
     shapes = _shapes(path)
     config = comfy_lm_config(shapes, path)
     tokenizer = with_audio_codes(_load_tokenizer(Path(tokenizer_dir), path.name))
-    first = _check_codes(tokenizer, config.vocab_size, path)
+    return shapes, config, tokenizer, _check_codes(tokenizer, config.vocab_size, path)
+
+
+def _load_file(path: Path, tokenizer_dir: Path | None, dtype: torch.dtype, device: torch.device) -> LoadedLm:
+    """A ComfyUI `qwen_*_ace15.safetensors` LM with the Qwen tokenizer from `tokenizer_dir` plus the audio codes."""
+    shapes, config, tokenizer, first = _inspect_file(path, tokenizer_dir)
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config)
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
@@ -242,12 +252,28 @@ def load_lm(
     """Load an official LM folder or a ComfyUI LM file; CheckpointError when it is missing or not a 5 Hz LM."""
     path = Path(path).expanduser()
     device = torch.device(device)
+    if _lm_kind(path) == "folder":
+        return _load_folder(path, dtype, device)
+    return _load_file(path, Path(tokenizer_dir) if tokenizer_dir else None, dtype, device)
+
+
+def check_lm(path: str | Path, tokenizer_dir: str | Path | None = None) -> None:
+    """What `load_lm` checks (a 5 Hz LM: config, tokenizer with audio codes, tensor shapes), without the weights."""
+    path = Path(path).expanduser()
+    if _lm_kind(path) == "folder":
+        _inspect_folder(path)
+    else:
+        _inspect_file(path, Path(tokenizer_dir) if tokenizer_dir else None)
+
+
+def _lm_kind(path: Path) -> str:
+    """'folder' or 'file' for what may be a 5 Hz LM; CheckpointError for anything else."""
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path} has no config.json, so it is not a 5 Hz LM folder. {_HINT}")
-        return _load_folder(path, dtype, device)
+        return "folder"
     if path.is_file() and path.suffix == ".safetensors":
-        return _load_file(path, Path(tokenizer_dir) if tokenizer_dir else None, dtype, device)
+        return "file"
     what = "does not exist" if not path.exists() else "is neither a model folder nor a .safetensors file"
     raise CheckpointError(f"5 Hz LM {path} {what}. {_HINT}")
 

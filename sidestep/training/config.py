@@ -100,6 +100,12 @@ class TrainConfig:
     log_every: int = setting(1, help="Log the loss every this many optimiser steps.", min=1, node=False)
     log_dir: str | None = setting(None, help="TensorBoard folder.", auto="OUT/runs", node=False)
     max_grad_norm: float = setting(1.0, help="Gradient clipping: the largest gradient norm an update may have.", min=0.0, max=1000.0, step=0.01)
+    overwrite: bool = setting(
+        False,
+        help="start over in a run folder that holds an earlier run: delete what is in it first (else such a folder is "
+        "refused unless resuming)",
+        flags=("--overwrite",),
+    )
 
     def __post_init__(self) -> None:
         choices = {

@@ -16,9 +16,10 @@ from ..errors import AdapterError, TrainingError
 from ..model import PARTS, TRAINING_PARTS
 from .checkpoints import latest_checkpoint
 from .config import TrainConfig
-from .events import EventCallback, StopSignal
-from .layout import RunLayout
+from .events import EventCallback, StopSignal, TrainingEvent
+from .layout import RunLayout, complete_checkpoints
 from .loop import PreviewFn, RunIdentity, Trainer, TrainResult
+from .runfolder import RunLock, earlier_run_files, empty_run_folder
 
 if TYPE_CHECKING:
     from ..bundle import AceStepBundle
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 LATEST = "latest"
 PREVIEW_SECONDS = 10.0
 # Settings that do not change the trained weights, so a finished adapter stays valid whatever they say.
-_NOT_COMPARED = ("resume_from", "log_dir")
+_NOT_COMPARED = ("resume_from", "log_dir", "overwrite")
 DORA_NOT_EXPORTED = "not exported: ComfyUI's LoRA loader cannot reproduce weight decomposition (DoRA)"
 
 
@@ -87,12 +88,27 @@ def resume_checkpoint(resume_from: str | None, run_dir: Path) -> str | None:
         found = latest_checkpoint(run_dir)
         if found is None:
             raise TrainingError(
-                f"resume_from is 'latest' but {run_dir} has no checkpoints/epoch_N folder yet. "
-                "Train this run once (or clear resume_from)."
+                f"`resume_from` is 'latest' but {run_dir} has no checkpoints/epoch_N folder yet. "
+                "Train this run once (without `resume_from`)."
             )
         return str(found)
     path = Path(text).expanduser()
     return str(path if path.is_absolute() else run_dir / path)
+
+
+def describe_earlier_run(run_dir: Path) -> str:
+    """What an earlier run in `run_dir` was, from its newest adapter's record (else the files it left)."""
+    layout = RunLayout(run_dir)
+    checkpoints = complete_checkpoints(layout.checkpoints)
+    for folder, state in ((layout.final, "final/ written"), *((c, f"newest checkpoint {c.name}") for c in reversed(checkpoints))):
+        metadata = adapter_metadata(folder)
+        if metadata is not None and metadata.adapter_config is not None:
+            train = metadata.train_config or {}
+            planned = f" of {train['epochs']}" if "epochs" in train else ""
+            lr = f", lr {train['learning_rate']:g}" if "learning_rate" in train else ""
+            model = f" on {metadata.model_name}" if metadata.model_name else ""
+            return f"{metadata.adapter_config.describe()}{lr}{model}; {state} after epoch {metadata.epochs}{planned}"
+    return "it left " + ", ".join(entry.name for entry in earlier_run_files(run_dir))
 
 
 def export_for_comfy(adapter_dir: Path, target: Path, adapter_config: AdapterConfig, replace: bool) -> tuple[Path | None, str]:
@@ -149,6 +165,22 @@ class TrainingRun:
             return None
         return self._outcome(self.layout.final, metadata, comfy_lora, replace=False)
 
+    def claim_folder(self) -> str:
+        """One run per folder: a new run (no `resume_from`) starts in an empty run folder, emptied first with
+        `overwrite`, else refused with the earlier run's settings and the ways on. Returns a note on what was deleted."""
+        root = self.layout.root
+        if self.config.resume_from or not earlier_run_files(root):
+            return ""
+        with RunLock(root):  # a run still writing there is named first, and never disturbed
+            if not self.config.overwrite:
+                raise TrainingError(
+                    f"The run folder {root} already holds a run ({describe_earlier_run(root)}). A folder holds one "
+                    "run: continue it with `resume_from` latest, start over with `overwrite` (deletes what is in the "
+                    "folder first), or train into another folder."
+                )
+            removed = empty_run_folder(root)
+        return f"starting over: deleted the earlier run in {root} ({', '.join(entry.name for entry in removed)})"
+
     def trainer(self, callback: EventCallback | None = None, stop: StopSignal | None = None) -> Trainer:
         """The trainer on a DiT of its own: a private module tree over the bundle's weights (training injects adapter
         layers; the bundle's DiT stays clean), with every part when previews are on. Call it outside inference mode.
@@ -167,7 +199,11 @@ class TrainingRun:
         stop: StopSignal | None = None,
         comfy_lora: Path | None = None,
     ) -> RunOutcome:
-        """Train (or resume) to the end or until stopped; with `comfy_lora`, also write the ComfyUI export there."""
+        """Train (or resume) to the end or until stopped, in a run folder of its own (`claim_folder`); with
+        `comfy_lora`, also write the ComfyUI export there."""
+        note = self.claim_folder()
+        if note and callback is not None:
+            callback(TrainingEvent(kind="note", message=note))
         result = self.trainer(callback, stop).run()
         outcome = self._outcome(result.adapter_dir, adapter_metadata(result.adapter_dir) or AdapterMetadata(), comfy_lora, replace=True)
         return dataclasses.replace(outcome, result=result)

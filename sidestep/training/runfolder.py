@@ -1,4 +1,5 @@
-"""One writer per run folder: an exclusive lock held for the whole run, and repair of what a killed writer left."""
+"""One writer per run folder: an exclusive lock held for the whole run, repair of what a killed writer left, and
+one run per folder over time (what an earlier run left, and emptying the folder for a fresh start)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Self
 from ..atomic import replace_synced
 from ..errors import TrainingError
 from .checkpoints import RETIRED_ENTRY, RETIRED_MARK
-from .layout import RunLayout
+from .layout import LOCK_FILE, RunLayout
+
 _RETIRED = re.compile(rf"^\.(?P<name>.+){re.escape(RETIRED_MARK)}[^.]+$")
 _STAGING = re.compile(r"^\..+\.tmp$")
 
@@ -112,3 +114,20 @@ def recover_run_folder(run_dir: str | Path) -> list[str]:
                     entry.unlink(missing_ok=True)
                 notes.append(f"removed {entry}, left unfinished by an interrupted save")
     return notes
+
+
+def earlier_run_files(run_dir: str | Path) -> list[Path]:
+    """What an earlier run left in a run folder (everything but the lock file), sorted; empty for a new folder."""
+    root = Path(run_dir)
+    return sorted(entry for entry in root.iterdir() if entry.name != LOCK_FILE) if root.is_dir() else []
+
+
+def empty_run_folder(run_dir: str | Path) -> list[Path]:
+    """Delete what an earlier run left in `run_dir` (call while holding its lock). Returns what was deleted."""
+    removed = earlier_run_files(run_dir)
+    for entry in removed:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return removed

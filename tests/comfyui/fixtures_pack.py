@@ -69,7 +69,7 @@ def _train(run_name: str, epochs: int, resume_from: str = "", preview_every: int
         learning_rate=0.0001, optimizer="adamw", scheduler="cosine", warmup_steps=0, batch_size=1,
         gradient_accumulation=1, timestep_mode="auto", cfg_ratio=-1.0, save_every=5, seed=42, resume_from=resume_from,
         gradient_checkpointing=True, precision="auto", preview_caption=CAPTION if preview_every else "",
-        preview_every=preview_every,
+        preview_every=preview_every, overwrite=False,
     )
 
 

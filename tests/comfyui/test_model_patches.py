@@ -31,12 +31,14 @@ PACK_MODULE = "side_step_pack"
 
 
 @pytest.fixture(scope="module")
-def comfy() -> ModuleType:
+def comfy(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     """ComfyUI's modules importable in this process (CPU mode), and our pack loaded by path as ComfyUI loads it."""
     sys.path.append(str(find_comfyui()))
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True  # read when comfy.model_management is first imported
+    # folder_paths creates input/ under its base when imported: the test's own space, not the ComfyUI source tree.
+    comfy.cli_args.args.base_directory = str(tmp_path_factory.mktemp("comfyui-base"))
     import comfy.lora
     import comfy.lora_convert
     import comfy.model_patcher

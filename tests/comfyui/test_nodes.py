@@ -50,6 +50,7 @@ NODE_INPUTS = {
         "model", "dataset", "adapter_config", "run_name", "epochs", "learning_rate", "optimizer", "scheduler",
         "warmup_steps", "batch_size", "gradient_accumulation", "timestep_mode", "cfg_ratio", "save_every", "seed",
         "resume_from", "gradient_checkpointing", "precision", "preview_caption", "preview_every",
+        "overwrite",
     ],
     "SideStepLoadAdapter": ["model", "adapter_file", "strength", "adapter"],
     "SideStepApplyAdapterToModel": ["model", "adapter_file", "strength", "adapter"],
@@ -316,18 +317,27 @@ def test_requeue_reuses_the_finished_adapter(pack: ComfyUIHost, lora_run: Run) -
     assert comfy_lora(pack, LORA_RUN).stat().st_mtime_ns == export
 
 
-def test_deleting_the_adapter_trains_again(pack: ComfyUIHost, lora_run: Run) -> None:
-    """With the finished adapter gone, the same graph trains again (the fingerprint sees the missing folder)."""
+def test_deleting_the_adapter_runs_again_into_one_run_per_folder(pack: ComfyUIHost, lora_run: Run) -> None:
+    """With the finished adapter gone, the same graph runs again (the fingerprint sees the missing folder), and the
+    folder's one-run rule answers: the earlier run's checkpoints are named with the ways on; overwrite trains anew."""
     prompt = {node_id: node for node_id, node in lora_run.prompt.items() if node_id in ("1", "2", "3", "4")}
     prompt = substitute(prompt, "SideStepTrainAdapter", run_name="retrain_check", epochs=1)
     first = run_prompt(pack, prompt)
     assert first.entry["status"]["status_str"] == "success" and "step" in kinds(first)
-    final = run_folder(pack, "retrain_check") / "final"
+    out = run_folder(pack, "retrain_check")
+    final = out / "final"
     for file in final.iterdir():
         file.unlink()
     final.rmdir()
     second = run_prompt(pack, prompt)
-    assert second.entry["status"]["status_str"] == "success" and "step" in kinds(second)
+    assert second.entry["status"]["status_str"] == "error" and "step" not in kinds(second)
+    (error,) = second.events("execution_error")
+    message = error["exception_message"]
+    assert f"The run folder {out} already holds a run (LoRA rank 64, alpha 128 on attention" in message, message
+    assert "newest checkpoint epoch_1 after epoch 1 of 1" in message
+    assert "continue it with `resume_from` latest, start over with `overwrite`" in message
+    third = run_prompt(pack, substitute(prompt, "SideStepTrainAdapter", overwrite=True))
+    assert third.entry["status"]["status_str"] == "success" and "step" in kinds(third)
     assert (final / "adapter_model.safetensors").is_file()
 
 
