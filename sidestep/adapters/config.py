@@ -125,18 +125,25 @@ class AdapterConfig(ABC):
         values = {key: value for key, value in data.items() if key in own}
         if "custom_modules" in values and not isinstance(values["custom_modules"], str):
             values["custom_modules"] = tuple(values["custom_modules"])
+        if isinstance(values.get("rank_map"), list):
+            values["rank_map"] = tuple(tuple(entry) if isinstance(entry, list) else entry for entry in values["rank_map"])
         return kinds[kind](**values)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LoraConfig(AdapterConfig):
-    """A LoRA (PEFT): rank, alpha (scale = alpha / rank), dropout on the adapter's input, and DoRA."""
+    """A LoRA (PEFT): rank, alpha (scale = alpha / rank), dropout on the adapter's input, and DoRA.
+
+    `rank_map` (from adaptive rank, `adaptive.RankMap`) gives each adapted module its own rank, as (module path, rank)
+    pairs; the adapter then adapts exactly those modules, each at the scale alpha / rank.
+    """
 
     kind: ClassVar[str] = "lora"
     rank: int = 64
     alpha: float = 128
     dropout: float = 0.0
     use_dora: bool = False
+    rank_map: tuple[tuple[str, int], ...] = ()
 
     def _check_settings(self) -> None:
         _positive_int("rank", self.rank)
@@ -144,23 +151,40 @@ class LoraConfig(AdapterConfig):
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise AdapterError(f"Adapter setting dropout must be at least 0 and below 1, got {self.dropout!r}.")
         _flag("use_dora", self.use_dora)
+        entries = self.rank_map
+        if not isinstance(entries, tuple) or not all(
+            isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str) and entry[0]
+            and not isinstance(entry[1], bool) and isinstance(entry[1], int) and entry[1] > 0
+            for entry in entries
+        ):
+            raise AdapterError(
+                f"Adapter setting rank_map must be (module path, rank above 0) pairs, got {entries!r}. "
+                "Run the rank analysis again to write a fresh map."
+            )
 
     @property
     def decomposes_weight(self) -> bool:
         return self.use_dora
 
     def shape_signature(self) -> tuple:
-        return (self.kind, self.rank, self.use_dora, self.target, tuple(self.custom_modules))
+        return (self.kind, self.rank, self.use_dora, self.target, tuple(self.custom_modules), self.rank_map)
 
     def describe(self) -> str:
         extra = " with DoRA" if self.use_dora else ""
+        if self.rank_map:
+            ranks = [rank for _, rank in self.rank_map]
+            return (
+                f"LoRA adaptive rank {min(ranks)}-{max(ranks)} on {len(ranks)} modules of {self._where()} "
+                f"(scale alpha/rank {self.alpha:g}/{self.rank}){extra}"
+            )
         return f"LoRA rank {self.rank}, alpha {self.alpha:g}{extra} on {self._where()}"
 
     def _settings(self) -> dict[str, Any]:
+        mapped = {"rank_map": [list(entry) for entry in self.rank_map]} if self.rank_map else {}
         return {
             "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "use_dora": self.use_dora,
             "linear_dim": self.rank, "linear_alpha": self.alpha, "factor": -1, "decompose_both": False,
-            "use_tucker": False, "weight_decompose": False,
+            "use_tucker": False, "weight_decompose": False, **mapped,
         }
 
 

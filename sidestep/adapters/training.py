@@ -29,6 +29,7 @@ from ..model.layers import Linear, lora_linear
 from .config import AdapterConfig, LokrConfig, LoraConfig
 from .files import adapter_from_tensors
 from .loaded import LoadedAdapter
+from .adaptive import mapped_modules, peft_patterns
 from .keys import LOKR_CONFIG_KEY, LOKR_WEIGHTS_FILE, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, first_few, lycoris_name
 from .targets import target_modules
 
@@ -111,6 +112,7 @@ class LoraAdapter(TrainableAdapter):
     """LoRA / DoRA through PEFT's `get_peft_model` on the decoder (our Linear layers get `_FusedLoraLinear`)."""
 
     def __init__(self, decoder: nn.Module, config: LoraConfig, modules: list[str]) -> None:
+        modules = mapped_modules(config, modules)
         super().__init__(decoder, config, modules)
         self.peft_config = PeftLoraConfig(
             r=config.rank,
@@ -119,6 +121,7 @@ class LoraAdapter(TrainableAdapter):
             use_dora=config.use_dora,
             target_modules=list(modules),
             bias="none",
+            **peft_patterns(config),
         )
         self.peft_config._register_custom_module({Linear: _FusedLoraLinear})
         self.peft_model = get_peft_model(decoder, self.peft_config)
