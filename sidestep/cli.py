@@ -14,7 +14,11 @@ from .labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
 from .request import GUIDANCE_MODES, GenerationRequest
 from .training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
 from .training.layout import SUMMARY
+from .adapters.adaptive import RANK_MAP_FILE
 from .variants import DTYPES, FRAMES_PER_SECOND, config_defaults, per_base, resolve_device, resolve_dtype
+
+
+AUTO_RANK_MAP = "auto"
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -93,7 +97,12 @@ def _adapter_config(args: argparse.Namespace):
     custom = tuple(args.target_modules or ())
     where = {"target": "custom" if custom else args.target, "custom_modules": custom}
     if args.adapter == "lora":
-        return LoraConfig(rank=args.rank, alpha=args.alpha, dropout=args.dropout, use_dora=args.dora, **where)
+        config = LoraConfig(rank=args.rank, alpha=args.alpha, dropout=args.dropout, use_dora=args.dora, **where)
+        return _with_rank_map(args, config)
+    if getattr(args, "rank_map", None):
+        from .errors import AdapterError
+
+        raise AdapterError("--rank-map sizes LoRA modules; leave it out for LoKR, or train with --adapter lora.")
     return LokrConfig(
         linear_dim=args.lokr_linear_dim,
         linear_alpha=args.lokr_linear_alpha,
@@ -103,6 +112,41 @@ def _adapter_config(args: argparse.Namespace):
         weight_decompose=args.lokr_weight_decompose,
         **where,
     )
+
+
+def _with_rank_map(args: argparse.Namespace, config):
+    """The LoRA config with the --rank-map file's ranks ('auto': the dataset's rank_map.json), when one is given."""
+    if not getattr(args, "rank_map", None):
+        return config
+    from .adapters.adaptive import config_from_rank_map
+
+    path = Path(args.dataset_dir) / RANK_MAP_FILE if args.rank_map == AUTO_RANK_MAP else Path(args.rank_map)
+    return config_from_rank_map(path, config)
+
+
+def _adaptive_settings(args: argparse.Namespace):
+    """The adaptive-rank settings from their flags."""
+    from .adapters.adaptive import AdaptiveRankSettings
+    from .settings import declared
+
+    return AdaptiveRankSettings(**{name: getattr(args, name) for name in declared(AdaptiveRankSettings)})
+
+
+def cmd_analyse(args: argparse.Namespace) -> int:
+    """Measure each module on the encoded dataset and write the adaptive-rank map beside it (or to --out)."""
+    from .training.rank_analysis import analyse_ranks
+
+    _check_dataset_dir(Path(args.dataset_dir))
+    adapter = _adapter_config(args)
+    train_config = TrainConfig(
+        output_dir="", seed=args.seed, precision=args.precision, timestep_mode=args.timestep_mode,
+        max_latent_frames=args.max_latent_frames or None,
+    )
+    rank_map = analyse_ranks(_bundle(args), args.dataset_dir, adapter, _adaptive_settings(args), train_config)
+    path = rank_map.save(Path(args.out) if args.out else Path(args.dataset_dir) / RANK_MAP_FILE)
+    print(rank_map.summary())
+    print(f"wrote {path}; train with --rank-map {path}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -253,7 +297,35 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     train.add_argument("--num-inference-steps", type=int, default=config["num_inference_steps"], help=f"recorded for inference (when not given: {per_base(lambda v: v.schedule.steps)})")
     train.add_argument("--resume-from", default=config["resume_from"], help="'latest' (the run's newest checkpoint), a checkpoints/epoch_N folder or the training_state.pt inside it")
     train.add_argument("--log-dir", default=config["log_dir"], help="TensorBoard folder (default OUT/runs)")
+    train.add_argument("--rank-map", default=None,  # hand-wired until declare-once (#24)
+                       help=f"LoRA: per-module ranks from `sidestep analyse` (a rank map file; '{AUTO_RANK_MAP}': the dataset's {RANK_MAP_FILE})")
     train.set_defaults(run=cmd_train)
+
+
+def _add_analyse_parser(commands) -> None:
+    from .adapters.adaptive import AdaptiveRankSettings
+    from .settings import declared
+
+    analyse = commands.add_parser(
+        "analyse", help="measure each LoRA module on an encoded dataset and write an adaptive-rank map for `train --rank-map`",
+        formatter_class=HelpFormatter,
+    )
+    lora, config = config_defaults(LoraConfig), config_defaults(TrainConfig)
+    _add_model_flags(analyse)
+    analyse.add_argument("--dataset-dir", required=True, help="encoded dataset; the map is written into it")
+    analyse.add_argument("--out", default=None, help=f"where the map goes (default DATASET/{RANK_MAP_FILE})")
+    analyse.add_argument("--rank", type=int, default=lora["rank"], help="the uniform LoRA rank; its parameter count is the budget unless --rank-budget is given")
+    analyse.add_argument("--alpha", type=float, default=lora["alpha"], help="LoRA alpha (recorded; training keeps the scale alpha / rank)")
+    analyse.add_argument("--target", default=lora["target"], choices=list(TARGET_PRESETS), help="the decoder layers to choose among")
+    analyse.add_argument("--target-modules", nargs="+", help="custom module list (overrides --target)")
+    analyse.add_argument("--seed", type=int, default=config["seed"], help="random seed (clips, noise, timesteps, sketch)")
+    analyse.add_argument("--precision", default=config["precision"], choices=PRECISIONS, help="compute precision, as in training")
+    analyse.add_argument("--timestep-mode", default=config["timestep_mode"], choices=TIMESTEP_MODES, help="as in training")
+    analyse.add_argument("--max-latent-frames", type=int, default=config["max_latent_frames"], help="random crop length, as in training (0 = whole clips)")
+    for name, (field, declaration) in declared(AdaptiveRankSettings).items():  # hand-wired until declare-once (#24)
+        auto = f" (when not given: {declaration.auto})" if declaration.auto else ""
+        analyse.add_argument(*declaration.flags, dest=name, type=int, default=field.default, help=declaration.help + auto)
+    analyse.set_defaults(run=cmd_analyse, adapter="lora", dropout=lora["dropout"], dora=False)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -392,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(commands, "train", "train a LoRA or LoKR adapter")
     _add_train_parser(commands, "fixed", "alias of train (Side-Step's name)")
+    _add_analyse_parser(commands)
 
     sample = commands.add_parser("sample", help="generate music, optionally with trained adapters", formatter_class=HelpFormatter)
     request = config_defaults(GenerationRequest)
