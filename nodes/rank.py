@@ -8,6 +8,8 @@ import torch
 from comfy_api.latest import io
 from sidestep.adapters.adaptive import RANK_MAP_FILE, AdaptiveRankSettings
 from sidestep.settings import declared
+from sidestep.training.config import TrainConfig
+from sidestep.variants import config_defaults
 
 from .common import CATEGORY, make_room
 from .handles import AcestepDataset, AcestepModel, AdapterConfigType, DatasetHandle, ModelHandle
@@ -52,7 +54,7 @@ class AnalyseRank(io.ComfyNode):
                 AcestepDataset.Input("dataset", tooltip="The encoded dataset from Encode Dataset."),
                 AdapterConfigType.Input("adapter_config", tooltip="A LoRA from Configure LoRA/LoKR: its rank sets the default budget."),
                 *_setting_inputs(),
-                io.Int.Input("seed", default=42, min=0, max=2**31 - 1, tooltip="Which clips, noise and timesteps are read; the same seed gives the same map."),
+                io.Int.Input("seed", default=config_defaults(TrainConfig)["seed"], min=0, max=2**31 - 1, tooltip="Which clips, noise and timesteps are read; the same seed gives the same map."),
             ],
             outputs=[AdapterConfigType.Output(display_name="adapter_config", tooltip="The LoRA with per-module ranks; connect to Train Adapter.")],
         )
@@ -61,7 +63,6 @@ class AnalyseRank(io.ComfyNode):
     def execute(cls, model: ModelHandle, dataset: DatasetHandle, adapter_config: AdapterConfig, seed: int, **settings: int) -> io.NodeOutput:
         """Measure, write the map beside the dataset, and return the config with the map and its summary."""
         from sidestep.errors import AdapterError
-        from sidestep.training.config import TrainConfig
         from sidestep.training.rank_analysis import analyse_ranks
 
         if adapter_config.kind != "lora":

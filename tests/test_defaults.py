@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from sidestep.adapters.adaptive import AdaptiveRankSettings
 from sidestep.adapters.config import KINDS, TARGET_PRESETS, LokrConfig, LoraConfig
 from sidestep.cli import build_parser
 from sidestep.dataset.settings import NORMALIZE_MODES, EncodeConfig
@@ -32,12 +33,14 @@ NODES = {
     "sample": ("sample", "SampleWithShift"),
     "label": ("label", "LabelSongs"),
     "load": ("model", "LoadCheckpoint"),
+    "rank": ("rank", "AnalyseRank"),
 }
 REQUIRED = {
     "train": ["--checkpoint-dir", "m", "--dataset-dir", "d", "--output-dir", "o"],
     "encode": ["--checkpoint-dir", "m", "--dataset-dir", "d", "--output-dir", "o"],
     "label": ["--checkpoint-dir", "m", "--dataset-dir", "d"],
     "sample": ["--checkpoint-dir", "m", "--caption", "c"],
+    "analyse": ["--checkpoint-dir", "m", "--dataset-dir", "d"],
 }
 same: Callable[[Any], Any] = lambda value: value  # noqa: E731
 negated: Callable[[Any], Any] = lambda value: not value  # noqa: E731
@@ -106,6 +109,12 @@ SHARED = [
     Shared(LabelConfig, "trigger_word", ("label", "trigger_word"), ("label", "trigger")),
     *(Shared(Sampling, name, ("label", name), ("label", name)) for name in ("temperature", "top_p", "seed")),
     Shared(Sampling, "constrained", ("label", "constrained"), ("label", "free_decoding"), cli_value=negated),
+    *(Shared(AdaptiveRankSettings, name, ("rank", name), ("analyse", name)) for name in ("batches", "min_rank")),
+    *(Shared(AdaptiveRankSettings, name, ("rank", name), ("analyse", name), node_value=auto_is(0)) for name in ("rank_budget", "max_rank")),
+    Shared(TrainConfig, "seed", ("rank", "seed"), ("analyse", "seed")),
+    *(Shared(TrainConfig, name, cli=("analyse", name)) for name in ("precision", "timestep_mode", "max_latent_frames")),
+    *(Shared(LoraConfig, name, cli=("analyse", name)) for name in ("rank", "alpha", "dropout", "target")),
+    Shared(LoraConfig, "use_dora", cli=("analyse", "dora")),
 ]
 # Inputs and flags that are not a core setting with a default: what to work on, where files go, and the song text.
 NOT_SHARED = {
@@ -115,7 +124,9 @@ NOT_SHARED = {
     # The song itself: the node prefills an instrumental example ("[Instrumental]", "en"), the CLI leaves it empty.
     "sample": {"model", "caption", "lyrics", "language"},
     "label": {"model", "lm", "audio_folder"},
+    "rank": {"model", "dataset", "adapter_config"},
     "cli": {
+        "rank_map",  # a file the analysis wrote, not a setting with a default
         "command", "run", "checkpoint_dir", "model_variant", "tokenizer", "base_model", "device", "dtype", "dataset_dir",
         "output_dir", "target_modules", "adapter", "strength", "caption", "lyrics", "language", "out", "lm",
     },
