@@ -191,11 +191,11 @@ class RankMap:
         scores = self.scores()
         chosen = [rank for rank in self.ranks.values() if rank > 0]
         span = f"ranks {min(chosen)}-{max(chosen)}" if chosen else "no module chosen"
-        lines = [
+        totals = (
             f"Adaptive rank: {len(chosen)} of {len(self.modules)} modules, {span}; {self.used:,} of {self.budget:,} "
-            f"parameters (uniform rank {self.uniform_rank} on {self.target})",
-            f"{'module':<40} {'rank':>4} {'score':>6} {'eff.rank':>8}",
-        ]
+            f"parameters (uniform rank {self.uniform_rank} on {self.target})"
+        )
+        lines = [totals, f"{'module':<40} {'rank':>4} {'score':>6} {'eff.rank':>8}"]
         ordered = sorted(self.modules, key=lambda module: (-scores[module.name], module.name))
         for module in ordered[:rows]:
             lines.append(f"{module.name:<40} {self.ranks[module.name]:>4} {scores[module.name]:>6.3f} {module.effective_rank():>8}")
