@@ -7,6 +7,7 @@ from .dataset import EncodeDataset
 from .jobs import JOBS, register_routes
 from .label import LabelSongs
 from .model import AceStepFromComfyModels, LoadCheckpoint
+from .rank import AnalyseRank
 from .sample import SampleWithShift
 from .train import TrainAdapter
 
@@ -16,6 +17,7 @@ NODES: list[type[io.ComfyNode]] = [
     LabelSongs,
     EncodeDataset,
     ConfigureAdapter,
+    AnalyseRank,
     TrainAdapter,
     LoadAdapter,
     ApplyAdapterToModel,

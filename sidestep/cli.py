@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .adapters.adaptive import RANK_MAP_FILE
 from .adapters.config import AdapterConfig
 from .adapters.kinds import KINDS, kind_named
 from .dataset.settings import EncodeConfig
@@ -16,6 +17,10 @@ from .settings import add_flags, from_flags
 from .training.config import TrainConfig
 from .training.layout import SUMMARY
 from .variants import DTYPES, resolve_device, resolve_dtype
+
+AUTO_RANK_MAP = "auto"
+# The training settings the rank analysis draws its clips, noise and timesteps with.
+ANALYSIS_TRAINING_SETTINGS = ("seed", "precision", "timestep_mode", "max_latent_frames")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -98,7 +103,39 @@ def _adapter_config(args: argparse.Namespace):
     values = from_flags(config_class, args)
     if values["custom_modules"]:
         values["target"] = CUSTOM_TARGET
-    return config_class(**values)
+    return _with_rank_map(args, config_class(**values))
+
+
+def _with_rank_map(args: argparse.Namespace, config):
+    """The LoRA config with the --rank-map file's ranks ('auto': the dataset's rank_map.json), when one is given."""
+    if not getattr(args, "rank_map", None):
+        return config
+    from .adapters.adaptive import config_from_rank_map
+
+    if config.kind != "lora":
+        from .errors import AdapterError
+
+        raise AdapterError("--rank-map sizes LoRA modules; leave it out for this kind, or train with --adapter lora.")
+
+    path = Path(args.dataset_dir) / RANK_MAP_FILE if args.rank_map == AUTO_RANK_MAP else Path(args.rank_map)
+    return config_from_rank_map(path, config)
+
+
+def cmd_analyse(args: argparse.Namespace) -> int:
+    """Measure each module on the encoded dataset and write the adaptive-rank map beside it (or to --out)."""
+    from .training.rank_analysis import analyse_ranks
+
+    _check_dataset_dir(Path(args.dataset_dir))
+    adapter = _adapter_config(args)
+    from .adapters.adaptive import AdaptiveRankSettings
+
+    train_config = TrainConfig(output_dir="", **from_flags(TrainConfig, args))
+    settings = AdaptiveRankSettings(**from_flags(AdaptiveRankSettings, args))
+    rank_map = analyse_ranks(_bundle(args), args.dataset_dir, adapter, settings, train_config)
+    path = rank_map.save(Path(args.out) if args.out else Path(args.dataset_dir) / RANK_MAP_FILE)
+    print(rank_map.summary())
+    print(f"wrote {path}; train with --rank-map {path}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -209,7 +246,27 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     kinds = "; ".join(kind.summary for kind in KINDS.values())
     train.add_argument("--adapter", "--adapter-type", default="lora", choices=list(KINDS), help=f"adapter type ({kinds})")
     add_flags(train, *(kind.config for kind in KINDS.values()), AdapterConfig, TrainConfig)
+    train.add_argument("--rank-map", default=None,
+                       help=f"LoRA: per-module ranks from `sidestep analyse` (a rank map file; '{AUTO_RANK_MAP}': the dataset's {RANK_MAP_FILE})")
     train.set_defaults(run=cmd_train)
+
+
+def _add_analyse_parser(commands) -> None:
+    from .adapters.adaptive import AdaptiveRankSettings
+
+    analyse = commands.add_parser(
+        "analyse", help="measure each LoRA module on an encoded dataset and write an adaptive-rank map for `train --rank-map`",
+        formatter_class=HelpFormatter,
+    )
+    _add_model_flags(analyse)
+    analyse.add_argument("--dataset-dir", required=True, help="encoded dataset; the map is written into it")
+    analyse.add_argument("--out", default=None, help=f"where the map goes (default DATASET/{RANK_MAP_FILE})")
+    # The uniform LoRA (its parameter count is the budget unless --rank-budget is given) and the training draws it
+    # is measured with, as in training.
+    add_flags(analyse, kind_named("lora").config, AdapterConfig)
+    add_flags(analyse, TrainConfig, only=ANALYSIS_TRAINING_SETTINGS)
+    add_flags(analyse, AdaptiveRankSettings)
+    analyse.set_defaults(run=cmd_analyse, adapter="lora")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -319,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(commands, "train", "train a LoRA or LoKR adapter")
     _add_train_parser(commands, "fixed", "alias of train (Side-Step's name)")
+    _add_analyse_parser(commands)
 
     sample = commands.add_parser("sample", help="generate music, optionally with trained adapters", formatter_class=HelpFormatter)
     _add_model_flags(sample)

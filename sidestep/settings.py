@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,11 +225,12 @@ def _number(kind: type):
     return parse
 
 
-def add_flags(parser: argparse.ArgumentParser, *settings_classes: type) -> None:
-    """Add a flag (and its aliases) for every own declared setting of these dataclasses, help from the declaration."""
+def add_flags(parser: argparse.ArgumentParser, *settings_classes: type, only: Collection[str] | None = None) -> None:
+    """Add a flag (and its aliases) for every own declared setting of these dataclasses (or the settings `only`
+    names), help from the declaration."""
     for settings_class in settings_classes:
         for item in settings_of(settings_class, own=True):
-            if not item.setting.cli:
+            if not item.setting.cli or (only is not None and item.name not in only):
                 continue
             options: dict[str, Any] = {"dest": item.dest, "help": item.described("").replace("%", "%%")}
             if item.kind is bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from sidestep.adapters.adaptive import AdaptiveRankSettings
 from sidestep.adapters.config import AdapterConfig, LokrConfig, LoraConfig
 from sidestep.adapters.kinds.loha import LohaConfig
 from sidestep.adapters.kinds.oft import OftConfig
@@ -37,6 +38,7 @@ NODES = {
     "encode": ("dataset", "EncodeDataset", "SideStepEncodeDataset", ("model", "audio_folder", "dataset_folder"), (EncodeConfig,)),
     "sample": ("sample", "SampleWithShift", "SideStepSampleWithShift", ("model", "caption", "lyrics", "language"), (GenerationRequest,)),
     "label": ("label", "LabelSongs", "SideStepLabelSongs", ("model", "lm", "audio_folder"), (LabelConfig, Sampling)),
+    "rank": ("rank", "AnalyseRank", "SideStepAnalyseRank", ("model", "dataset", "adapter_config", "seed"), (AdaptiveRankSettings,)),
 }
 # command → (required flags, its settings dataclasses)
 COMMANDS = {

@@ -142,13 +142,16 @@ class AdapterConfig(ABC):
             raise AdapterError(f"Unknown adapter settings {unknown}; valid settings are {sorted(known)}.")
         config = kind_named(data.get("kind", "lora")).config
         own = {field.name for field in fields(config)}
-        values = {key: value for key, value in data.items() if key in own}
-        if "custom_modules" in values and not isinstance(values["custom_modules"], str):
-            values["custom_modules"] = tuple(values["custom_modules"])
+        values = {key: _frozen(value) for key, value in data.items() if key in own}  # JSON lists as tuples
         for name, (_, declaration) in declared(config).items():
             if name in values and not isinstance(values[name], (bool, list)) and values[name] in declaration.none_aliases:
                 values[name] = None  # a saved spelling of auto (e.g. LoKR's factor -1)
         return config(**values)
+
+
+def _frozen(value: Any) -> Any:
+    """A JSON list (of lists) as the tuples a frozen settings object holds."""
+    return tuple(_frozen(item) for item in value) if isinstance(value, list) else value
 
 
 def __getattr__(name: str) -> Any:

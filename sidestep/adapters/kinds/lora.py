@@ -35,7 +35,11 @@ PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 
 @dataclass(frozen=True, kw_only=True)
 class LoraConfig(AdapterConfig):
-    """A LoRA (PEFT): rank, alpha (scale = alpha / rank), dropout on the adapter's input, and DoRA."""
+    """A LoRA (PEFT): rank, alpha (scale = alpha / rank), dropout on the adapter's input, and DoRA.
+
+    `rank_map` (from adaptive rank, `adaptive.RankMap`) gives each adapted module its own rank, as (module path, rank)
+    pairs; the adapter then adapts exactly those modules, each at the scale alpha / rank.
+    """
 
     kind: ClassVar[str] = "lora"
     rank: int = setting(64, help="LoRA rank: capacity of the adapter (16-128 is typical).", min=1, max=1024)
@@ -52,6 +56,7 @@ class LoraConfig(AdapterConfig):
             "loader cannot reproduce it, so no models/loras export is written."
         ),
     )
+    rank_map: tuple[tuple[str, int], ...] = ()
 
     def _check_settings(self) -> None:
         check_positive_int("rank", self.rank)
@@ -59,23 +64,40 @@ class LoraConfig(AdapterConfig):
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise AdapterError(f"Adapter setting dropout must be at least 0 and below 1, got {self.dropout!r}.")
         check_flag("use_dora", self.use_dora)
+        entries = self.rank_map
+        if not isinstance(entries, tuple) or not all(
+            isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str) and entry[0]
+            and not isinstance(entry[1], bool) and isinstance(entry[1], int) and entry[1] > 0
+            for entry in entries
+        ):
+            raise AdapterError(
+                f"Adapter setting rank_map must be (module path, rank above 0) pairs, got {entries!r}. "
+                "Run the rank analysis again to write a fresh map."
+            )
 
     @property
     def decomposes_weight(self) -> bool:
         return self.use_dora
 
     def shape_signature(self) -> tuple:
-        return (self.kind, self.rank, self.use_dora, self.target, tuple(self.custom_modules))
+        return (self.kind, self.rank, self.use_dora, self.target, tuple(self.custom_modules), self.rank_map)
 
     def describe(self) -> str:
         extra = " with DoRA" if self.use_dora else ""
+        if self.rank_map:
+            ranks = [rank for _, rank in self.rank_map]
+            return (
+                f"LoRA adaptive rank {min(ranks)}-{max(ranks)} on {len(ranks)} modules of {self._where()} "
+                f"(scale alpha/rank {self.alpha:g}/{self.rank}){extra}"
+            )
         return f"LoRA rank {self.rank}, alpha {self.alpha:g}{extra} on {self._where()}"
 
     def _settings(self) -> dict[str, Any]:
+        mapped = {"rank_map": [list(entry) for entry in self.rank_map]} if self.rank_map else {}
         return {
             "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "use_dora": self.use_dora,
             "linear_dim": self.rank, "linear_alpha": self.alpha, "factor": -1, "decompose_both": False,
-            "use_tucker": False, "weight_decompose": False,
+            "use_tucker": False, "weight_decompose": False, **mapped,
         }
 
 
@@ -150,6 +172,7 @@ def peft_lora_config(config: LoraConfig, modules: list[str]):
     from peft import LoraConfig as PeftLoraConfig
 
     from ...model.layers import Linear
+    from ..adaptive import peft_patterns
 
     peft_config = PeftLoraConfig(
         r=config.rank,
@@ -158,6 +181,7 @@ def peft_lora_config(config: LoraConfig, modules: list[str]):
         use_dora=config.use_dora,
         target_modules=list(modules),
         bias="none",
+        **peft_patterns(config),
     )
     peft_config._register_custom_module({Linear: _fused_lora_linear()})
     return peft_config
@@ -169,6 +193,9 @@ class LoraAdapter(TrainableAdapter):
     def __init__(self, decoder: nn.Module, config: LoraConfig, modules: list[str]) -> None:
         from peft import get_peft_model
 
+        from ..adaptive import mapped_modules
+
+        modules = mapped_modules(config, modules)
         super().__init__(decoder, config, modules)
         self.peft_config = peft_lora_config(config, modules)
         self.peft_model = get_peft_model(decoder, self.peft_config)
