@@ -73,10 +73,12 @@ class TrainAdapter(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         """Model, dataset, adapter config and the training settings (TrainConfig's defaults) in; ADAPTER out."""
-        from sidestep.training.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES
+        from sidestep.settings import declared  # hand-wired until declare-once (#24)
+        from sidestep.training.config import OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
         from sidestep.training.run import PREVIEW_SECONDS
 
         default = _defaults()
+        setting = {name: declaration for name, (_, declaration) in declared(TrainConfig).items()}  # hand-wired until declare-once (#24)
         return io.Schema(
             node_id=NODE_TYPE,
             display_name="Train Adapter",
@@ -184,6 +186,19 @@ class TrainAdapter(io.ComfyNode):
                         f"{RunLayout('').preview('N')}; 0 = off."
                     ),
                 ),
+                # hand-wired until declare-once (#24): validation, EMA and best epoch (new widgets stay at the end)
+                io.String.Input(
+                    "validation", default="", tooltip=f"{setting['validation'].help}. Empty = auto: {setting['validation'].auto}."
+                ),
+                io.Int.Input(
+                    "validation_every", default=default["validation_every"], min=0, max=1_000_000,
+                    tooltip=setting["validation_every"].help,
+                ),
+                io.Float.Input(
+                    "ema_decay", default=default["ema_decay"], min=0.0, max=setting["ema_decay"].max, step=0.0001,
+                    tooltip=setting["ema_decay"].help,
+                ),
+                io.Boolean.Input("final_from_best", default=default["final_from_best"], tooltip=setting["final_from_best"].help),
             ],
             outputs=[Adapter.Output(display_name="adapter", tooltip=f"The trained adapter ({FINAL_FOLDER}/); connect it to Load Adapter.")],
             hidden=[io.Hidden.unique_id],
@@ -226,6 +241,10 @@ class TrainAdapter(io.ComfyNode):
         precision: str,
         preview_caption: str,
         preview_every: int,
+        validation: str = "",  # hand-wired until declare-once (#24)
+        validation_every: int = 0,  # hand-wired until declare-once (#24)
+        ema_decay: float = 0.0,  # hand-wired until declare-once (#24)
+        final_from_best: bool = False,  # hand-wired until declare-once (#24)
     ) -> io.NodeOutput:
         """Reuse the finished adapter of identical settings, else train (or resume)."""
         from sidestep.training.config import TrainConfig
@@ -249,6 +268,10 @@ class TrainAdapter(io.ComfyNode):
             preview_every=preview_every,
             preview_caption=preview_caption.strip() or dataset.first_caption,
             resume_from=resume_from.strip() or None,
+            validation=validation.strip() or None,  # hand-wired until declare-once (#24)
+            validation_every=validation_every,  # hand-wired until declare-once (#24)
+            ema_decay=ema_decay,  # hand-wired until declare-once (#24)
+            final_from_best=final_from_best,  # hand-wired until declare-once (#24)
         )
         run = TrainingRun(model.bundle, dataset.index or dataset.folder, adapter_config, config)
         reused = run.finished(comfy_lora_path(run_name))
@@ -283,9 +306,10 @@ class TrainAdapter(io.ComfyNode):
             raise model_management.InterruptProcessingException()
         result = outcome.result
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+        best = f"lowest validation loss: {result.best_text()}\n" if result.best_epoch is not None else ""
         text = (
             f"{result.status}: epoch {result.epochs_completed}/{run.config.epochs}, step {result.global_step}, loss {loss}\n"
-            f"adapter: {result.adapter_dir}\n{outcome.export_note}"
+            f"{best}adapter: {result.adapter_dir}\n{outcome.export_note}"
         )
         return io.NodeOutput(_handle(run, outcome), ui={"text": [text]})
 

@@ -12,6 +12,7 @@ from .dataset.sidecars import TAG_POSITIONS
 from .errors import SideStepError
 from .labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
 from .request import GUIDANCE_MODES, GenerationRequest
+from .settings import declared  # hand-wired until declare-once (#24)
 from .training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
 from .training.layout import SUMMARY
 from .variants import DTYPES, FRAMES_PER_SECOND, config_defaults, per_base, resolve_device, resolve_dtype
@@ -143,11 +144,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_inference_steps=args.num_inference_steps,
         resume_from=resume_from,
         log_dir=args.log_dir,
+        validation=args.validation,  # hand-wired until declare-once (#24)
+        validation_every=args.validation_every,  # hand-wired until declare-once (#24)
+        ema_decay=args.ema_decay,  # hand-wired until declare-once (#24)
+        final_from_best=args.final_from_best,  # hand-wired until declare-once (#24)
     )
     _init_distributed()
     run = TrainingRun(_bundle(args), args.dataset_dir, adapter, config)
-    run.train(ProgressPrinter())
+    result = run.train(ProgressPrinter()).result
     if distributed.rank_and_world()[0] == 0:
+        if result.best_epoch is not None:
+            print(f"Lowest validation loss: {result.best_text()}, checkpoint {run.layout.checkpoint(result.best_epoch)}")
         print(f"TensorBoard logs in {config.log_dir or run.layout.tensorboard}")
     return 0
 
@@ -253,6 +260,13 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     train.add_argument("--num-inference-steps", type=int, default=config["num_inference_steps"], help=f"recorded for inference (when not given: {per_base(lambda v: v.schedule.steps)})")
     train.add_argument("--resume-from", default=config["resume_from"], help="'latest' (the run's newest checkpoint), a checkpoints/epoch_N folder or the training_state.pt inside it")
     train.add_argument("--log-dir", default=config["log_dir"], help="TensorBoard folder (default OUT/runs)")
+    # hand-wired until declare-once (#24): the validation / EMA / best-epoch flags, from their declarations
+    declaration = {name: setting for name, (_, setting) in declared(TrainConfig).items()}
+    validation = declaration["validation"]
+    train.add_argument("--validation", default=config["validation"], help=f"{validation.help} (when not given: {validation.auto})")
+    train.add_argument("--validation-every", type=int, default=config["validation_every"], help=declaration["validation_every"].help)
+    train.add_argument("--ema-decay", type=float, default=config["ema_decay"], help=declaration["ema_decay"].help)
+    train.add_argument("--final-from-best", action="store_true", default=config["final_from_best"], help=declaration["final_from_best"].help)
     train.set_defaults(run=cmd_train)
 
 
