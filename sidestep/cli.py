@@ -333,7 +333,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
         model=args.model_variant,
         audio_dir=Path(args.audio_dir) if args.audio_dir else None,
-        epochs=args.epochs,
+        **({"epochs": args.epochs} if args.epochs else {}),
     )
     return 0
 
@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--checkpoint-dir", default=None, help="use real checkpoints instead of a tiny random tree")
     demo.add_argument("--model-variant", default="turbo", help="model to use with --checkpoint-dir")
     demo.add_argument("--audio-dir", default=None, help="your songs (default: a few synthetic ones)")
-    demo.add_argument("--epochs", type=int, default=4, help="training epochs")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's own, enough for a falling validation loss)")
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -76,6 +76,8 @@ SHARED = [
     Shared(TrainConfig, "cfg_ratio", ("train", "cfg_ratio"), ("train", "cfg_ratio"), node_value=auto_is(-1.0)),
     Shared(TrainConfig, "resume_from", ("train", "resume_from"), ("train", "resume_from"), node_value=auto_is("")),
     *(Shared(TrainConfig, name, ("train", name)) for name in ("preview_caption", "preview_every")),
+    Shared(TrainConfig, "validation", ("train", "validation"), ("train", "validation"), node_value=auto_is("")),
+    *(Shared(TrainConfig, name, ("train", name), ("train", name)) for name in ("validation_every", "ema_decay", "final_from_best")),
     *(Shared(TrainConfig, name, cli=("train", name)) for name in (
         "max_grad_norm", "continuous_draws", "min_snr_gamma", "max_latent_frames", "num_workers", "shift",
         "num_inference_steps", "log_dir",

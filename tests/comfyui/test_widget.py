@@ -64,6 +64,7 @@ def widget(page: Frontend, selector: str = TRAIN) -> dict[str, Any]:
                 ...root.dataset,
                 status: text(".sidestep-status"),
                 stats: text(".sidestep-stats"),
+                validation: text(".sidestep-validation"),
                 checkpoint: text(".sidestep-checkpoint"),
                 message: text(".sidestep-message"),
                 adapter: root.querySelector(".sidestep-adapter")?.hidden === false ? text(".sidestep-path") : null,
@@ -247,6 +248,10 @@ def test_widget_follows_training_and_stop_and_save_keeps_the_workflow_going(pack
     audio, rate = soundfile.read(io.BytesIO(served.content))
     assert rate == 48_000 and audio.shape[0] / rate == pytest.approx(PREVIEW_SECONDS, abs=0.05)
 
+    validated = wait_widget(page, "Number(w.dataset.valPoints) >= 3 && w.dataset.bestEpoch !== undefined")
+    assert validated["validation"].startswith("validation loss ") and " · best: epoch " in validated["validation"]
+    assert int(validated["bestEpoch"]) >= 2 and int(validated["bestEpoch"]) % 2 == 0  # a saved checkpoint (every 2)
+
     screenshot_widget(page, SCREENSHOT)  # test-artifacts/ only: docs/training_widget.png is copied from it by hand
     set_palette(page, "light")
     wait_widget(page, f"Number(w.dataset.points) > {widget(page)['points']}")
@@ -266,6 +271,7 @@ def test_widget_follows_training_and_stop_and_save_keeps_the_workflow_going(pack
     final = pack.output_dir / "sidestep" / RUN_NAME / "final"
     assert ended["adapter"] == str(final) and (final / "adapter_model.safetensors").is_file()
     assert int(ended["points"]) < EPOCHS
+    assert "best epoch " in ended["message"] and ended["validation"].startswith("validation loss ")
     page.page.locator(f"{TRAIN} .sidestep-copy").click()
     page.wait_for_function(f"() => document.querySelector('{TRAIN} .sidestep-copy').textContent === 'copied'")
     page.page.locator(f"{TRAIN} .sidestep-log input").check()
