@@ -101,9 +101,11 @@ class TrainingStep:
         self.device = next(self.decoder.parameters()).device
 
     def loss(
-        self, batch: dict[str, torch.Tensor], noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor | None = None
+        self, batch: dict[str, torch.Tensor], noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor | None = None,
+        per_sample: bool = False,
     ) -> torch.Tensor:
-        """The loss of `batch` for noise `noise` at timesteps `t` (`keep`: rows that keep their condition)."""
+        """The loss of `batch` for noise `noise` at timesteps `t` (`keep`: rows that keep their condition; `per_sample`:
+        each row's unweighted loss)."""
         batch = {key: value.to(self.device) for key, value in batch.items()}
         autocast = torch.autocast(self.device.type, dtype=self.compute_dtype) if self.compute_dtype else nullcontext()
         with autocast:
@@ -115,6 +117,7 @@ class TrainingStep:
                 None if keep is None else keep.to(self.device),
                 self.null_condition,
                 self.min_snr_gamma,
+                per_sample,
             )
 
     def backward(
@@ -511,7 +514,7 @@ class Trainer:
         self.decoder.eval()
         try:
             with self._averaged():
-                result = self.validator.evaluate(TrainingStep(self.decoder, self.step.compute_dtype))
+                result = self.validator.evaluate(self.step)
         finally:
             self.decoder.train()
         self.progress.validation.append([step, result.loss])

@@ -126,7 +126,8 @@ class ValidationLoss:
 
 
 class Validator:
-    """Scores the adapter on fixed clips (first `max_frames` frames), noises and timesteps; `step` computes a loss."""
+    """Scores the adapter on fixed clips (first `max_frames` frames), noises and timesteps: each clip once per timestep
+    of the grid, in one batch."""
 
     def __init__(self, split: ValidationSplit, grid: tuple[float, ...], seed: int, max_frames: int | None) -> None:
         self.grid = grid
@@ -136,9 +137,8 @@ class Validator:
             if max_frames:
                 for key in ("target_latents", "attention_mask", "context_latents"):
                     clip[key] = clip[key][:max_frames]
-            batch = collate_clips([clip])
-            generator = _seeded(seed, _NOISE_SALT, position)
-            noises = torch.randn((len(grid), *batch["target_latents"].shape), generator=generator)
+            batch = collate_clips([clip] * len(grid))
+            noises = torch.randn(batch["target_latents"].shape, generator=_seeded(seed, _NOISE_SALT, position))
             self.clips.append((batch, noises))
 
     def __bool__(self) -> bool:
@@ -146,10 +146,11 @@ class Validator:
 
     @torch.no_grad()
     def evaluate(self, step) -> ValidationLoss:
-        """The validation loss of the weights now in the model (`step`: a TrainingStep without min-SNR weighting)."""
-        sums = [0.0] * len(self.grid)
+        """The validation loss of the weights now in the model (`step`: the run's TrainingStep; plain MSE, every
+        condition kept)."""
+        t = torch.tensor(self.grid, dtype=torch.float32)
+        total = torch.zeros(len(self.grid), dtype=torch.float64)
         for batch, noises in self.clips:
-            for i, t in enumerate(self.grid):
-                sums[i] += float(step.loss(batch, noises[i], torch.tensor([t], dtype=torch.float32)))
-        by_timestep = {t: total / len(self.clips) for t, total in zip(self.grid, sums)}
+            total += step.loss(batch, noises, t, per_sample=True).double().cpu()
+        by_timestep = {value: float(loss) / len(self.clips) for value, loss in zip(self.grid, total)}
         return ValidationLoss(sum(by_timestep.values()) / len(by_timestep), by_timestep)
