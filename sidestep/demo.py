@@ -80,7 +80,7 @@ def run_demo(
     model: str = "acestep-v15-turbo",
     audio_dir: Path | None = None,
     epochs: int = DEMO_EPOCHS,
-    song_seconds: float = 2.0,
+    song_seconds: float = 1.0,
     sample_seconds: float = 5.0,
 ) -> DemoResult:
     """Build (or use) a checkpoint tree, encode songs, train a LoRA with live progress and sample a clip with it."""
