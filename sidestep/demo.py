@@ -125,7 +125,7 @@ def run_demo(
     print(
         "Watch the validation loss: the same clips, noises and timesteps every time, so it moves only when the adapter "
         "does (the training loss jumps with every random draw)."
-        + (" On the tiny model it should fall by about a third." if tiny else ""),
+        + (" On the tiny model it should fall by about a fifth." if tiny else ""),
         flush=True,
     )
     result = run.train(ProgressPrinter()).result
