@@ -263,7 +263,7 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     # hand-wired until declare-once (#24): the validation / EMA / best-epoch flags, from their declarations
     declaration = {name: setting for name, (_, setting) in declared(TrainConfig).items()}
     validation = declaration["validation"]
-    train.add_argument("--validation", default=config["validation"], help=f"{validation.help} (when not given: {validation.auto})")
+    train.add_argument("--validation", default=config["validation"], help=f"{validation.help} (when not given: {validation.auto})".replace("%", "%%"))
     train.add_argument("--validation-every", type=int, default=config["validation_every"], help=declaration["validation_every"].help)
     train.add_argument("--ema-decay", type=float, default=config["ema_decay"], help=declaration["ema_decay"].help)
     train.add_argument("--final-from-best", action="store_true", default=config["final_from_best"], help=declaration["final_from_best"].help)
