@@ -152,9 +152,10 @@ class TrainAdapter(io.ComfyNode):
             raise model_management.InterruptProcessingException()
         result = outcome.result
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+        best = f"lowest validation loss: {result.best_text()}\n" if result.best_epoch is not None else ""
         text = (
             f"{result.status}: epoch {result.epochs_completed}/{run.config.epochs}, step {result.global_step}, loss {loss}\n"
-            f"adapter: {result.adapter_dir}\n{outcome.export_note}"
+            f"{best}adapter: {result.adapter_dir}\n{outcome.export_note}"
         )
         return io.NodeOutput(_handle(run, outcome), ui={"text": [text]})
 

@@ -161,6 +161,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         outcome = run.train(ProgressPrinter(), stop)
     if distributed.rank_and_world()[0] != 0:
         return 128 + received[0] if received else 0
+    result = outcome.result
+    if result.best_epoch is not None:
+        print(f"Lowest validation loss: {result.best_text()}, checkpoint {run.layout.checkpoint(result.best_epoch)}")
     print(f"TensorBoard logs in {config.log_dir or run.layout.tensorboard}")
     if received:
         print(
@@ -318,7 +321,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
         model=args.model_variant,
         audio_dir=Path(args.audio_dir) if args.audio_dir else None,
-        epochs=args.epochs,
+        **({"epochs": args.epochs} if args.epochs else {}),
     )
     return 0
 
@@ -397,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--checkpoint-dir", default=None, help="use real checkpoints instead of a tiny random tree")
     demo.add_argument("--model-variant", default="turbo", help="model to use with --checkpoint-dir")
     demo.add_argument("--audio-dir", default=None, help="your songs (default: a few synthetic ones)")
-    demo.add_argument("--epochs", type=int, default=4, help="training epochs")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's own, enough for a falling validation loss)")
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -36,6 +36,13 @@ def format_step(event: TrainingEvent) -> str:
     return "  ".join(parts)
 
 
+def best_text(event: TrainingEvent) -> str:
+    """' (best: epoch 3, 0.4213)' when a checkpoint has a validation loss, else ''."""
+    if event.best_epoch is None:
+        return ""
+    return f" (best: epoch {event.best_epoch}, {event.best_val_loss:.4f})"
+
+
 class ProgressPrinter:
     """Training callback: redraws one line on a terminal, prints whole lines otherwise, and reports milestones."""
 
@@ -50,6 +57,8 @@ class ProgressPrinter:
                 self.stream.write("\r" + line[:200])
             else:
                 self.stream.write(line + "\n")
+        elif event.kind == "validation":
+            self._line(f"validation loss {event.val_loss:.4f} at step {event.step}{best_text(event)}")
         elif event.kind == "checkpoint":
             self._line(f"checkpoint saved: {event.checkpoint_path}")
         elif event.kind == "preview":

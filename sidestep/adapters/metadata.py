@@ -30,7 +30,9 @@ _KEYS = {
     "cfg_ratio": ("ss_cfg_ratio", "cfg_ratio"),
     "adapter_config": ("ss_adapter_config", "adapter_config"),
     "train_config": ("ss_train_config", "train_config"),
+    "validation": ("ss_validation", "validation"),
 }
+_JSON = ("train_config", "validation")
 _FLOATS = ("shift", "cfg_ratio")
 _INTS = ("num_inference_steps", "epochs", "global_step")
 _ABOVE_ZERO = ("shift", "num_inference_steps")
@@ -54,6 +56,8 @@ class AdapterMetadata:
     cfg_ratio: float | None = None
     adapter_config: AdapterConfig | None = None
     train_config: dict[str, Any] | None = None
+    # The validation loss record: the scored songs, these weights' epoch and loss, the best epoch, the history.
+    validation: dict[str, Any] | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def to_header(self) -> dict[str, str]:
@@ -65,7 +69,7 @@ class AdapterMetadata:
                 continue
             if name == "adapter_config":
                 value = json.dumps(value.to_dict())
-            elif name == "train_config":
+            elif name in _JSON:
                 value = json.dumps(value)
             header[key] = str(value)
         return header
@@ -115,7 +119,7 @@ def _parse(name: str, raw: str) -> Any:
         if name in _INTS:
             return int(number) if number.is_integer() else None
         return number
-    if name in ("adapter_config", "train_config"):
+    if name == "adapter_config" or name in _JSON:
         try:
             data = json.loads(raw)
             return AdapterConfig.from_dict(data) if name == "adapter_config" else (data if isinstance(data, dict) else None)

@@ -7,7 +7,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,19 @@ class Progress:
     global_step: int = 0
     smoothed_loss: float | None = None
     nan_streak: int = 0
+    validation: list[list[float]] = field(default_factory=list)  # [step, validation loss], oldest first
+    checkpoint_losses: list[list[float]] = field(default_factory=list)  # [epoch, validation loss] of saved checkpoints
+
+    def validated_at(self, step: int) -> float | None:
+        """The validation loss measured at `step`, if it was."""
+        return self.validation[-1][1] if self.validation and self.validation[-1][0] == step else None
+
+    def best(self) -> tuple[int, float] | None:
+        """(epoch, validation loss) of the saved checkpoint with the lowest validation loss (the earliest on a tie)."""
+        if not self.checkpoint_losses:
+            return None
+        epoch, loss = min(self.checkpoint_losses, key=lambda pair: (pair[1], pair[0]))
+        return int(epoch), loss
 
 
 def process_rng() -> dict[str, Any]:

@@ -16,6 +16,12 @@ SCHEDULERS = ("constant", "linear", "cosine", "cosine_restarts")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TIMESTEP_MODES = ("auto", "discrete", "continuous")
 CONTINUOUS_DRAWS = ("max_of_two", "single")
+# The automatic validation split: hold out this share of the songs (at least one, at most VALIDATION_MAX_SONGS) when
+# the dataset has VALIDATION_MIN_SONGS songs or more; below that, the training songs themselves are the reference.
+VALIDATION_OFF = "none"
+VALIDATION_FRACTION = 0.1
+VALIDATION_MIN_SONGS = 10
+VALIDATION_MAX_SONGS = 8
 
 
 @dataclass
@@ -100,6 +106,29 @@ class TrainConfig:
     log_every: int = setting(1, help="Log the loss every this many optimiser steps.", min=1, node=False)
     log_dir: str | None = setting(None, help="TensorBoard folder.", auto="OUT/runs", node=False)
     max_grad_norm: float = setting(1.0, help="Gradient clipping: the largest gradient norm an update may have.", min=0.0, max=1000.0, step=0.01)
+    validation: str | None = setting(
+        None,
+        help=f"songs held out for the validation loss: '{VALIDATION_OFF}', a fraction such as 0.1, or song names "
+        "separated by commas",
+        auto=f"{VALIDATION_FRACTION:.0%} of the songs (at most {VALIDATION_MAX_SONGS}) when the dataset has "
+        f"{VALIDATION_MIN_SONGS} or more, else the training songs themselves as a reference",
+        flags=("--validation",),
+    )
+    validation_every: int = setting(
+        0, help="optimiser steps between validation losses; 0 = at the end of every epoch", min=0, flags=("--validation-every",)
+    )
+    ema_decay: float = setting(
+        0.0,
+        help="keep an exponential moving average of the adapter weights with this decay (e.g. 0.999) and use it for "
+        "validation, previews, checkpoints and the final adapter; 0 = off",
+        min=0.0,
+        max=0.99999,
+        flags=("--ema-decay",),
+    )
+    final_from_best: bool = setting(
+        False,
+        help="write final/ from the saved checkpoint with the lowest validation loss instead of the last epoch",
+        flags=("--final-from-best",),
     overwrite: bool = setting(
         False,
         help="start over in a run folder that holds an earlier run: delete what is in it first (else such a folder is "
@@ -126,6 +155,19 @@ class TrainConfig:
             raise TrainingError(f"learning_rate must be positive (got {self.learning_rate}).")
         if self.cfg_ratio is not None and not 0.0 <= self.cfg_ratio < 1.0:
             raise TrainingError(f"cfg_ratio must be in [0, 1) (got {self.cfg_ratio}).")
+        if self.validation_every < 0:
+            raise TrainingError(f"validation_every must be 0 (each epoch) or more (got {self.validation_every}).")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise TrainingError(f"ema_decay must be in [0, 1) (got {self.ema_decay}); 0 turns the average off, 0.999 is usual.")
+        validation_fraction(self.validation)
+
+    def held_out_songs(self) -> tuple[str, ...]:
+        """The song names `validation` lists (empty when it is auto, off or a fraction)."""
+        if self.validation is None or validation_fraction(self.validation) is not None:
+            return ()
+        if self.validation.strip().lower() == VALIDATION_OFF:
+            return ()
+        return tuple(name.strip() for name in self.validation.split(",") if name.strip())
 
     def resolved_timestep_mode(self, base: str) -> str:
         """discrete for turbo, continuous for base/sft, unless set explicitly."""
@@ -147,3 +189,20 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary (for metadata and the training state)."""
         return dataclasses.asdict(self)
+
+
+def validation_fraction(choice: str | None) -> float | None:
+    """The share of songs `validation` holds out when it is a number (None otherwise); TrainingError when the number
+    is not between 0 and 1."""
+    if choice is None:
+        return None
+    try:
+        fraction = float(choice)
+    except ValueError:
+        return None
+    if not 0.0 < fraction < 1.0:
+        raise TrainingError(
+            f"validation={choice!r}: a fraction of the songs must be between 0 and 1 (e.g. 0.1), or write "
+            f"'{VALIDATION_OFF}' or song names."
+        )
+    return fraction

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 @dataclass
 class TrainingEvent:
-    """One progress report; `kind` is step, epoch, checkpoint, preview, finished, stopped or failed."""
+    """One progress report; `kind` is step, epoch, validation, checkpoint, preview, note, finished, stopped or failed.
+    `val_loss` is the validation loss just measured (validation, checkpoint); `best_epoch` / `best_val_loss` name the
+    saved checkpoint with the lowest validation loss so far."""
 
     kind: str
     step: int = 0
@@ -27,6 +29,9 @@ class TrainingEvent:
     adapter_path: str | None = None
     preview_path: str | None = None
     message: str = ""
+    val_loss: float | None = None
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
 
 
 EventCallback = Callable[[TrainingEvent], None]

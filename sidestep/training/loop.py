@@ -24,12 +24,14 @@ from ..model import AceStepConditionGenerationModel, AceStepDiTModel
 from ..variants import resolve_dtype
 from . import distributed
 from .config import TrainConfig
+from .ema import AdapterEMA
 from .events import EventCallback, StopSignal, TrainingEvent
 from .tensorboard import RunLogger
 from .objective import draw_cfg_keep_mask, draw_continuous_timesteps, draw_discrete_timesteps, flow_matching_loss
 from .optim import build_optimizer, build_scheduler, load_optimizer_state, resume_notes
 from .layout import RunLayout
 from .runfolder import RunLock, recover_run_folder
+from .validation import Validator, split_dataset, timestep_grid, training_index
 from .checkpoints import (
     Progress,
     capture_rng,
@@ -55,6 +57,15 @@ class TrainResult:
     global_step: int
     epochs_completed: int
     final_loss: float | None
+    val_loss: float | None = None
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+
+    def best_text(self) -> str:
+        """'best epoch 3 (validation loss 0.4213)', or '' without validation."""
+        if self.best_epoch is None:
+            return ""
+        return f"best epoch {self.best_epoch} (validation loss {self.best_val_loss:.4f})"
 
 
 @dataclass
@@ -90,9 +101,11 @@ class TrainingStep:
         self.device = next(self.decoder.parameters()).device
 
     def loss(
-        self, batch: dict[str, torch.Tensor], noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor | None = None
+        self, batch: dict[str, torch.Tensor], noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor | None = None,
+        per_sample: bool = False,
     ) -> torch.Tensor:
-        """The loss of `batch` for noise `noise` at timesteps `t` (`keep`: rows that keep their condition)."""
+        """The loss of `batch` for noise `noise` at timesteps `t` (`keep`: rows that keep their condition; `per_sample`:
+        each row's unweighted loss)."""
         batch = {key: value.to(self.device) for key, value in batch.items()}
         autocast = torch.autocast(self.device.type, dtype=self.compute_dtype) if self.compute_dtype else nullcontext()
         with autocast:
@@ -104,6 +117,7 @@ class TrainingStep:
                 None if keep is None else keep.to(self.device),
                 self.null_condition,
                 self.min_snr_gamma,
+                per_sample,
             )
 
     def backward(
@@ -158,6 +172,9 @@ class Trainer:
         self.dataset = ClipDataset(dataset, config.max_latent_frames, config.seed)
         self.dataset_hash = self.dataset.index.content_hash
         self._check_dataset_variant()
+        self.split = split_dataset(self.dataset.index, config)
+        if self.split.held_out:
+            self.dataset = ClipDataset(training_index(self.dataset.index, self.split), config.max_latent_frames, config.seed)
         self.timestep_mode = config.resolved_timestep_mode(identity.base)
         self.cfg_ratio = config.resolved_cfg_ratio(identity.base)
         self.generator = torch.Generator().manual_seed(config.seed + 7919 * self.rank)
@@ -165,6 +182,10 @@ class Trainer:
         self.adapter: TrainableAdapter | None = None
         self.step = TrainingStep(self.decoder, compute_dtype(config.precision, self.device), model.null_condition_emb,
                                  config.min_snr_gamma)
+        grid = timestep_grid(self.timestep_mode, model.config.timestep_mu, model.config.timestep_sigma,
+                             config.continuous_draws == "max_of_two")
+        self.validator = Validator(self.split, grid, config.seed, config.max_latent_frames)
+        self.ema: AdapterEMA | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -184,8 +205,28 @@ class Trainer:
         """Optimiser steps in one epoch (the last accumulation group of an epoch may be short)."""
         return math.ceil(self._batches_per_epoch() / self.config.gradient_accumulation)
 
-    def metadata(self) -> AdapterMetadata:
-        """What travels inside the adapter files: model, schedule for inference, dataset and settings."""
+    def validation_record(self, weights_epoch: int | None = None) -> dict | None:
+        """The validation part of the metadata: what is scored, the epoch of the weights (default: now) and their
+        loss, the best checkpoint so far and the whole curve; None when validation is off."""
+        if not self.validator:
+            return None
+        best = self.progress.best()
+        epoch = self.progress.epoch if weights_epoch is None else weights_epoch
+        losses = dict((int(e), loss) for e, loss in self.progress.checkpoint_losses)
+        loss = self.progress.validated_at(self.progress.global_step) if weights_epoch is None else losses.get(epoch)
+        return {
+            **self.split.record(),
+            "timesteps": list(self.validator.grid),
+            "weights_epoch": epoch,
+            "loss": loss,
+            "best_epoch": best and best[0],
+            "best_loss": best and best[1],
+            "ema_decay": self.config.ema_decay,
+            "history": [list(point) for point in self.progress.validation],
+        }
+
+    def metadata(self, weights_epoch: int | None = None) -> AdapterMetadata:
+        """What travels inside the adapter files: model, schedule for inference, dataset, settings and validation."""
         shift, steps = self.config.inference_defaults(self.identity.base)
         return AdapterMetadata(
             sidestep_version=__version__,
@@ -201,6 +242,7 @@ class Trainer:
             cfg_ratio=self.cfg_ratio,
             adapter_config=self.adapter_config,
             train_config=self.config.to_dict(),
+            validation=self.validation_record(weights_epoch),
         )
 
     # ------------------------------------------------------------------ one step
@@ -223,8 +265,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _averaged(self):
+        """The weights to score, preview and save: the moving average while the block runs when it is on."""
+        return self.ema.applied() if self.ema is not None else nullcontext()
+
     def _save_adapter(self, folder: Path) -> None:
-        self.adapter.save(folder, self.metadata().to_header())
+        with self._averaged():
+            self.adapter.save(folder, self.metadata().to_header())
+
+    def _save_best(self, folder: Path, epoch: int) -> None:
+        """Write the adapter files of checkpoint `epoch` (the weights its validation loss was measured on) into
+        `folder`, their metadata saying which epoch they are."""
+        from safetensors.torch import load_file
+
+        from ..adapters.files import resolve_adapter_path
+
+        trained = {key: value.clone() for key, value in self.adapter.state_dict().items()}
+        self.adapter.load_state_dict(load_file(str(resolve_adapter_path(self.layout.checkpoint(epoch)))))
+        try:
+            self.adapter.save(folder, self.metadata(weights_epoch=epoch).to_header())
+        finally:
+            self.adapter.load_state_dict(trained)
 
     def save_checkpoint(self, optimizer, scheduler) -> Path:
         """Write `checkpoints/epoch_N/` (adapter files + training_state.pt) atomically; rank 0 only."""
@@ -242,7 +303,10 @@ class Trainer:
                 "identity": vars(self.identity).copy(),
                 "rng": capture_rng(self.generator),
                 "world_size": self.world,
+                "validation": self.split.record(),
             }
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict()
 
             def fill(staging: Path) -> None:
                 self._save_adapter(staging)
@@ -253,12 +317,22 @@ class Trainer:
         return folder
 
     def save_final(self) -> Path:
-        """Write the inference-ready adapter to `final/` atomically; rank 0 only."""
+        """Write the inference-ready adapter to `final/` atomically (with `final_from_best`, the saved checkpoint with
+        the lowest validation loss); rank 0 only."""
         folder = self.layout.final
         if self.rank == 0:
-            write_checkpoint_dir(folder, self._save_adapter, self.output_dir)
+            best = self._final_best()
+            fill = self._save_adapter if best is None else (lambda staging: self._save_best(staging, best))
+            write_checkpoint_dir(folder, fill, self.output_dir)
         distributed.barrier()
         return folder
+
+    def _final_best(self) -> int | None:
+        """The epoch final/ is taken from when it is not the last one."""
+        best = self.progress.best() if self.config.final_from_best else None
+        if best is None or best[0] == self.progress.epoch and self.progress.batch_in_epoch == 0:
+            return None
+        return best[0]
 
     def _resume(self, optimizer, scheduler, notes: list[str]) -> Path:
         folder = resolve_resume_path(self.config.resume_from)
@@ -288,8 +362,18 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
             self.progress = Progress(**state["progress"])
             restore_rng(state["rng"], self.generator)
+            if self.ema is not None and "ema" in state:
+                self.ema.load_state_dict(state["ema"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise TrainingError(f"Cannot restore everything from {folder} ({exc}); refusing to restart silently.") from exc
+        saved_split = state.get("validation", self.split.record())
+        if saved_split != self.split.record():
+            raise TrainingError(
+                f"The checkpoint {folder} scored the validation loss on {saved_split.get('clips')}, but this run would "
+                f"score {self.split.record()['clips']}. Resume with the same dataset and validation setting."
+            )
+        if self.ema is not None and "ema" not in state:
+            notes.append(f"{folder} holds no weight average; it starts from the resumed weights.")
         notes.append(f"resumed from {folder} (epoch {self.progress.epoch}, step {self.progress.global_step})")
         notes += resume_notes(state["train_config"], self.config, self.progress.global_step, self.steps_per_epoch())
         return folder
@@ -311,10 +395,15 @@ class Trainer:
             samples_per_second=samples / elapsed if elapsed > 0 and samples else None,
             elapsed_seconds=elapsed,
             eta_seconds=eta,
+            **self._best_fields(),
             **fields,
         )
         if self.rank == 0:
             self.callback(event)
+
+    def _best_fields(self) -> dict:
+        best = self.progress.best()
+        return {"best_epoch": best[0], "best_val_loss": best[1]} if best else {}
 
     def run(self) -> TrainResult:
         """Train to the configured number of epochs, or until stopped; always leaves a usable adapter behind.
@@ -359,19 +448,23 @@ class Trainer:
         self.decoder.gradient_checkpointing = self.config.gradient_checkpointing
         self.decoder.train()
         optimizer, notes = build_optimizer(self.adapter.parameters(), self.config, self.device)
+        if self.config.ema_decay:
+            self.ema = AdapterEMA(self.adapter.parameters(), self.config.ema_decay)
         total_steps = self.config.epochs * self.steps_per_epoch()
         scheduler = build_scheduler(optimizer, total_steps, self.config)
         last_checkpoint = self._resume(optimizer, scheduler, notes) if self.config.resume_from else None
         self._start_step = self.progress.global_step
-        logger = RunLogger(
+        logger = self._logger = RunLogger(
             Path(self.config.log_dir) if self.config.log_dir else self.layout.tensorboard,
             enabled=self.rank == 0,
             purge_step=self.progress.global_step + 1 if last_checkpoint else None,
         )
         started = time.monotonic()
         samples = 0
-        for note in [*self._repairs, *notes]:
+        for note in [*self._repairs, *notes, self.split.describe()]:
             self._emit("note", started, 0, message=note)
+        if not self.progress.validation:
+            self._validate(started, 0)
         # On the CPU each layer's activations would otherwise take fresh heap pages (see sidestep/memory.py).
         untrim = trim_before_each(self.decoder.layers) if self.device.type == "cpu" else lambda: None
         try:
@@ -384,20 +477,61 @@ class Trainer:
             logger.close()
             self.decoder.eval()
         if status == "stopped":
-            last_checkpoint = self.save_checkpoint(optimizer, scheduler)
-            self._emit("checkpoint", started, 0, checkpoint_path=str(last_checkpoint))
+            last_checkpoint = self._checkpoint(optimizer, scheduler, started, 0)
         adapter_dir = self.save_final()
-        self._emit(status, started, 0, adapter_path=str(adapter_dir), message=self.stop.reason if status == "stopped" else "")
-        return TrainResult(
+        best = self.progress.best()
+        result = TrainResult(
             status=status,
             adapter_dir=adapter_dir,
             last_checkpoint=last_checkpoint or self._last_checkpoint,
             global_step=self.progress.global_step,
             epochs_completed=self.progress.epoch,
             final_loss=self.progress.smoothed_loss,
+            val_loss=self.progress.validation[-1][1] if self.progress.validation else None,
+            best_epoch=best and best[0],
+            best_val_loss=best and best[1],
         )
+        source = self._final_best()
+        text = "; ".join(filter(None, [
+            self.stop.reason if status == "stopped" else "",
+            result.best_text(),
+            f"final/ holds epoch {source}" if source is not None else "",
+        ]))
+        self._emit(status, started, 0, adapter_path=str(adapter_dir), message=text, val_loss=result.val_loss)
+        return result
 
     _last_checkpoint: Path | None = None
+    _logger: RunLogger | None = None
+
+    def _validate(self, started: float, samples: int) -> float | None:
+        """Score the weights now in the model (once per step; rank 0 only): history, TensorBoard and an event."""
+        if not self.validator or self.rank != 0:
+            return None
+        step = self.progress.global_step
+        measured = self.progress.validated_at(step)
+        if measured is not None:
+            return measured
+        self.decoder.eval()
+        try:
+            with self._averaged():
+                result = self.validator.evaluate(self.step)
+        finally:
+            self.decoder.train()
+        self.progress.validation.append([step, result.loss])
+        self._logger.scalars(step, **result.scalars())
+        self._emit("validation", started, samples, val_loss=result.loss)
+        return result.loss
+
+    def _checkpoint(self, optimizer, scheduler, started: float, samples: int) -> Path:
+        """Score the weights, record the score as this checkpoint's (for the best epoch), save and report it."""
+        loss = self._validate(started, samples)
+        epoch = self.progress.epoch
+        self.progress.checkpoint_losses = [pair for pair in self.progress.checkpoint_losses if pair[0] != epoch]
+        if loss is not None and math.isfinite(loss):
+            self.progress.checkpoint_losses.append([epoch, loss])
+        self._last_checkpoint = self.save_checkpoint(optimizer, scheduler)
+        self._emit("checkpoint", started, samples, checkpoint_path=str(self._last_checkpoint), val_loss=loss)
+        return self._last_checkpoint
 
     def _train_epochs(self, optimizer, scheduler, logger: RunLogger, started: float, samples: int) -> str:
         accumulation = self.config.gradient_accumulation
@@ -436,6 +570,8 @@ class Trainer:
                     continue
                 self.progress.nan_streak = 0
                 grad_norm = update(self.adapter.parameters(), optimizer, scheduler, self.config.max_grad_norm)
+                if self.ema is not None:
+                    self.ema.update()
                 trim_freed_memory()
                 self.progress.global_step += 1
                 value = float(step_loss)
@@ -446,6 +582,9 @@ class Trainer:
                 if self.progress.global_step % self.config.log_every == 0:
                     logger.scalars(self.progress.global_step, loss=value, lr=lr, grad_norm=float(grad_norm))
                 self._emit("step", started, samples, loss=value, lr=lr, grad_norm=float(grad_norm))
+                every = self.config.validation_every
+                if every and self.progress.global_step % every == 0:
+                    self._validate(started, samples)
                 if distributed.any_true(self.stop.requested):
                     return "stopped"
             self.progress.epoch += 1
@@ -454,9 +593,10 @@ class Trainer:
             if epoch_loss is not None:
                 logger.scalars(self.progress.global_step, epoch_loss=epoch_loss)
             self._emit("epoch", started, samples, loss=epoch_loss)
+            if not self.config.validation_every:
+                self._validate(started, samples)
             if self.progress.epoch % self.config.save_every == 0 or self.progress.epoch == self.config.epochs:
-                self._last_checkpoint = self.save_checkpoint(optimizer, scheduler)
-                self._emit("checkpoint", started, samples, checkpoint_path=str(self._last_checkpoint))
+                self._checkpoint(optimizer, scheduler, started, samples)
             if self.preview and self.config.preview_every and self.progress.epoch % self.config.preview_every == 0:
                 self._run_preview(started, samples, epoch_loss)
         return "finished"
@@ -466,7 +606,7 @@ class Trainer:
             return
         self.decoder.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._averaged():
                 path = self.preview(self.progress.epoch, self.model)
         finally:
             self.decoder.train()

@@ -70,8 +70,10 @@ def flow_matching_loss(
     keep: torch.Tensor | None = None,
     null_condition_emb: torch.Tensor | None = None,
     min_snr_gamma: float | None = None,
+    per_sample: bool = False,
 ) -> torch.Tensor:
-    """The ACE-Step 1.5 training loss of one batch for given draws (noise, t, CFG keep mask).
+    """The ACE-Step 1.5 training loss of one batch for given draws (noise, t, CFG keep mask); with `per_sample`, each
+    sample's unweighted loss instead of the batch's.
 
     Padded frames (attention_mask 0) are zeroed in the decoder's inputs, hidden from its self-attention and left out of
     the loss, so padding cannot change the loss of the valid frames.
@@ -97,7 +99,9 @@ def flow_matching_loss(
         context_latents=context,
         key_padding_mask=frame_mask if padded else None,
     )
-    loss, per_sample = masked_mse(velocity, noise - x0, frame_mask)
+    loss, sample_losses = masked_mse(velocity, noise - x0, frame_mask)
+    if per_sample:
+        return sample_losses
     if min_snr_gamma:
-        loss = (per_sample * min_snr_weights(t, min_snr_gamma)).mean()
+        loss = (sample_losses * min_snr_weights(t, min_snr_gamma)).mean()
     return loss

@@ -69,7 +69,8 @@ def _train(run_name: str, epochs: int, resume_from: str = "", preview_every: int
         learning_rate=0.0001, optimizer="adamw", scheduler="cosine", warmup_steps=0, batch_size=1,
         gradient_accumulation=1, timestep_mode="auto", cfg_ratio=-1.0, save_every=5, seed=42, resume_from=resume_from,
         gradient_checkpointing=True, precision="auto", preview_caption=CAPTION if preview_every else "",
-        preview_every=preview_every, overwrite=False,
+        preview_every=preview_every, validation="", validation_every=0, ema_decay=0.0, final_from_best=False,
+        overwrite=False,
     )
 
 
@@ -173,7 +174,9 @@ EXAMPLE_NOTES: dict[str, str] = {
         f"ComfyUI/output/sidestep/{LORA_RUN} (final/, checkpoints/, runs/ for TensorBoard) and "
         f"models/loras/sidestep_{LORA_RUN}.safetensors for ComfyUI's own LoRA loader. Use the trigger word "
         f"'{TRIGGER}' in your captions. Cancel stops after saving a checkpoint; queue again with resume_from 'latest' "
-        "to continue."
+        "to continue.\n\nIs it learning? The widget draws the validation loss (fixed noises, so it moves only when the "
+        "adapter does) beside the training loss and names the checkpoint with the lowest one; final_from_best makes "
+        "final/ that checkpoint."
     ),
     "train_lokr_base_previews": (
         "Train a LoKR on ACE-Step 1.5 base, with a 10 s preview song every 5 epochs in "

@@ -16,6 +16,7 @@ import pytest
 import requests
 import soundfile
 
+from sidestep.demo import DEMO_ALPHA, DEMO_LR, DEMO_RANK, TINY_TARGETS
 from sidestep.training.events import StopSignal
 
 from .fixtures_pack import load_example
@@ -30,11 +31,16 @@ SCREENSHOT = "training_widget"
 TRAIN = '.sidestep-train[data-node-id="4"]'  # the example's node ids
 ENCODE = '.sidestep-encode[data-node-id="2"]'
 # Widget values set in the frontend before queueing: a fresh dataset folder and run (nothing cached from other tests),
-# frequent checkpoints and previews (a tiny-model epoch takes a fraction of a second, a preview a few seconds), and a
-# short song downstream.
+# frequent checkpoints and previews (a tiny-model epoch takes a fraction of a second, a preview a few seconds), the
+# demo's adapter and learning rate (so the validation loss visibly falls on the tiny model), and a short song downstream.
 SETTINGS = {
     "SideStepEncodeDataset": {"dataset_folder": "sidestep/datasets/widget_songs"},
-    "SideStepTrainAdapter": {"run_name": RUN_NAME, "epochs": EPOCHS, "save_every": 2, "preview_every": PREVIEW_EVERY},
+    "SideStepConfigureAdapter": {
+        "rank": DEMO_RANK, "alpha": DEMO_ALPHA, "target": "custom", "custom_modules": ", ".join(TINY_TARGETS),
+    },
+    "SideStepTrainAdapter": {
+        "run_name": RUN_NAME, "epochs": EPOCHS, "save_every": 2, "preview_every": PREVIEW_EVERY, "learning_rate": DEMO_LR,
+    },
     "SideStepSampleWithShift": {"duration": 5.0},
 }
 READY = "() => !!(window.app && window.app.graph && window.app.extensionManager)"
@@ -64,6 +70,7 @@ def widget(page: Frontend, selector: str = TRAIN) -> dict[str, Any]:
                 ...root.dataset,
                 status: text(".sidestep-status"),
                 stats: text(".sidestep-stats"),
+                validation: text(".sidestep-validation"),
                 checkpoint: text(".sidestep-checkpoint"),
                 message: text(".sidestep-message"),
                 adapter: root.querySelector(".sidestep-adapter")?.hidden === false ? text(".sidestep-path") : null,
@@ -247,7 +254,12 @@ def test_widget_follows_training_and_stop_and_save_keeps_the_workflow_going(pack
     audio, rate = soundfile.read(io.BytesIO(served.content))
     assert rate == 48_000 and audio.shape[0] / rate == pytest.approx(PREVIEW_SECONDS, abs=0.05)
 
-    screenshot_widget(page, SCREENSHOT)  # test-artifacts/ only: docs/training_widget.png is copied from it by hand
+    validated = wait_widget(page, "Number(w.dataset.valPoints) >= 3 && w.dataset.bestEpoch !== undefined")
+    assert validated["validation"].startswith("validation loss ") and " · best: epoch " in validated["validation"]
+    assert int(validated["bestEpoch"]) >= 2 and int(validated["bestEpoch"]) % 2 == 0  # a saved checkpoint (every 2)
+
+    screenshot_widget(page, SCREENSHOT)  # test-artifacts/ only: docs/training_widget.png and docs/validation_widget.png
+    # are copied from it by hand
     set_palette(page, "light")
     wait_widget(page, f"Number(w.dataset.points) > {widget(page)['points']}")
     screenshot_widget(page, f"{SCREENSHOT}_light")
@@ -266,6 +278,7 @@ def test_widget_follows_training_and_stop_and_save_keeps_the_workflow_going(pack
     final = pack.output_dir / "sidestep" / RUN_NAME / "final"
     assert ended["adapter"] == str(final) and (final / "adapter_model.safetensors").is_file()
     assert int(ended["points"]) < EPOCHS
+    assert "best epoch " in ended["message"] and ended["validation"].startswith("validation loss ")
     page.page.locator(f"{TRAIN} .sidestep-copy").click()
     page.wait_for_function(f"() => document.querySelector('{TRAIN} .sidestep-copy').textContent === 'copied'")
     page.page.locator(f"{TRAIN} .sidestep-log input").check()

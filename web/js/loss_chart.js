@@ -1,11 +1,13 @@
-// The live loss chart of the training widget: raw and smoothed loss (left axis, linear or log) and the
-// learning rate (right axis), drawn on a <canvas> that follows the theme's text and border colours.
+// The live loss chart of the training widget: raw and smoothed loss and the validation loss (left axis, linear or
+// log; the best checkpoint ringed) and the learning rate (right axis), drawn on a <canvas> that follows the theme's
+// text and border colours.
 
 import { formatRate, formatValue } from "./format.js";
 
 export const SERIES = {
   loss: { label: "loss", color: "rgba(91, 141, 239, 0.6)", width: 1, dash: [] },
   smoothed: { label: "smoothed", color: "#e8912d", width: 2, dash: [] },
+  val: { label: "validation", color: "#d94fc8", width: 2, dash: [] },
   lr: { label: "learning rate", color: "#3fae6a", width: 1.5, dash: [4, 3] },
 };
 const MAX_POINTS = 4000;
@@ -41,6 +43,8 @@ export class LossChart {
   constructor(canvas) {
     this.canvas = canvas;
     this.points = [];
+    this.validation = [];
+    this.best = null;
     this.logScale = false;
     this.frame = 0;
     new ResizeObserver(() => this.schedule()).observe(canvas);
@@ -56,9 +60,23 @@ export class LossChart {
     this.schedule();
   }
 
+  /** Add one validation loss {step, val} (fixed noises: it moves only when the adapter does). */
+  addValidation(point) {
+    this.validation.push(point);
+    this.schedule();
+  }
+
+  /** Ring the validation point of the best checkpoint so far ({step, val}). */
+  setBest(point) {
+    this.best = point;
+    this.schedule();
+  }
+
   /** Forget every point (a new run started). */
   clear() {
     this.points = [];
+    this.validation = [];
+    this.best = null;
     this.schedule();
   }
 
@@ -92,21 +110,36 @@ export class LossChart {
     const theme = { text: style.color, grid: style.getPropertyValue("--border-color").trim() || "rgba(128,128,128,0.4)" };
     ctx.font = `10px ${style.fontFamily}`;
     const plot = { x: PAD.left, y: PAD.top, w: width - PAD.left - PAD.right, h: height - PAD.top - PAD.bottom };
-    if (!this.points.length) {
+    if (!this.points.length && !this.validation.length) {
       this.drawMessage(ctx, plot, theme, "waiting for the first step…");
       return;
     }
-    const loss = axis(this.points.flatMap((p) => [p.loss, p.smoothed]), this.logScale);
+    const loss = axis([...this.points.flatMap((p) => [p.loss, p.smoothed]), ...this.validation.map((p) => p.val)], this.logScale);
     const rate = rateAxis(this.points.map((p) => p.lr));
-    const first = this.points[0].step;
-    const span = this.points[this.points.length - 1].step - first || 1;
+    const steps = [...this.points, ...this.validation].map((p) => p.step);
+    const first = Math.min(...steps);
+    const span = Math.max(...steps) - first || 1;
     const x = (step) => plot.x + ((step - first) / span) * plot.w;
     this.drawAxes(ctx, plot, theme, loss, rate, [first, first + span]);
     if (rate) this.drawSeries(ctx, plot, x, rate, "lr");
     if (loss) {
       this.drawSeries(ctx, plot, x, loss, "loss");
       this.drawSeries(ctx, plot, x, loss, "smoothed");
+      this.drawSeries(ctx, plot, x, loss, "val", this.validation, true);
+      if (this.best) this.drawBest(ctx, plot, x, loss);
     }
+  }
+
+  /** A ring around the best checkpoint's validation point. */
+  drawBest(ctx, plot, x, scale) {
+    const { step, val } = this.best;
+    if (val == null || !Number.isFinite(val) || (scale.logScale && val <= 0)) return;
+    ctx.strokeStyle = SERIES.val.color;
+    ctx.lineWidth = 2;
+    ctx.setLineDash([]);
+    ctx.beginPath();
+    ctx.arc(x(step), plot.y + plot.h - scale.map(val) * plot.h, 6, 0, 2 * Math.PI);
+    ctx.stroke();
   }
 
   drawMessage(ctx, plot, theme, text) {
@@ -150,7 +183,8 @@ export class LossChart {
     ctx.fillText(`step ${lastStep}`, plot.x + plot.w, plot.y + plot.h + 4);
   }
 
-  drawSeries(ctx, plot, x, scale, key) {
+  /** One series of `points` as a line (with a dot at every point when `dots`). */
+  drawSeries(ctx, plot, x, scale, key, points = this.points, dots = false) {
     const { color, width, dash } = SERIES[key];
     const usable = (value) => value != null && Number.isFinite(value) && (!scale.logScale || value > 0);
     const y = (value) => plot.y + plot.h - scale.map(value) * plot.h;
@@ -160,7 +194,7 @@ export class LossChart {
     ctx.setLineDash(dash);
     ctx.beginPath();
     let drawing = false;
-    for (const point of this.points) {
+    for (const point of points) {
       const value = point[key];
       if (!usable(value)) {
         drawing = false;
@@ -172,7 +206,8 @@ export class LossChart {
     }
     ctx.stroke();
     ctx.setLineDash([]);
-    const [only] = this.points;
-    if (this.points.length === 1 && usable(only[key])) ctx.fillRect(x(only.step) - 2, y(only[key]) - 2, 4, 4);
+    for (const point of dots || points.length === 1 ? points : []) {
+      if (usable(point[key])) ctx.fillRect(x(point.step) - 2, y(point[key]) - 2, 4, 4);
+    }
   }
 }

@@ -1,5 +1,5 @@
-// The Train Adapter widget: status, progress bar, loss chart, last checkpoint, preview players,
-// the adapter path with a copy button, and Stop & save.
+// The Train Adapter widget: status, progress bar, loss chart with the validation loss, the best epoch, last
+// checkpoint, preview players, the adapter path with a copy button, and Stop & save.
 
 import { copyText, element, formatDuration, formatRate, formatValue, shortPath } from "./format.js";
 import { LivePanel } from "./live_panel.js";
@@ -43,7 +43,7 @@ export class TrainPanel extends LivePanel {
     super("sidestep-train");
     this.onStop = onStop;
     this.viewUrl = viewUrl;
-    this.minHeight = 430;
+    this.minHeight = 450;
     this.minWidth = 420;
     this.build();
     this.reset();
@@ -62,11 +62,12 @@ export class TrainPanel extends LivePanel {
     this.stats = element("div", "sidestep-stats");
     this.canvas = element("canvas", "sidestep-chart");
     this.chart = new LossChart(this.canvas);
+    this.validation = element("div", "sidestep-line sidestep-validation");
     this.checkpoint = element("div", "sidestep-line sidestep-checkpoint");
     this.message = element("div", "sidestep-line sidestep-message");
     this.adapter = this.buildAdapterRow();
     this.previews = element("div", "sidestep-previews");
-    this.root.append(head, this.bar, this.stats, this.buildLegend(), this.canvas, this.checkpoint, this.message, this.adapter, this.previews);
+    this.root.append(head, this.bar, this.stats, this.buildLegend(), this.canvas, this.validation, this.checkpoint, this.message, this.adapter, this.previews);
   }
 
   buildLegend() {
@@ -104,6 +105,10 @@ export class TrainPanel extends LivePanel {
     this.previews.replaceChildren();
     this.status.textContent = IDLE_TEXT;
     this.stats.textContent = "";
+    this.validation.textContent = "validation loss: –";
+    this.valPoints = 0;
+    this.root.dataset.valPoints = "0";
+    delete this.root.dataset.bestEpoch;
     this.checkpoint.textContent = "last checkpoint: –";
     this.checkpoint.title = "";
     this.setMessage("");
@@ -120,7 +125,8 @@ export class TrainPanel extends LivePanel {
       this.setProgress(data.step, data.total_steps);
     }
     if (data.kind === "step") this.showStep(data);
-    else if (data.kind === "checkpoint") this.showCheckpoint(data.checkpoint_path);
+    else if (data.kind === "validation") this.showValidation(data);
+    else if (data.kind === "checkpoint") this.showCheckpoint(data);
     else if (data.kind === "preview") this.showPreview(data);
     else if (data.kind === "note") this.setMessage(data.message);
     else if (data.kind in ENDINGS) this.showEnd(data);
@@ -133,9 +139,33 @@ export class TrainPanel extends LivePanel {
     this.chart.add({ step: data.step, loss: data.loss, smoothed: data.smoothed_loss, lr: data.lr });
   }
 
-  showCheckpoint(path) {
+  showValidation(data) {
+    this.valPoints += 1;
+    this.root.dataset.valPoints = String(this.valPoints);
+    this.lastVal = { step: data.step, val: data.val_loss };
+    this.chart.addValidation(this.lastVal);
+    this.showBest(data);
+  }
+
+  /** "validation loss 0.4213 (step 40) · best: epoch 3, 0.4012" */
+  showBest(data) {
+    const parts = [];
+    if (this.lastVal) parts.push(`validation loss ${formatValue(this.lastVal.val)} (step ${this.lastVal.step})`);
+    if (data.best_epoch != null) {
+      parts.push(`best: epoch ${data.best_epoch}, ${formatValue(data.best_val_loss)}`);
+      this.root.dataset.bestEpoch = String(data.best_epoch);
+    }
+    if (parts.length) this.validation.textContent = parts.join(" · ");
+  }
+
+  showCheckpoint(data) {
+    const path = data.checkpoint_path;
     this.checkpoint.textContent = `last checkpoint: ${shortPath(path)}`;
     this.checkpoint.title = path;
+    if (data.best_epoch != null && data.best_epoch === data.epoch && data.val_loss != null) {
+      this.chart.setBest({ step: data.step, val: data.val_loss });
+    }
+    this.showBest(data);
   }
 
   showPreview(data) {
@@ -155,6 +185,7 @@ export class TrainPanel extends LivePanel {
 
   showEnd(data) {
     this.setState(data.kind);
+    this.showBest(data);
     const detail = data.message ? `: ${data.message}` : "";
     this.setMessage(`${ENDINGS[data.kind]}${detail}`, data.kind === "failed");
     if (data.adapter_path) {
