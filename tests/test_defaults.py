@@ -123,7 +123,7 @@ def test_cli_flags_are_the_declared_settings(command: str) -> None:
             action = by_dest[item.dest]
             assert tuple(action.option_strings) == item.flags, item.name
             if item.setting.auto is not None:
-                assert f"auto: {item.setting.auto}" in action.help, item.name
+                assert f"auto: {item.setting.auto}" in action.help.replace("%%", "%"), item.name
 
 
 @pytest.mark.parametrize("key", NODES)
@@ -152,15 +152,15 @@ def test_a_setting_appended_to_a_dataclass_lands_last_on_the_node_and_as_a_flag(
 
     @dataclass
     class Extended(TrainConfig):
-        ema_decay: float | None = setting(None, help="Exponential moving average of the weights.", min=0.0, max=1.0, auto="off")
+        warmup_ratio: float | None = setting(None, help="Share of the run spent warming up.", min=0.0, max=1.0, auto="off")
 
     assert node_widgets(TrainConfig, Extended)[:-1] == node_widgets(TrainConfig)
-    assert node_widgets(TrainConfig, Extended)[-1].name == "ema_decay"
+    assert node_widgets(TrainConfig, Extended)[-1].name == "warmup_ratio"
     parser = argparse.ArgumentParser()
     add_flags(parser, TrainConfig, Extended)
-    assert from_flags(Extended, parser.parse_args(["--ema-decay", "0.99"]))["ema_decay"] == 0.99
-    assert from_flags(Extended, parser.parse_args(["--ema-decay", "auto"]))["ema_decay"] is None
-    assert from_widgets(Extended, {"ema_decay": WIDGET_AUTO})["ema_decay"] is None
+    assert from_flags(Extended, parser.parse_args(["--warmup-ratio", "0.1"]))["warmup_ratio"] == 0.1
+    assert from_flags(Extended, parser.parse_args(["--warmup-ratio", "auto"]))["warmup_ratio"] is None
+    assert from_widgets(Extended, {"warmup_ratio": WIDGET_AUTO})["warmup_ratio"] is None
 
 
 def _saved_widgets(node: dict) -> dict[str, Any]:

@@ -108,31 +108,32 @@ class TrainConfig:
     max_grad_norm: float = setting(1.0, help="Gradient clipping: the largest gradient norm an update may have.", min=0.0, max=1000.0, step=0.01)
     validation: str | None = setting(
         None,
-        help=f"songs held out for the validation loss: '{VALIDATION_OFF}', a fraction such as 0.1, or song names "
-        "separated by commas",
+        help=f"Songs held out for the validation loss: '{VALIDATION_OFF}', a fraction such as 0.1, or song names "
+        "separated by commas.",
         auto=f"{VALIDATION_FRACTION:.0%} of the songs (at most {VALIDATION_MAX_SONGS}) when the dataset has "
         f"{VALIDATION_MIN_SONGS} or more, else the training songs themselves as a reference",
         flags=("--validation",),
     )
     validation_every: int = setting(
-        0, help="optimiser steps between validation losses; 0 = at the end of every epoch", min=0, flags=("--validation-every",)
+        0, help="Optimiser steps between validation losses; 0 = at the end of every epoch.", min=0, flags=("--validation-every",)
     )
     ema_decay: float = setting(
         0.0,
-        help="keep an exponential moving average of the adapter weights with this decay (e.g. 0.999) and use it for "
-        "validation, previews, checkpoints and the final adapter; 0 = off",
+        help="Keep an exponential moving average of the adapter weights with this decay (e.g. 0.999) and use it for "
+        "validation, previews, checkpoints and the final adapter; 0 = off.",
         min=0.0,
         max=0.99999,
         flags=("--ema-decay",),
     )
     final_from_best: bool = setting(
         False,
-        help="write final/ from the saved checkpoint with the lowest validation loss instead of the last epoch",
+        help="Write final/ from the saved checkpoint with the lowest validation loss instead of the last epoch.",
         flags=("--final-from-best",),
+    )
     overwrite: bool = setting(
         False,
-        help="start over in a run folder that holds an earlier run: delete what is in it first (else such a folder is "
-        "refused unless resuming)",
+        help="Start over in a run folder that holds an earlier run: delete what is in it first (else such a folder is "
+        "refused unless resuming).",
         flags=("--overwrite",),
     )
 
