@@ -8,6 +8,7 @@ from pathlib import Path
 import comfy.model_management as model_management
 import folder_paths
 from comfy_api.latest import io
+from sidestep.variants import inference_dtype
 
 from .common import CATEGORY, NodeProgress, acestep_roots, comfy_tokenizer_dir, input_dir, under
 from .handles import AcestepModel
@@ -138,7 +139,8 @@ class LabelSongs(io.ComfyNode):
 
         bundle = model.bundle
         result = label_songs(
-            bundle, config, report, model_management.processing_interrupted, device=bundle.device, dtype=bundle.dtype
+            bundle, config, report, model_management.processing_interrupted, device=bundle.device,
+            dtype=inference_dtype(bundle.dtype, bundle.device),
         )
         model_management.throw_exception_if_processing_interrupted()
         summary = (

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from comfy_api.latest import io
-from sidestep.variants import resolve_dtype
+from sidestep.variants import resolve_storage
 
 from .common import (
     CATEGORY,
@@ -136,7 +136,10 @@ class LoadCheckpoint(io.ComfyNode):
                     "dtype",
                     options=list(DTYPES),
                     default=AUTO,
-                    tooltip="Weight precision. auto: bf16 on CUDA, fp32 on the CPU (most CPUs compute bf16 slowly).",
+                    tooltip=(
+                        "How the frozen weights are stored. auto: as the file stores them (bf16 for ACE-Step 1.5); they "
+                        "are upcast per layer as it runs, so fp32 only costs memory."
+                    ),
                 ),
                 io.Combo.Input(
                     "device",
@@ -192,7 +195,7 @@ class LoadCheckpoint(io.ComfyNode):
         """Locate the model and its parts; nothing heavy is loaded yet."""
         target = resolve_device(device)
         base = None if base_model == AUTO else base_model
-        weights_dtype = resolve_dtype(dtype, target)
+        weights_dtype = resolve_storage(dtype)
         if model_path.strip():
             bundle = _open_typed_path(model_path, model, base, weights_dtype, target)
         else:
@@ -257,8 +260,8 @@ class AceStepFromComfyModels(io.ComfyNode):
             _identity=[state_dict_digest(state) for state in parts],
         )
         device = model.load_device
-        dtype = next(iter(dit_state().values())).dtype
-        bundle = AceStepBundle(entry=entry, base=base_model, source=source, dtype=dtype, device=device, host=COMFY_MEMORY)
+        # dtype None: each weight stays as ComfyUI holds it (bf16, or fp8 where it was loaded with an fp8 weight_dtype).
+        bundle = AceStepBundle(entry=entry, base=base_model, source=source, dtype=None, device=device, host=COMFY_MEMORY)
         return io.NodeOutput(ModelHandle(bundle))
 
 

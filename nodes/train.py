@@ -167,7 +167,7 @@ class TrainAdapter(io.ComfyNode):
                     "precision",
                     options=list(PRECISIONS),
                     default=default["precision"],
-                    tooltip="Compute precision. auto: bf16 on CUDA, fp32 on the CPU.",
+                    tooltip="Compute precision. auto: bf16 on CUDA and on CPUs with bf16 units (AMX, AVX-512 BF16), fp32 on other CPUs.",
                 ),
                 io.String.Input(
                     "preview_caption",

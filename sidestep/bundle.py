@@ -49,7 +49,7 @@ class WeightsSource(Protocol):
     """Where a bundle's parts come from."""
 
     def dit(
-        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device, held: StateDict
+        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype | None, device: torch.device, held: StateDict
     ) -> AceStepConditionGenerationModel:
         """The DiT with `parts`, taking the tensors `held` in memory already (official names) instead of loading them."""
         ...
@@ -85,7 +85,7 @@ class FilesSource:
     shared: SharedParts
 
     def dit(
-        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device, held: StateDict
+        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype | None, device: torch.device, held: StateDict
     ) -> AceStepConditionGenerationModel:
         # Read outside inference mode (ComfyUI runs nodes in it): a training copy can then share these tensors.
         with torch.inference_mode(False):
@@ -151,10 +151,10 @@ def state_dict_digest(tensors: StateDict) -> str:
     return digest.hexdigest()[:16]
 
 
-def _usable(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`tensor` in `dtype` on `device`, shared when it already is — except an inference tensor (ComfyUI creates its
+def _usable(tensor: torch.Tensor, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """`tensor` in `dtype` (None: its own) on `device`, shared when it already is — except an inference tensor (ComfyUI creates its
     weights in inference mode) outside inference mode: autograd cannot use those, so training gets a copy."""
-    moved = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    moved = tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
     if moved.is_inference() and not torch.is_inference_mode_enabled():
         return moved.clone()
     return moved
@@ -176,7 +176,7 @@ class StateDictSource:
     _identity: list = field(default_factory=list)
 
     def dit(
-        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device, held: StateDict
+        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype | None, device: torch.device, held: StateDict
     ) -> AceStepConditionGenerationModel:
         model = AceStepConditionGenerationModel.on_meta_device(entry.config, parts)
         source = self.dit_state()
@@ -216,7 +216,7 @@ class AceStepBundle:
     entry: ModelEntry
     base: str
     source: WeightsSource
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype | None = None  # the frozen weights' storage; None: each tensor as its source stores it
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     host: PartsHost | None = field(default=None, repr=False)
     _dit: AceStepConditionGenerationModel | None = field(default=None, repr=False)
@@ -305,7 +305,7 @@ def open_model(
     entry: ModelEntry,
     shared: SharedParts,
     base: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
 ) -> AceStepBundle:
     """A bundle for a discovered model and its paired parts, with its base (turbo/base/sft) settled."""
@@ -337,7 +337,7 @@ def open_checkpoint(
     root: str | Path,
     model: str,
     base: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     tokenizer_dir: str | Path | None = None,
 ) -> AceStepBundle:

@@ -14,7 +14,7 @@ from .labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
 from .request import GUIDANCE_MODES, GenerationRequest
 from .training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
 from .training.layout import SUMMARY
-from .variants import DTYPES, FRAMES_PER_SECOND, config_defaults, per_base, resolve_device, resolve_dtype
+from .variants import DTYPES, FRAMES_PER_SECOND, config_defaults, inference_dtype, per_base, resolve_device, resolve_storage
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -52,9 +52,8 @@ def _bundle(args: argparse.Namespace):
     from .bundle import open_checkpoint
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
     return open_checkpoint(
-        args.checkpoint_dir, args.model_variant, args.base_model, dtype=dtype, device=device, tokenizer_dir=args.tokenizer
+        args.checkpoint_dir, args.model_variant, args.base_model, dtype=resolve_storage(args.dtype), device=device, tokenizer_dir=args.tokenizer
     )
 
 
@@ -209,7 +208,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", choices=["turbo", "base", "sft"], default=None,
                         help="the base of a custom fine-tune when its config does not say")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="weight dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="how the frozen weights are stored (auto: as the checkpoint stores them, bf16 for ACE-Step 1.5, upcast per layer as it runs)")
 
 
 def _add_train_parser(commands, name: str, help_text: str) -> None:
@@ -239,7 +238,7 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     train.add_argument("--batch-size", type=int, default=config["batch_size"], help="clips per batch")
     train.add_argument("--gradient-accumulation", type=int, default=config["gradient_accumulation"], help="batches per optimiser step")
     train.add_argument("--max-grad-norm", type=float, default=config["max_grad_norm"], help="gradient clipping norm")
-    train.add_argument("--precision", default=config["precision"], choices=PRECISIONS, help="compute precision (auto: bf16 on CUDA, fp32 on CPU)")
+    train.add_argument("--precision", default=config["precision"], choices=PRECISIONS, help="compute precision (auto: bf16 on CUDA and on CPUs with bf16 units (AMX, AVX-512 BF16), fp32 on other CPUs)")
     train.add_argument("--no-gradient-checkpointing", action="store_true", default=not config["gradient_checkpointing"], help="faster steps, more memory")
     train.add_argument("--seed", type=int, default=config["seed"], help="random seed (noise, timesteps, crops, order)")
     train.add_argument("--save-every", type=int, default=config["save_every"], help="write checkpoints/epoch_N every N epochs")
@@ -339,7 +338,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     )
     result = label_songs(
         bundle, config, callback=lambda e: print(f"[{e.index}/{e.total}] {e.status:10s} {e.file} {e.message}".rstrip(), flush=True),
-        device=bundle.device, dtype=bundle.dtype,
+        device=bundle.device, dtype=inference_dtype(bundle.dtype, bundle.device),
     )
     print(result.table())
     print(f"{result.lm_name}: {result.seconds:.1f} s, peak RAM {result.peak_ram_mib:.0f} MiB, peak VRAM {result.peak_vram_mib:.0f} MiB")

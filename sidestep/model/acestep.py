@@ -78,7 +78,7 @@ class AceStepConditionGenerationModel(nn.Module):
     def from_pretrained(
         cls,
         path: str | Path,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = torch.float32,
         device: torch.device | str = "cpu",
         parts: Iterable[str] = PARTS,
         held: dict[str, torch.Tensor] | None = None,
@@ -95,13 +95,14 @@ class AceStepConditionGenerationModel(nn.Module):
         config: AceStepConfig,
         index: WeightIndex,
         source: str,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = torch.float32,
         device: torch.device | str = "cpu",
         parts: Iterable[str] = PARTS,
         fix: str = CONFIG_MISMATCH_FIX,
         held: dict[str, torch.Tensor] | None = None,
     ) -> "AceStepConditionGenerationModel":
-        """Build `config` and fill the wanted `parts` from indexed weights, after checking every name and shape; tensors
+        """Build `config` and fill the wanted `parts` from indexed weights (cast to `dtype`; None keeps each tensor's own),
+        after checking every name and shape; tensors
         `held` in memory already (official names, in `dtype` on `device`) are taken as they are instead of read again."""
         model = cls.on_meta_device(config, parts)
         full_expected = {name: tuple(p.shape) for name, p in cls.on_meta_device(config).state_dict().items()}

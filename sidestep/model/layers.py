@@ -112,6 +112,10 @@ class Linear(nn.Linear):
     The weight is cast as the layer runs; a frozen weight's cast copy is never kept (see `cast_frozen`).
     """
 
+    # What PEFT makes adapter factors in (it reads this, as for quantised layers, instead of the weight's dtype): fp32
+    # whatever the frozen weight's storage, so a bf16 or fp8 base starts training from the same factors as an fp32 one.
+    compute_dtype = torch.float32
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x)
         frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
