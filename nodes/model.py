@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from sidestep.bundle import AceStepBundle
 
 AUTO = "auto"
-DTYPES = (AUTO, "bf16", "fp32")
+DTYPES = (AUTO, "bf16", "fp32", "fp8")
 DEVICES = (AUTO, "cpu", "cuda")
 
 
@@ -138,7 +138,8 @@ class LoadCheckpoint(io.ComfyNode):
                     default=AUTO,
                     tooltip=(
                         "How the frozen weights are stored. auto: as the file stores them (bf16 for ACE-Step 1.5); they "
-                        "are upcast per layer as it runs, so fp32 only costs memory."
+                        "are upcast per layer as it runs, so fp32 only costs memory. fp8: the DiT's Linear weights in "
+                        "e4m3 with per-channel scales (half of bf16; training only, adapters stay fp32)."
                     ),
                 ),
                 io.Combo.Input(

@@ -27,6 +27,7 @@ from .model_folders import (
 )
 from .errors import CheckpointError
 from .model import PARTS, AceStepConditionGenerationModel
+from .model.layers import SCALE_SUFFIX
 
 StateDict = dict[str, torch.Tensor]
 INFERRED_CONFIG_FIX = (
@@ -240,7 +241,7 @@ class AceStepBundle:
         loaded = self._dit
         if loaded is not None and all(getattr(loaded, part) is not None for part in parts):
             return loaded
-        held = loaded.state_dict() if loaded is not None else {}
+        held = loaded.frozen_weights() if loaded is not None else {}
         wanted = tuple(part for part in PARTS if part in parts or (loaded is not None and getattr(loaded, part) is not None))
         self._dit = None
         self._dit = self._loaded("dit", self.source.dit(self.entry, wanted, self.dtype, self.device, held))
@@ -288,8 +289,10 @@ class AceStepBundle:
         with torch.inference_mode():
             shared = self.dit(parts)
         own = AceStepConditionGenerationModel.on_meta_device(shared.config, parts)
-        tensors = shared.state_dict()
-        own.assign_weights({name: _usable(tensors[name], self.dtype, self.device) for name in own.state_dict()})
+        # The shared DiT is in this bundle's storage already (fp8 layers with their scales): taken as it is.
+        names = own.state_dict().keys()
+        tensors = {name: tensor for name, tensor in shared.frozen_weights().items() if name in names or name.endswith(SCALE_SUFFIX)}
+        own.assign_weights({name: _usable(tensor, None, self.device) for name, tensor in tensors.items()})
         return dataclasses.replace(self, _dit=own)
 
     def release(self, *, dit: bool = False, vae: bool = False, text_encoder: bool = False) -> None:

@@ -14,7 +14,7 @@ from .labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
 from .request import GUIDANCE_MODES, GenerationRequest
 from .training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
 from .training.layout import SUMMARY
-from .variants import DTYPES, FRAMES_PER_SECOND, config_defaults, inference_dtype, per_base, resolve_device, resolve_storage
+from .variants import FRAMES_PER_SECOND, STORAGE, config_defaults, inference_dtype, per_base, resolve_device, resolve_storage
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -208,7 +208,11 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", choices=["turbo", "base", "sft"], default=None,
                         help="the base of a custom fine-tune when its config does not say")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="how the frozen weights are stored (auto: as the checkpoint stores them, bf16 for ACE-Step 1.5, upcast per layer as it runs)")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", *STORAGE],
+        help="how the frozen weights are stored (auto: as the checkpoint stores them, bf16 for ACE-Step 1.5, upcast per "
+        "layer as it runs; fp8: the DiT's Linear weights in e4m3 with per-channel scales, half of bf16)",
+    )
 
 
 def _add_train_parser(commands, name: str, help_text: str) -> None:

@@ -24,6 +24,8 @@ TURBO_SHIFTS = (1.0, 2.0, 3.0)  # the shifts the turbo model was distilled with
 # The turbo model's discrete training timesteps: its 8 sampling steps at shift 3.
 TURBO_TIMESTEPS_SHIFT3 = (1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3)
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # choice → torch dtype name
+# Weight storage choices: the dtypes, and fp8 (the DiT's Linear weights in e4m3 with per-channel scales; the rest kept).
+STORAGE = {**DTYPES, "fp8": "float8_e4m3fn"}
 
 
 class Schedule(NamedTuple):
@@ -108,10 +110,10 @@ def resolve_dtype(choice: str, device: torch.device | str) -> torch.dtype:
 
 def resolve_storage(choice: str) -> torch.dtype | None:
     """The dtype frozen weights are kept in: 'auto' → None, each tensor's own as the checkpoint stores it (bf16 files
-    stay bf16, fp32 files fp32, on every device; layers upcast per product); else the named dtype."""
+    stay bf16, fp32 files fp32, on every device; layers upcast per product); else the named dtype (fp8: see STORAGE)."""
     import torch
 
-    return None if choice == "auto" else getattr(torch, DTYPES[choice])
+    return None if choice == "auto" else getattr(torch, STORAGE[choice])
 
 
 def inference_dtype(stored: torch.dtype | None, device: torch.device | str) -> torch.dtype:

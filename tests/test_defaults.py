@@ -22,7 +22,7 @@ from sidestep.dataset.sidecars import TAG_POSITIONS
 from sidestep.labeling.settings import OVERWRITE_MODES, LabelConfig, Sampling
 from sidestep.request import GUIDANCE_MODES, GenerationRequest
 from sidestep.training.config import CONTINUOUS_DRAWS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TIMESTEP_MODES, TrainConfig
-from sidestep.variants import DTYPES
+from sidestep.variants import STORAGE
 from tests.comfyui.test_model_patches import PACK_MODULE, comfy  # noqa: F401  (the in-process ComfyUI fixture)
 
 NODES = {
@@ -133,7 +133,7 @@ CHOICES = [
     (TAG_POSITIONS, ("encode", "trigger_position", ("auto",)), ("encode", "tag_position")),
     (OVERWRITE_MODES, ("label", "overwrite", ()), ("label", "overwrite")),
     (GUIDANCE_MODES, None, ("sample", "guidance_mode")),
-    (("auto", *DTYPES), None, ("sample", "dtype")),
+    (("auto", *STORAGE), None, ("sample", "dtype")),
 ]
 
 
@@ -208,7 +208,7 @@ def test_model_flags_and_the_load_node_start_from_auto(node_inputs: dict, cli_de
     for namespace in cli_defaults.values():
         assert (namespace.device, namespace.dtype) == ("auto", "auto")
     assert (node_inputs["load"]["device"].default, node_inputs["load"]["dtype"].default) == ("auto", "auto")
-    assert set(node_inputs["load"]["dtype"].options) <= {"auto", *DTYPES}
+    assert set(node_inputs["load"]["dtype"].options) <= {"auto", *STORAGE}
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:

@@ -83,7 +83,7 @@ def test_comfyui_objects_compute_what_the_files_compute(
 ) -> None:
     handle = node.execute(model=comfy_objects.model, base_model="turbo", clip=comfy_objects.clip, vae=comfy_objects.vae).args[0]
     bundle = handle.bundle
-    assert bundle.base == "turbo" and bundle.entry.config.hidden_size == 256 and bundle.dtype == torch.float32
+    assert bundle.base == "turbo" and bundle.entry.config.hidden_size == 256 and bundle.dtype is None  # as ComfyUI holds them
     got = _outputs(bundle)
     bundle.release(dit=True, vae=True, text_encoder=True)
     for key, value in from_files.items():
