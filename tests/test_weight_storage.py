@@ -132,3 +132,44 @@ def test_an_fp8_base_gives_losses_close_to_the_bf16_base(bf16_root, dataset, tmp
     assert fp8 != [loss for loss, _ in bf16]  # the fp8 weights are really the ones used
     for (loss, _), quantised in zip(bf16, fp8, strict=True):
         assert abs(quantised - loss) <= 0.02 * loss
+
+
+def test_a_file_stored_in_fp8_loads_as_fp8_and_trains(tmp_path, dataset):
+    """A diffusion-model file whose tensors are fp8 (as ComfyUI's fp8 weight_dtype holds them) stays fp8 under auto."""
+    root = make_tiny_checkpoints(tmp_path / "checkpoints")
+    tiny_dit(tiny_model_config("turbo")).to(FP8).save_pretrained(root / TURBO_FOLDER)
+    model = open_checkpoint(root, TURBO_FOLDER).with_own_dit(TRAINING_PARTS).dit(TRAINING_PARTS)
+    assert {p.dtype for p in model.parameters()} == {FP8}
+    events = []
+    config = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, save_every=1, max_latent_frames=None, precision="fp32")
+    lora = LoraConfig(rank=4, alpha=8, target="attention_mlp")
+    Trainer(model, dataset, lora, config, RunIdentity("turbo", "turbo"), callback=events.append).run()
+    losses = [event.loss for event in events if event.kind == "step"]
+    assert len(losses) == 2 and all(0 < loss < 100 for loss in losses)
+
+
+# The golden training step under bf16 compute (what auto picks on CUDA and on CPUs with bf16 units), against the official
+# fp32 output: measured on this CPU, loss within 1.1e-3 and velocity within 0.0085 (relative L2), bf16 or fp32 storage.
+BF16_LOSS_RTOL = 2e-3
+BF16_VELOCITY_RTOL = 0.02
+
+
+@pytest.mark.parametrize("variant", ["turbo", "base"])
+def test_the_golden_step_under_bf16_compute_stays_within_its_tolerance(variant):
+    from tests.test_model import FIXTURES, vectors, with_prefix
+    from sidestep.training.objective import drop_condition, masked_mse, noisy_latents
+
+    model = AceStepConditionGenerationModel.from_pretrained(FIXTURES / variant, dtype=torch.bfloat16, parts=TRAINING_PARTS)
+    data = with_prefix(vectors(variant, "training"), "fixed/")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        states = drop_condition(data["in/encoder_hidden_states"], data["in/cfg_keep_mask"], model.null_condition_emb)
+        velocity, _ = model.decoder(
+            hidden_states=noisy_latents(data["in/x0"], data["in/noise"], data["in/t"]), timestep=data["in/t"],
+            timestep_r=data["in/t"], attention_mask=data["in/attention_mask"], encoder_hidden_states=states,
+            encoder_attention_mask=data["in/encoder_attention_mask"], context_latents=data["in/context_latents"],
+        )
+    assert velocity.dtype == torch.bfloat16  # the products really ran in bf16
+    loss, _ = masked_mse(velocity.float(), data["in/noise"] - data["in/x0"])
+    assert float((loss - data["out/loss"]).abs() / data["out/loss"]) <= BF16_LOSS_RTOL
+    drift = (velocity.float() - data["out/velocity"]).norm() / data["out/velocity"].norm()
+    assert float(drift) <= BF16_VELOCITY_RTOL

@@ -15,7 +15,7 @@ from ..errors import SideStepError
 from .config import AceStepConfig
 from .dit import AceStepDiTModel
 from .encoder import ConditionEncoder
-from .layers import FP8, SCALE_SUFFIX, Linear
+from .layers import FP8, SCALE_SUFFIX, Linear, quantize_fp8
 from .tokenizer import AudioDetokenizer, AudioTokenizer
 from .weights import CONFIG_MISMATCH_FIX, WeightIndex, check_names_and_shapes, folder_index
 
@@ -119,6 +119,15 @@ class AceStepConditionGenerationModel(nn.Module):
         if self.decoder is None:
             return []
         return [f"decoder.{name}.weight" for name, module in self.decoder.named_modules() if isinstance(module, Linear)]
+
+    def store_decoder_fp8(self) -> "AceStepConditionGenerationModel":
+        """Re-store the DiT's Linear weights in e4m3 with their scales, one layer at a time (loading does it as it reads)."""
+        modules = dict(self.named_modules())
+        for name in self.decoder_linear_weights():
+            module = modules[name.removesuffix(".weight")]
+            weight, module.weight_scale = quantize_fp8(module.weight.detach())
+            module.weight = nn.Parameter(weight, requires_grad=False)
+        return self
 
     def frozen_weights(self) -> dict[str, torch.Tensor]:
         """Every weight by official name plus the scales of fp8-stored Linear weights: what `assign_weights` takes."""
