@@ -12,6 +12,7 @@ from sidestep.adapters.kinds.lora import LoraConfig
 from sidestep.adapters.kinds.oft import OftConfig
 from sidestep.dataset.tensors import ClipRecord, Manifest, save_clip, write_manifest
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel, AceStepConfig
+from sidestep.model.layers import FP8
 from sidestep.variants import FRAMES_PER_SECOND, resolve_device
 
 SIZES = ("tiny", "small", "full")
@@ -26,7 +27,7 @@ ADAPTERS = {
     "loha": LohaConfig(linear_dim=64, linear_alpha=64, target="attention_mlp"),
     "oft": OftConfig(target="attention_mlp"),
 }
-STORAGE = {"bf16": torch.bfloat16, "fp32": torch.float32}
+STORAGE = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp8": FP8}  # fp8: the DiT's Linear weights, the rest bf16
 
 
 def benchmark_device() -> torch.device:
@@ -64,13 +65,14 @@ def size_config(size: str) -> AceStepConfig:
 def frozen_model(
     config: AceStepConfig, dtype: torch.dtype, device: torch.device, seed: int = 0
 ) -> AceStepConditionGenerationModel:
-    """The training parts (decoder + null_condition_emb) with random weights stored in `dtype`, frozen.
+    """The training parts (decoder + null_condition_emb) with random weights stored in `dtype` (fp8: the DiT's Linear
+    weights in e4m3 with scales, the rest bf16), frozen.
 
     Built on the meta device and filled in place, so no full-precision copy of the weights ever exists.
     """
-    model = AceStepConditionGenerationModel.on_meta_device(config, TRAINING_PARTS).to(dtype)
+    model = AceStepConditionGenerationModel.on_meta_device(config, TRAINING_PARTS).to(torch.bfloat16 if dtype == FP8 else dtype)
     model = model.to_empty(device=device).init_random_weights(seed)
-    return model.requires_grad_(False)
+    return (model.store_decoder_fp8() if dtype == FP8 else model).requires_grad_(False)
 
 
 def synthetic_clip(config: AceStepConfig, frames: int, seed: int = 0) -> dict[str, torch.Tensor]:

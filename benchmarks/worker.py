@@ -65,6 +65,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         "resident_model_gb": resident_model,
         "adapter_parameters": sum(p.numel() for p in trainer.adapter.parameters()),
         "step_seconds": [b - a for a, b in zip([0.0, *steps_done], steps_done)],
+        "losses": [event.loss for event, *_ in events if event.kind == "step"],
         "checkpoint_seconds": moments["checkpoint"][0] - end_of_steps[0],
         "final_seconds": moments["finished"][0] - moments["checkpoint"][0],
         "peak_steps_gb": end_of_steps[1],

@@ -8,6 +8,7 @@ from pathlib import Path
 import folder_paths
 from comfy import model_management
 from comfy_api.latest import io
+from sidestep.variants import inference_dtype
 
 from ..sidestep.labeling.settings import LabelConfig, Sampling
 from ..sidestep.settings import from_widgets
@@ -100,7 +101,8 @@ class LabelSongs(io.ComfyNode):
 
         bundle = model.bundle
         result = label_songs(
-            bundle, config, report, model_management.processing_interrupted, device=bundle.device, dtype=bundle.dtype
+            bundle, config, report, model_management.processing_interrupted, device=bundle.device,
+            dtype=inference_dtype(bundle.dtype, bundle.device),
         )
         model_management.throw_exception_if_processing_interrupted()
         summary = (

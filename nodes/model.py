@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from comfy_api.latest import io
 
-from ..sidestep.variants import resolve_dtype
+from ..sidestep.variants import resolve_storage
 from .folders import (
     acestep_roots,
     comfy_folders,
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..sidestep.bundle import AceStepBundle
 
 AUTO = "auto"
-DTYPES = (AUTO, "bf16", "fp32")
+DTYPES = (AUTO, "bf16", "fp32", "fp8")
 DEVICES = (AUTO, "cpu", "cuda")
 
 
@@ -156,7 +156,11 @@ class LoadCheckpoint(io.ComfyNode):
                     "dtype",
                     options=list(DTYPES),
                     default=AUTO,
-                    tooltip="Weight precision. auto: bf16 on CUDA, fp32 on the CPU (most CPUs compute bf16 slowly).",
+                    tooltip=(
+                        "How the frozen weights are stored. auto: as the file stores them (bf16 for ACE-Step 1.5); they "
+                        "are upcast per layer as it runs, so fp32 only costs memory. fp8: the DiT's Linear weights in "
+                        "e4m3 with per-channel scales (half of bf16; training only, adapters stay fp32)."
+                    ),
                 ),
                 io.Combo.Input(
                     "device",
@@ -212,7 +216,7 @@ class LoadCheckpoint(io.ComfyNode):
         """Locate the model and its parts; nothing heavy is loaded yet."""
         target = resolve_device(device)
         base = None if base_model == AUTO else base_model
-        weights_dtype = resolve_dtype(dtype, target)
+        weights_dtype = resolve_storage(dtype)
         if model_path.strip():
             bundle = _open_typed_path(model_path, model, base, weights_dtype, target)
         else:
@@ -277,8 +281,8 @@ class AceStepFromComfyModels(io.ComfyNode):
             _identity=[state_dict_digest(state) for state in parts],
         )
         device = model.load_device
-        dtype = next(iter(dit_state().values())).dtype
-        bundle = AceStepBundle(entry=entry, base=base_model, source=source, dtype=dtype, device=device, host=COMFY_MEMORY)
+        # dtype None: each weight stays as ComfyUI holds it (bf16, or fp8 where it was loaded with an fp8 weight_dtype).
+        bundle = AceStepBundle(entry=entry, base=base_model, source=source, dtype=None, device=device, host=COMFY_MEMORY)
         return io.NodeOutput(ModelHandle(bundle))
 
 

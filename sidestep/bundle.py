@@ -30,6 +30,7 @@ from .model_folders import (
 from .model_files import SkippedFile
 from .errors import CheckpointError
 from .model import PARTS, AceStepConditionGenerationModel
+from .model.layers import SCALE_SUFFIX
 
 StateDict = dict[str, torch.Tensor]
 INFERRED_CONFIG_FIX = (
@@ -52,7 +53,7 @@ class WeightsSource(Protocol):
     """Where a bundle's parts come from."""
 
     def dit(
-        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device, held: StateDict
+        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype | None, device: torch.device, held: StateDict
     ) -> AceStepConditionGenerationModel:
         """The DiT with `parts`, taking the tensors `held` in memory already (official names) instead of loading them."""
         ...
@@ -88,7 +89,7 @@ class FilesSource:
     shared: SharedParts
 
     def dit(
-        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device, held: StateDict
+        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype | None, device: torch.device, held: StateDict
     ) -> AceStepConditionGenerationModel:
         # Read outside inference mode (ComfyUI runs nodes in it): a training copy can then share these tensors.
         with torch.inference_mode(False):
@@ -154,10 +155,10 @@ def state_dict_digest(tensors: StateDict) -> str:
     return digest.hexdigest()[:16]
 
 
-def _usable(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`tensor` in `dtype` on `device`, shared when it already is — except an inference tensor (ComfyUI creates its
+def _usable(tensor: torch.Tensor, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """`tensor` in `dtype` (None: its own) on `device`, shared when it already is — except an inference tensor (ComfyUI creates its
     weights in inference mode) outside inference mode: autograd cannot use those, so training gets a copy."""
-    moved = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    moved = tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
     if moved.is_inference() and not torch.is_inference_mode_enabled():
         return moved.clone()
     return moved
@@ -179,7 +180,7 @@ class StateDictSource:
     _identity: list = field(default_factory=list)
 
     def dit(
-        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype, device: torch.device, held: StateDict
+        self, entry: ModelEntry, parts: tuple[str, ...], dtype: torch.dtype | None, device: torch.device, held: StateDict
     ) -> AceStepConditionGenerationModel:
         model = AceStepConditionGenerationModel.on_meta_device(entry.config, parts)
         source = self.dit_state()
@@ -219,7 +220,7 @@ class AceStepBundle:
     entry: ModelEntry
     base: str
     source: WeightsSource
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype | None = None  # the frozen weights' storage; None: each tensor as its source stores it
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     host: PartsHost | None = field(default=None, repr=False)
     _dit: AceStepConditionGenerationModel | None = field(default=None, repr=False)
@@ -243,7 +244,7 @@ class AceStepBundle:
         loaded = self._dit
         if loaded is not None and all(getattr(loaded, part) is not None for part in parts):
             return loaded
-        held = loaded.state_dict() if loaded is not None else {}
+        held = loaded.frozen_weights() if loaded is not None else {}
         wanted = tuple(part for part in PARTS if part in parts or (loaded is not None and getattr(loaded, part) is not None))
         self._dit = None
         self._dit = self._loaded("dit", self.source.dit(self.entry, wanted, self.dtype, self.device, held))
@@ -291,8 +292,10 @@ class AceStepBundle:
         with torch.inference_mode():
             shared = self.dit(parts)
         own = AceStepConditionGenerationModel.on_meta_device(shared.config, parts)
-        tensors = shared.state_dict()
-        own.assign_weights({name: _usable(tensors[name], self.dtype, self.device) for name in own.state_dict()})
+        # The shared DiT is in this bundle's storage already (fp8 layers with their scales): taken as it is.
+        names = own.state_dict().keys()
+        tensors = {name: tensor for name, tensor in shared.frozen_weights().items() if name in names or name.endswith(SCALE_SUFFIX)}
+        own.assign_weights({name: _usable(tensor, None, self.device) for name, tensor in tensors.items()})
         return dataclasses.replace(self, _dit=own)
 
     def release(self, *, dit: bool = False, vae: bool = False, text_encoder: bool = False) -> None:
@@ -308,7 +311,7 @@ def open_model(
     entry: ModelEntry,
     shared: SharedParts,
     base: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
 ) -> AceStepBundle:
     """A bundle for a discovered model and its paired parts, with its base (turbo/base/sft) settled."""
@@ -355,7 +358,7 @@ def open_checkpoint(
     root: str | Path,
     model: str,
     base: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     tokenizer_dir: str | Path | None = None,
 ) -> AceStepBundle:

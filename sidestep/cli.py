@@ -16,7 +16,7 @@ from .request import GenerationRequest
 from .settings import add_flags, from_flags
 from .training.config import TrainConfig
 from .training.layout import SUMMARY
-from .variants import DTYPES, resolve_device, resolve_dtype
+from .variants import STORAGE, inference_dtype, resolve_device, resolve_storage
 
 AUTO_RANK_MAP = "auto"
 # The training settings the rank analysis draws its clips, noise and timesteps with.
@@ -64,9 +64,8 @@ def _bundle(args: argparse.Namespace):
     from .bundle import open_checkpoint
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
     return open_checkpoint(
-        args.checkpoint_dir, args.model_variant, args.base_model, dtype=dtype, device=device, tokenizer_dir=args.tokenizer
+        args.checkpoint_dir, args.model_variant, args.base_model, dtype=resolve_storage(args.dtype), device=device, tokenizer_dir=args.tokenizer
     )
 
 
@@ -238,7 +237,11 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", choices=["turbo", "base", "sft"], default=None,
                         help="the base of a custom fine-tune when its config does not say")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="weight dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", *STORAGE],
+        help="how the frozen weights are stored (auto: as the checkpoint stores them, bf16 for ACE-Step 1.5, upcast per "
+        "layer as it runs; fp8: the DiT's Linear weights in e4m3 with per-channel scales, half of bf16)",
+    )
 
 
 def _add_train_parser(commands, name: str, help_text: str) -> None:
@@ -339,7 +342,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     )
     result = label_songs(
         bundle, config, callback=lambda e: print(f"[{e.index}/{e.total}] {e.status:10s} {e.file} {e.message}".rstrip(), flush=True),
-        device=bundle.device, dtype=bundle.dtype,
+        device=bundle.device, dtype=inference_dtype(bundle.dtype, bundle.device),
     )
     print(result.table())
     print(f"{result.lm_name}: {result.seconds:.1f} s, peak RAM {result.peak_ram_mib:.0f} MiB, peak VRAM {result.peak_vram_mib:.0f} MiB")

@@ -16,7 +16,7 @@ from .model import AceStepConditionGenerationModel, silence_context
 from .request import GenerationRequest
 from .sampling import build_plan, decoder_conditions, model_decoder_fn, sample
 from .text import SongMetas, TextEncoder, caption_prompt, lyrics_prompt
-from .variants import FRAMES_PER_SECOND, SAMPLE_RATE, variant_defaults
+from .variants import FRAMES_PER_SECOND, SAMPLE_RATE, inference_dtype, variant_defaults
 from .vae import decode_latents
 
 
@@ -47,8 +47,9 @@ def encode_prompt(
     metas = SongMetas(bpm=request.bpm, timesignature=request.timesignature, keyscale=request.keyscale, duration=request.duration)
     caption_states, caption_mask = text.encode_captions([caption_prompt(request.caption, metas, "inference")], "inference")
     lyric_states, lyric_mask = text.encode_lyrics([lyrics_prompt(request.lyrics, request.language, "inference")], "inference")
-    dtype = next(model.encoder.parameters()).dtype
-    device = next(model.encoder.parameters()).device
+    weight = next(model.encoder.parameters())
+    device = weight.device
+    dtype = inference_dtype(weight.dtype, device)
     fix = model.config.timbre_fix_frame
     reference = silence_context(silence, max(fix, frames))[:, :, :64]
     context = silence_context(silence, frames)

@@ -6,6 +6,7 @@ A light module (torch is imported only by the auto rules): the CLI and the nodes
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -23,6 +24,8 @@ TURBO_SHIFTS = (1.0, 2.0, 3.0)  # the shifts the turbo model was distilled with
 # The turbo model's discrete training timesteps: its 8 sampling steps at shift 3.
 TURBO_TIMESTEPS_SHIFT3 = (1.0, 0.9545454545454546, 0.9, 0.8333333333333334, 0.75, 0.6428571428571429, 0.5, 0.3)
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # choice → torch dtype name
+# Weight storage choices: the dtypes, and fp8 (the DiT's Linear weights in e4m3 with per-channel scales; the rest kept).
+STORAGE = {**DTYPES, "fp8": "float8_e4m3fn"}
 
 
 class Schedule(NamedTuple):
@@ -89,10 +92,40 @@ def resolve_device(choice: str = "auto") -> torch.device:
     return torch.device(choice)
 
 
+@functools.cache
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX-512 BF16), asked of torch once per process."""
+    import torch
+
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def resolve_dtype(choice: str, device: torch.device | str) -> torch.dtype:
-    """'auto' → bf16 on CUDA, fp32 elsewhere (CPUs without bf16 units run bf16 far slower); else bf16/fp16/fp32."""
+    """The dtype products run in: 'auto' → bf16 on CUDA and on CPUs with bf16 units (AMX, AVX-512 BF16), fp32 on other
+    CPUs (they run bf16 products several times slower); else bf16/fp16/fp32."""
     import torch
 
     if choice == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        kind = torch.device(device).type
+        fast = kind == "cuda" or (kind == "cpu" and cpu_has_bf16_units())
+        return torch.bfloat16 if fast else torch.float32
     return getattr(torch, DTYPES[choice])
+
+
+def resolve_storage(choice: str) -> torch.dtype | None:
+    """The dtype frozen weights are kept in: 'auto' → None, each tensor's own as the checkpoint stores it (bf16 files
+    stay bf16, fp32 files fp32, on every device; layers upcast per product); else the named dtype (fp8: see STORAGE)."""
+    import torch
+
+    return None if choice == "auto" else getattr(torch, STORAGE[choice])
+
+
+def inference_dtype(stored: torch.dtype | None, device: torch.device | str) -> torch.dtype:
+    """The dtype a forward pass without autocast runs in over weights stored in `stored` (None: the checkpoint's own):
+    fp32 for fp32 weights, bf16/fp16 ones on CUDA in their own dtype, otherwise the automatic precision."""
+    import torch
+
+    if stored == torch.float32 or (torch.device(device).type == "cuda" and stored in (torch.bfloat16, torch.float16)):
+        return stored
+    return resolve_dtype("auto", device)

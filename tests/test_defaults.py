@@ -27,7 +27,7 @@ from sidestep.labeling.settings import LabelConfig, Sampling
 from sidestep.request import GenerationRequest
 from sidestep.settings import WIDGET_AUTO, add_flags, from_flags, from_widgets, node_widgets, setting, settings_of
 from sidestep.training.config import TrainConfig
-from sidestep.variants import DTYPES
+from sidestep.variants import STORAGE
 from tests.comfyui.test_model_patches import PACK_MODULE, comfy  # noqa: F401  (the in-process ComfyUI fixture)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
@@ -220,4 +220,4 @@ def test_model_flags_and_the_load_node_start_from_auto(schemas: dict) -> None:
         assert (namespace.device, namespace.dtype) == ("auto", "auto")
     load = {item.id: item for item in schemas["load"]}
     assert (load["device"].default, load["dtype"].default) == ("auto", "auto")
-    assert set(load["dtype"].options) <= {"auto", *DTYPES}
+    assert set(load["dtype"].options) <= {"auto", *STORAGE}

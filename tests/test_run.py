@@ -79,7 +79,8 @@ def counted(monkeypatch) -> dict[str, int]:
 
 
 def train_config(out: Path, **settings) -> TrainConfig:
-    defaults = dict(epochs=3, learning_rate=3e-3, scheduler="constant", seed=7, save_every=1, max_latent_frames=None)
+    # fp32 precision: the exact comparisons stay exact where auto computes in bf16 (CUDA, CPUs with bf16 units).
+    defaults = dict(epochs=3, learning_rate=3e-3, scheduler="constant", seed=7, save_every=1, max_latent_frames=None, precision="fp32")
     return TrainConfig(output_dir=str(out), **{**defaults, **settings})
 
 

@@ -70,7 +70,8 @@ def load_model(root: Path, name: str) -> AceStepConditionGenerationModel:
 
 def make_trainer(root, dataset, out, name="acestep-v15-turbo", adapter=LORA, callback=None, stop=None, **settings):
     base = "turbo" if "turbo" in name else "base"
-    defaults = dict(epochs=3, learning_rate=3e-3, scheduler="constant", seed=7, save_every=1, max_latent_frames=None)
+    # fp32 precision: the exact comparisons stay exact where auto computes in bf16 (CUDA, CPUs with bf16 units).
+    defaults = dict(epochs=3, learning_rate=3e-3, scheduler="constant", seed=7, save_every=1, max_latent_frames=None, precision="fp32")
     config = TrainConfig(output_dir=str(out), **{**defaults, **settings})
     identity = RunIdentity(variant=base, base=base, model_name=name)
     return Trainer(load_model(root, name), dataset, adapter, config, identity, callback=callback, stop=stop)

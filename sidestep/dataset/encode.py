@@ -23,7 +23,7 @@ from ..errors import AudioError, DatasetError
 from ..memory import return_freed_memory
 from ..model import silence_context
 from ..text import SongMetas, caption_prompt, lyrics_prompt
-from ..variants import SAMPLE_RATE
+from ..variants import SAMPLE_RATE, inference_dtype
 from ..vae import LATENT_CHANNELS, encode_waveform
 from .settings import EncodeConfig
 from .sidecars import SongMetadata, load_dataset_json, read_song_metadata
@@ -136,7 +136,7 @@ class DatasetEncoder:
         captions, caption_mask = self.text.encode_captions([caption_prompt(song.caption, metas, "training")], "training")
         lyrics, lyric_mask = self.text.encode_lyrics([lyrics_prompt(song.lyrics, form="training")], "training")
         weight = next(self.model.encoder.parameters())
-        device, dtype = weight.device, weight.dtype
+        device, dtype = weight.device, inference_dtype(weight.dtype, weight.device)
         with torch.inference_mode():
             states, state_mask = self.model.encoder(
                 captions.to(device, dtype),

@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..model import AceStepConditionGenerationModel
+from ..variants import inference_dtype
 
 UNDERSTAND_INSTRUCTION = "Understand the given musical conditions and describe the audio semantics accordingly:"
 SYSTEM_TEXT = f"# Instruction\n{UNDERSTAND_INSTRUCTION}\n\n"
@@ -25,7 +26,9 @@ def audio_code_indices(
     """The 5 Hz code indices of one song's latents [T, 64] (T at 25 Hz), using the model's audio tokenizer."""
     weight = next(model.tokenizer.parameters())
     with torch.inference_mode():
-        _, indices = model.tokenize(latents.unsqueeze(0).to(weight.device, weight.dtype), silence_latent.to(weight.device))
+        _, indices = model.tokenize(
+            latents.unsqueeze(0).to(weight.device, inference_dtype(weight.dtype, weight.device)), silence_latent.to(weight.device)
+        )
     return [int(index) for index in indices.flatten().tolist()]
 
 

@@ -15,6 +15,7 @@ from ..errors import SideStepError
 from .config import AceStepConfig
 from .dit import AceStepDiTModel
 from .encoder import ConditionEncoder
+from .layers import FP8, SCALE_SUFFIX, Linear, quantize_fp8
 from .tokenizer import AudioDetokenizer, AudioTokenizer
 from .weights import CONFIG_MISMATCH_FIX, WeightIndex, check_names_and_shapes, folder_index
 
@@ -78,7 +79,7 @@ class AceStepConditionGenerationModel(nn.Module):
     def from_pretrained(
         cls,
         path: str | Path,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = torch.float32,
         device: torch.device | str = "cpu",
         parts: Iterable[str] = PARTS,
         held: dict[str, torch.Tensor] | None = None,
@@ -95,25 +96,57 @@ class AceStepConditionGenerationModel(nn.Module):
         config: AceStepConfig,
         index: WeightIndex,
         source: str,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = torch.float32,
         device: torch.device | str = "cpu",
         parts: Iterable[str] = PARTS,
         fix: str = CONFIG_MISMATCH_FIX,
         held: dict[str, torch.Tensor] | None = None,
     ) -> "AceStepConditionGenerationModel":
-        """Build `config` and fill the wanted `parts` from indexed weights, after checking every name and shape; tensors
+        """Build `config` and fill the wanted `parts` from indexed weights (cast to `dtype`; None keeps each tensor's own),
+        after checking every name and shape; tensors
         `held` in memory already (official names, in `dtype` on `device`) are taken as they are instead of read again."""
         model = cls.on_meta_device(config, parts)
         full_expected = {name: tuple(p.shape) for name, p in cls.on_meta_device(config).state_dict().items()}
         check_names_and_shapes(full_expected, index.shapes(), source, fix)
         held = held or {}
-        names = list(model.state_dict().keys())
-        read = index.read([name for name in names if name not in held], dtype, device)
-        return model.assign_weights({name: held[name] if name in held else read[name] for name in names})
+        names = [name for name in model.state_dict() if name not in held]
+        fp8 = set(model.decoder_linear_weights()) if dtype == FP8 else set()
+        read = index.read(names, None if fp8 else dtype, device, fp8)
+        return model.assign_weights({**read, **held})
+
+    def decoder_linear_weights(self) -> list[str]:
+        """The names of the DiT's Linear weights: what an fp8 base stores in e4m3 (norms, biases, tables stay)."""
+        if self.decoder is None:
+            return []
+        return [f"decoder.{name}.weight" for name, module in self.decoder.named_modules() if isinstance(module, Linear)]
+
+    def store_decoder_fp8(self) -> "AceStepConditionGenerationModel":
+        """Re-store the DiT's Linear weights in e4m3 with their scales, one layer at a time (loading does it as it reads)."""
+        modules = dict(self.named_modules())
+        for name in self.decoder_linear_weights():
+            module = modules[name.removesuffix(".weight")]
+            weight, module.weight_scale = quantize_fp8(module.weight.detach())
+            module.weight = nn.Parameter(weight, requires_grad=False)
+        return self
+
+    def frozen_weights(self) -> dict[str, torch.Tensor]:
+        """Every weight by official name plus the scales of fp8-stored Linear weights: what `assign_weights` takes."""
+        scales = {
+            name + SCALE_SUFFIX: module.weight_scale
+            for name, module in self.named_modules()
+            if isinstance(module, Linear) and module.weight_scale is not None
+        }
+        return {**self.state_dict(), **scales}
 
     def assign_weights(self, tensors: dict[str, torch.Tensor]) -> "AceStepConditionGenerationModel":
-        """Take `tensors` (official names, every one this model holds) as its weights without copying; frozen, eval."""
-        self.load_state_dict(tensors, strict=True, assign=True)
+        """Take `tensors` (official names, every one this model holds; fp8 scales for layers it has) as its weights
+        without copying; frozen, eval."""
+        scales = {name: tensors[name] for name in tensors if name.endswith(SCALE_SUFFIX)}
+        self.load_state_dict({name: t for name, t in tensors.items() if name not in scales}, strict=True, assign=True)
+        modules = dict(self.named_modules())
+        for name, scale in scales.items():
+            if name.removesuffix(SCALE_SUFFIX) in modules:
+                modules[name.removesuffix(SCALE_SUFFIX)].weight_scale = scale
         return self.eval().requires_grad_(False)
 
     def save_pretrained(self, folder: str | Path) -> None:

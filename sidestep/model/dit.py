@@ -43,7 +43,7 @@ class DiTLayer(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor],
         context: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        shift, scale, gate, mlp_shift, mlp_scale, mlp_gate = (self.scale_shift_table + modulation).chunk(6, dim=1)
+        shift, scale, gate, mlp_shift, mlp_scale, mlp_gate = (self.scale_shift_table.to(modulation.dtype) + modulation).chunk(6, dim=1)
         normed = (self.self_attn_norm(x) * (1 + scale) + shift).type_as(x)
         x = (x + self.self_attn(normed, mask=mask, rotary=rotary) * gate).type_as(x)
         x = x + self.cross_attn(self.cross_attn_norm(x), context=context)
@@ -152,6 +152,6 @@ class AceStepDiTModel(nn.Module):
             else:
                 x = layer(x, modulation, mask, rotary, context)
 
-        shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        shift, scale = (self.scale_shift_table.to(temb.dtype) + temb.unsqueeze(1)).chunk(2, dim=1)
         x = (self.norm_out(x) * (1 + scale) + shift).type_as(x)
         return self.proj_out(x)[:, :length, :], None

@@ -27,19 +27,36 @@ class _CastWorkspace(threading.local):
 _WORKSPACE = _CastWorkspace()
 
 
-def cast_frozen(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`weight.to(dtype)`; on the CPU written into this thread's reused buffer, valid until the next cast in the thread.
+FP8 = torch.float8_e4m3fn
+SCALE_SUFFIX = ".weight_scale"  # `<layer>.weight_scale`: the fp32 [out, 1] scales of a Linear weight stored in fp8
+
+
+def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear weight [out, in] as e4m3 values and fp32 per-output-channel scales [out, 1]: weight ≈ values · scales.
+
+    Each row's largest magnitude maps to e4m3's largest (448), so no row over- or underflows as a whole.
+    """
+    wide = weight.float()
+    scale = (wide.abs().amax(dim=1, keepdim=True) / torch.finfo(FP8).max).clamp_min(torch.finfo(torch.float32).tiny)
+    return wide.div_(scale).to(FP8), scale
+
+
+def cast_frozen(weight: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """`weight.to(dtype)` (times its fp8 `scale`, if any); on the CPU written into this thread's reused buffer, valid
+    until the next cast in the thread.
 
     Only for products that do not keep the cast (no autograd on it): it spares allocating, page-faulting and freeing
     a full-precision copy of every frozen layer on every pass.
     """
     if weight.dtype == dtype or weight.device.type != "cpu" or not weight.is_contiguous() or torch.compiler.is_compiling():
-        return weight.to(dtype)
+        cast = weight.to(dtype)
+        return cast if scale is None else cast * scale.to(dtype)
     size, buffer = weight.numel(), _WORKSPACE.buffer
     if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
         with torch.inference_mode(False):  # a normal tensor, writable in and out of inference mode
             buffer = _WORKSPACE.buffer = torch.empty(size, dtype=dtype)
-    return buffer[:size].view(weight.shape).copy_(weight)
+    cast = buffer[:size].view(weight.shape).copy_(weight)
+    return cast if scale is None else cast.mul_(scale.to(dtype))
 
 
 class _FrozenCastLinear(torch.autograd.Function):
@@ -51,16 +68,16 @@ class _FrozenCastLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, scale: torch.Tensor | None
     ) -> torch.Tensor:
-        ctx.save_for_backward(weight)
+        ctx.save_for_backward(weight, scale)
         ctx.dtype, ctx.input_dtype = dtype, x.dtype
-        return F.linear(x.to(dtype), cast_frozen(weight, dtype), None if bias is None else bias.to(dtype))
+        return F.linear(x.to(dtype), cast_frozen(weight, dtype, scale), None if bias is None else bias.to(dtype))
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        (weight,) = ctx.saved_tensors
-        return (grad.to(ctx.dtype) @ cast_frozen(weight, ctx.dtype)).to(ctx.input_dtype), None, None, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        weight, scale = ctx.saved_tensors
+        return (grad.to(ctx.dtype) @ cast_frozen(weight, ctx.dtype, scale)).to(ctx.input_dtype), None, None, None, None
 
 
 class _FrozenLoraLinear(torch.autograd.Function):
@@ -71,26 +88,26 @@ class _FrozenLoraLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float) -> torch.Tensor:
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float, weight_scale) -> torch.Tensor:
         shape, dtype = x.shape, lora_a.dtype
         rows = x.reshape(-1, shape[-1])
         low = rows @ lora_a.t()
-        out = F.linear(rows, cast_frozen(weight, dtype), bias).addmm_(low, lora_b.t(), alpha=scale)
-        ctx.save_for_backward(rows, low, weight, lora_a, lora_b)
+        out = F.linear(rows, cast_frozen(weight, dtype, weight_scale), bias).addmm_(low, lora_b.t(), alpha=scale)
+        ctx.save_for_backward(rows, low, weight, lora_a, lora_b, weight_scale)
         ctx.scale, ctx.shape = scale, shape
         return out.view(*shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        rows, low, weight, lora_a, lora_b = ctx.saved_tensors
+        rows, low, weight, lora_a, lora_b, weight_scale = ctx.saved_tensors
         grad = grad.reshape(-1, grad.shape[-1])
         grad_low = (grad @ lora_b).mul_(ctx.scale)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad @ cast_frozen(weight, lora_a.dtype)).addmm_(grad_low, lora_a).view(ctx.shape)
+            grad_x = (grad @ cast_frozen(weight, lora_a.dtype, weight_scale)).addmm_(grad_low, lora_a).view(ctx.shape)
         # (low·ᵀgrad)ᵀ: the r-row product runs faster than grad·ᵀlow on the CPU.
         grad_b = (low.t() @ grad).mul_(ctx.scale).t()
-        return grad_x, None, None, grad_low.t() @ rows, grad_b, None
+        return grad_x, None, None, grad_low.t() @ rows, grad_b, None, None
 
 
 def lora_linear(
@@ -100,26 +117,37 @@ def lora_linear(
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
     scale: float,
+    weight_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """A frozen Linear plus its LoRA update, `x·Wᵀ + b + scale·x·Aᵀ·Bᵀ`, computed in A's dtype in two fused products."""
+    """A frozen Linear plus its LoRA update, `x·Wᵀ + b + scale·x·Aᵀ·Bᵀ`, computed in A's dtype in two fused products
+    (W times `weight_scale` where it is stored in fp8)."""
     bias = None if bias is None else bias.to(lora_a.dtype)
-    return _FrozenLoraLinear.apply(x, weight, bias, lora_a, lora_b, scale)
+    return _FrozenLoraLinear.apply(x, weight, bias, lora_a, lora_b, scale, weight_scale)
 
 
 class Linear(nn.Linear):
     """nn.Linear that computes in its input's (or autocast's) dtype, so frozen bf16 weights can run in fp32 on a CPU.
 
-    The weight is cast as the layer runs; a frozen weight's cast copy is never kept (see `cast_frozen`).
+    The weight is cast as the layer runs; a frozen weight's cast copy is never kept (see `cast_frozen`). A frozen weight
+    may be stored in fp8 with per-output-channel `weight_scale` (see `quantize_fp8`; not part of the state dict).
     """
+
+    # What PEFT makes adapter factors in (it reads this, as for quantised layers, instead of the weight's dtype): fp32
+    # whatever the frozen weight's storage, so a bf16 or fp8 base starts training from the same factors as an fp32 one.
+    compute_dtype = torch.float32
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_scale", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x)
         frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
         if frozen and self.weight.dtype != dtype and x.requires_grad and torch.is_grad_enabled():
-            return _FrozenCastLinear.apply(x, self.weight, self.bias, dtype)
+            return _FrozenCastLinear.apply(x, self.weight, self.bias, dtype, self.weight_scale)
         bias = None if self.bias is None else self.bias.to(dtype)
         # A frozen weight's product records no autograd when x needs no gradient (or grad is off), so reuse is safe.
-        return F.linear(x, cast_frozen(self.weight, dtype) if frozen else self.weight.to(dtype), bias)
+        return F.linear(x, cast_frozen(self.weight, dtype, self.weight_scale) if frozen else self.weight.to(dtype), bias)
 
 
 class Conv1d(nn.Conv1d):

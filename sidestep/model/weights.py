@@ -4,7 +4,7 @@ file), with name/shape checks. Tensors are read one at a time, so no second full
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError, WeightMismatchError
 from ..model_files import DOWNLOAD_AGAIN, read_header, readable_path, shown
+from .layers import SCALE_SUFFIX, quantize_fp8
 
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
@@ -34,8 +35,11 @@ class WeightIndex:
                     shapes[key[len(self.prefix) :]] = shape
         return shapes
 
-    def read(self, names: Iterable[str], dtype: torch.dtype | None, device: torch.device | str) -> dict[str, torch.Tensor]:
-        """Load the named tensors one by one, cast floating ones to `dtype`, and move them to `device`."""
+    def read(
+        self, names: Iterable[str], dtype: torch.dtype | None, device: torch.device | str, fp8: Collection[str] = ()
+    ) -> dict[str, torch.Tensor]:
+        """Load the named tensors one by one, cast floating ones to `dtype` (None: keep each one's own) and move them to
+        `device`; the Linear weights named in `fp8` are stored as e4m3 with their scales (`<layer>.weight_scale`)."""
         by_file: dict[Path, list[str]] = {}
         for name in names:
             by_file.setdefault(self.files[name], []).append(name)
@@ -45,7 +49,10 @@ class WeightIndex:
                 with readable_path(path) as readable, safe_open(readable, framework="pt") as handle:
                     for name in wanted:
                         tensor = handle.get_tensor(self.prefix + name)
-                        if dtype is not None and tensor.is_floating_point():
+                        if name in fp8:
+                            tensor, scale = quantize_fp8(tensor)
+                            tensors[name.removesuffix(".weight") + SCALE_SUFFIX] = scale.to(device)
+                        elif dtype is not None and tensor.is_floating_point():
                             tensor = tensor.to(dtype)
                         tensors[name] = tensor.to(device)
             except (OSError, SafetensorError) as exc:

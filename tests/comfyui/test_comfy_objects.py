@@ -82,7 +82,7 @@ def test_comfyui_objects_compute_what_the_files_compute(
 ) -> None:
     handle = node.execute(model=comfy_objects.model, base_model="turbo", clip=comfy_objects.clip, vae=comfy_objects.vae).args[0]
     bundle = handle.bundle
-    assert bundle.base == "turbo" and bundle.entry.config.hidden_size == 256 and bundle.dtype == torch.float32
+    assert bundle.base == "turbo" and bundle.entry.config.hidden_size == 256 and bundle.dtype is None  # as ComfyUI holds them
     got = _outputs(bundle)
     bundle.release(dit=True, vae=True, text_encoder=True)
     for key, value in from_files.items():
@@ -110,3 +110,37 @@ def test_a_model_that_is_not_ace_step_is_refused(comfy: ModuleType, node: type) 
     other = comfy.model_patcher.ModelPatcher(wrapper, load_device=cpu, offload_device=cpu)
     with pytest.raises(_pack_checkpoint_error(), match="The MODEL is a Linear, not ACE-Step 1.5.*Load Diffusion Model"):
         node.execute(model=other, base_model="turbo")
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_an_fp8_model_is_shared_without_a_full_precision_copy_and_trains(
+    comfy: ModuleType, node: type, comfyui_files: dict[str, Path], tmp_path: Path, weight_dtype: torch.dtype  # noqa: F811
+) -> None:
+    """UNETLoader's weight_dtype fp8_e4m3fn / fp8_e5m2 (ComfyUI's loader with that dtype): the DiT and the training copy
+    hold ComfyUI's fp8 bytes, never an upcast copy, and an adapter trains over them."""
+    import comfy.sd
+
+    from benchmarks.models import write_dataset
+    from sidestep.adapters.config import LoraConfig
+    from sidestep.model import TRAINING_PARTS
+    from sidestep.training.config import TrainConfig
+    from sidestep.training.loop import RunIdentity, Trainer
+
+    path = comfyui_files["diffusion_models"] / COMFY_DIT_FILES["turbo"]
+    model = comfy.sd.load_diffusion_model(str(path), model_options={"dtype": weight_dtype})
+    theirs = model.model.diffusion_model.state_dict()
+    bundle = node.execute(model=model, base_model="turbo").args[0].bundle
+    ours = bundle.dit().state_dict()
+    shared = {tensor.data_ptr() for tensor in theirs.values()}
+    assert sum(t.nbytes for t in ours.values() if t.data_ptr() not in shared) == 0  # no byte of our own
+    assert {t.dtype for t in ours.values() if t.is_floating_point()} == {weight_dtype}
+    trained = bundle.with_own_dit(TRAINING_PARTS).dit(TRAINING_PARTS)
+    training = trained.state_dict()
+    assert sum(t.nbytes for t in training.values()) == sum(theirs[name].nbytes for name in training)  # fp8, not upcast
+    dataset = write_dataset(tmp_path / "data", bundle.entry.config, frames=20, clips=1)
+    events = []
+    config = TrainConfig(output_dir=str(tmp_path / "run"), epochs=2, save_every=2, max_latent_frames=None, precision="fp32")
+    lora = LoraConfig(rank=4, alpha=8, target="attention")
+    Trainer(trained, dataset, lora, config, RunIdentity("turbo", "turbo"), callback=events.append).run()
+    losses = [event.loss for event in events if event.kind == "step"]
+    assert len(losses) == 2 and all(0 < loss < 100 for loss in losses)

@@ -162,7 +162,7 @@ def _fused_lora_linear() -> type:
             plain = name not in self.lora_variant and isinstance(self.lora_dropout[name], nn.Identity)
             if not (frozen and plain and x.dtype == lora_a.dtype) or torch.is_autocast_enabled(x.device.type):
                 return super().forward(x, *args, **kwargs)
-            return lora_linear(x, base.weight, base.bias, lora_a, lora_b, self.scaling[name])
+            return lora_linear(x, base.weight, base.bias, lora_a, lora_b, self.scaling[name], base.weight_scale)
 
     return _FusedLoraLinear
 
