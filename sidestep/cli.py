@@ -413,7 +413,7 @@ def in_flags(message: str, parser: argparse.ArgumentParser) -> str:
     import re
 
     flags = {
-        action.dest: next(option for option in action.option_strings if option.startswith("--"))
+        action.dest.rsplit(".", 1)[-1]: next(option for option in action.option_strings if option.startswith("--"))
         for commands in parser._subparsers._group_actions
         for command in commands.choices.values()
         for action in command._actions

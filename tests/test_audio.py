@@ -256,7 +256,7 @@ def _bad_files(tmp_path: Path) -> list[tuple[Path, str, dict]]:
     text = tmp_path / "lyrics.txt"
     text.write_text("la la")
     cases = [
-        (corrupt, "corrupt or unreadable", {}),
+        (corrupt, "could not be decoded (not valid WAV data)", {}),
         (empty, "empty file (0 bytes)", {}),
         (zero, "no audio (0 frames)", {}),
         (silent, "silent", {}),

@@ -31,10 +31,10 @@ def dit_reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     reads: Counter[str] = Counter()
     read = WeightIndex.read
 
-    def counted(index: WeightIndex, names, dtype, device):
+    def counted(index: WeightIndex, names, dtype, device, *more):
         names = list(names)
         reads.update(names)
-        return read(index, names, dtype, device)
+        return read(index, names, dtype, device, *more)
 
     monkeypatch.setattr(WeightIndex, "read", counted)
     return reads

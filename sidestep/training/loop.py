@@ -463,11 +463,11 @@ class Trainer:
         samples = 0
         for note in [*self._repairs, *notes, self.split.describe()]:
             self._emit("note", started, 0, message=note)
-        if not self.progress.validation:
-            self._validate(started, 0)
         # On the CPU each layer's activations would otherwise take fresh heap pages (see sidestep/memory.py).
         untrim = trim_before_each(self.decoder.layers) if self.device.type == "cpu" else lambda: None
         try:
+            if not self.progress.validation:
+                self._validate(started, 0)
             status = self._train_epochs(optimizer, scheduler, logger, started, samples)
         except TrainingError as error:
             self._emit("failed", started, 0, message=str(error))
