@@ -31,6 +31,8 @@ from sidestep.variants import STORAGE
 from tests.comfyui.test_model_patches import PACK_MODULE, comfy  # noqa: F401  (the in-process ComfyUI fixture)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+# The example workflows as saved before settings were declared once (widget order and legacy auto values of then).
+SAVED_BEFORE = Path(__file__).resolve().parent / "fixtures" / "saved_workflows"
 # node key → (module, class, node id, the hand-written inputs before the generated ones, its settings dataclasses)
 NODES = {
     "train": ("train", "TrainAdapter", "SideStepTrainAdapter", ("model", "dataset", "adapter_config", "run_name"), (TrainConfig,)),
@@ -175,7 +177,9 @@ def _saved_widgets(node: dict) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "path", sorted([*EXAMPLES.glob("*.json"), *SAVED_BEFORE.glob("*.json")]), ids=lambda path: f"{path.parent.name}/{path.name}"
+)
 def test_saved_workflows_keep_their_widget_order_and_meaning(path: Path, schemas: dict) -> None:
     """Each example workflow, as saved before the inputs were generated: its widgets are the first inputs of today's
     node in the same order, and their values build the core's settings (the old auto spellings read as auto)."""
