@@ -351,7 +351,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="sidestep", description="Train LoRA/LoKR adapters for ACE-Step 1.5.", formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(prog="sidestep", description="Train LoRA, DoRA, LoKR, LoHA and OFT adapters for ACE-Step 1.5.", formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     models = commands.add_parser(
@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(label, LabelConfig, Sampling)
     label.set_defaults(run=cmd_label)
 
-    _add_train_parser(commands, "train", "train a LoRA or LoKR adapter")
+    _add_train_parser(commands, "train", "train an adapter (LoRA, DoRA, LoKR, LoHA, OFT)")
     _add_train_parser(commands, "fixed", "alias of train (Side-Step's name)")
     _add_analyse_parser(commands)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sidestep.adapters.config import LoraConfig
-from sidestep.adapters.export import export_comfy
+from sidestep.adapters.export import comfy_key_map, export_comfy
 from sidestep.adapters.files import load_adapter
 from sidestep.adapters.keys import peft_name
 
@@ -26,7 +26,6 @@ MAPPED = LoraConfig(
 def test_comfyui_maps_every_key_and_scales_each_module_by_its_own_rank(
     comfy: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
 ) -> None:
-    import importlib
 
     loaded = load_adapter(trained_adapter(tmp_path / "mapped", MAPPED, seed=2))
     assert {module: weights.rank for module, weights in loaded.modules.items()} == dict(MAPPED.rank_map)
@@ -34,7 +33,7 @@ def test_comfyui_maps_every_key_and_scales_each_module_by_its_own_rank(
     for module, rank in MAPPED.rank_map:
         assert float(exported[f"{peft_name(module)}.alpha"]) == pytest.approx(MAPPED.alpha * rank / MAPPED.rank)
     model = native_model(comfy)
-    key_map = importlib.import_module(f"{PACK_MODULE}.nodes.adapters").decoder_key_map(list(model.model_state_dict()))
+    key_map = comfy_key_map(list(model.model_state_dict()))
     with caplog.at_level(logging.WARNING):
         patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(exported), key_map)
     assert "lora key not loaded" not in caplog.text

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sidestep.adapters.config import AdapterConfig
-from sidestep.adapters.export import export_comfy
+from sidestep.adapters.export import comfy_key_map, export_comfy
 from sidestep.adapters.files import load_adapter
 from sidestep.adapters.kinds.loha import LohaConfig
 from sidestep.adapters.kinds.oft import OftConfig
@@ -44,14 +44,13 @@ def trained_adapter(folder: Path, config: AdapterConfig, seed: int) -> Path:
 def test_comfyuis_loader_maps_every_key_and_computes_our_weights(
     comfy: ModuleType, node: type, tmp_path: Path, config: AdapterConfig, caplog: pytest.LogCaptureFixture  # noqa: F811
 ) -> None:
-    import importlib
 
     import comfy.weight_adapter as adapters
 
     folder = trained_adapter(tmp_path / config.kind, config, seed=3)
     model = native_model(comfy)
     loaded = load_adapter(folder)
-    key_map = importlib.import_module(f"{PACK_MODULE}.nodes.adapters").decoder_key_map(list(model.model_state_dict()))
+    key_map = comfy_key_map(list(model.model_state_dict()))
     exported = export_comfy(loaded, tmp_path / "exported.safetensors")
     tensors = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(str(exported), safe_load=True))
     with caplog.at_level(logging.WARNING):
