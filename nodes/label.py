@@ -8,10 +8,10 @@ from pathlib import Path
 import folder_paths
 from comfy import model_management
 from comfy_api.latest import io
-from sidestep.variants import inference_dtype
 
 from ..sidestep.labeling.settings import LabelConfig, Sampling
 from ..sidestep.settings import from_widgets
+from ..sidestep.variants import inference_dtype
 from .folders import acestep_roots, comfy_tokenizer_dir, input_dir, under
 from .handles import CATEGORY, AcestepModel
 from .progress import NodeProgress
