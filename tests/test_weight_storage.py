@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from benchmarks.models import write_dataset
-from sidestep import variants
 from sidestep.adapters.config import LokrConfig, LoraConfig
 from sidestep.bundle import open_checkpoint
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel
@@ -67,19 +66,12 @@ def test_a_bf16_file_kept_bf16_trains_exactly_as_upcast_at_load(bf16_root, datas
         assert torch.equal(kept[1][key], upcast[1][key]), key
 
 
-@pytest.mark.parametrize("units", [True, False])
-def test_auto_precision_is_bf16_on_cpus_with_bf16_units(monkeypatch, units):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: units, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
-    variants.cpu_has_bf16_units.cache_clear()
-    try:
-        assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if units else torch.float32)
-        assert resolve_dtype("fp32", "cpu") == torch.float32  # a user can still ask for fp32
-        assert inference_dtype(torch.float32, "cpu") == torch.float32
-        assert inference_dtype(torch.bfloat16, "cpu") == resolve_dtype("auto", "cpu")
-    finally:
-        variants.cpu_has_bf16_units.cache_clear()
+def test_auto_precision_is_bf16_on_cuda_and_fp32_on_the_cpu() -> None:
+    assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16  # a user can still ask for bf16 products
+    assert inference_dtype(torch.float32, "cpu") == torch.float32
+    assert inference_dtype(torch.bfloat16, "cpu") == torch.float32
 
 
 def _fp8_model(root: Path) -> AceStepConditionGenerationModel:

@@ -69,7 +69,7 @@ def _outputs(bundle: AceStepBundle) -> dict[str, torch.Tensor]:
             silence, silence[:, :frames].clone(), torch.ones(1, frames, 64), torch.zeros(1, dtype=torch.long),
         )
         velocity = model.decoder(
-            hidden_states=x.to(model.decoder.proj_in[1].weight.dtype), timestep=torch.tensor([0.6]), timestep_r=torch.tensor([0.6]),
+            hidden_states=x, timestep=torch.tensor([0.6]), timestep_r=torch.tensor([0.6]),
             attention_mask=torch.ones(1, frames), encoder_hidden_states=states, encoder_attention_mask=mask,
             context_latents=context,
         )[0]

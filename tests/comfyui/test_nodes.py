@@ -49,8 +49,8 @@ NODE_INPUTS = {
     "SideStepTrainAdapter": [
         "model", "dataset", "adapter_config", "run_name", "epochs", "learning_rate", "optimizer", "scheduler",
         "warmup_steps", "batch_size", "gradient_accumulation", "timestep_mode", "cfg_ratio", "save_every", "seed",
-        "resume_from", "gradient_checkpointing", "precision", "preview_caption", "preview_every",
-        "overwrite",
+        "resume_from", "gradient_checkpointing", "precision", "preview_caption", "preview_every", "max_grad_norm",
+        "validation", "validation_every", "ema_decay", "final_from_best", "overwrite",
     ],
     "SideStepLoadAdapter": ["model", "adapter_file", "strength", "adapter"],
     "SideStepApplyAdapterToModel": ["model", "adapter_file", "strength", "adapter"],

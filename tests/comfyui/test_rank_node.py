@@ -21,7 +21,8 @@ INPUTS = ["model", "dataset", "adapter_config", "seed", "batches", "rank_budget"
 
 def test_analyse_rank_sits_between_encode_and_train(pack: ComfyUIHost) -> None:
     info = pack.object_info()[NODE]
-    assert info["category"] == "Side-Step" and info["input_order"]["required"] == INPUTS
+    order = info["input_order"]
+    assert info["category"] == "Side-Step" and order["required"] + order.get("optional", []) == INPUTS
     assert info["output"] == ["ADAPTER_CONFIG"]
     graph = EXAMPLE_GRAPHS["train_lora_turbo"]
     prompt = {key: graph[key] for key in ("1", "2", "3", "4")}
