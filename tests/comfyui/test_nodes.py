@@ -294,7 +294,10 @@ def test_train_lora_turbo_reports_progress_over_the_websocket(lora_run: Run) -> 
     assert [source for source, _ in encode[-1]["rejected"]] == ["broken.wav"]
     summary = lora_run.entry["outputs"]["2"]["text"][0]
     assert "rejected broken.wav" in summary and "1 clips" in summary
-    assert kinds(lora_run) == ["step", "epoch", "checkpoint", "step", "epoch", "checkpoint", "finished"]
+    # The validation loss is scored before the first step and at the end of every epoch (tests/test_learning.py).
+    assert kinds(lora_run) == [
+        "validation", "step", "epoch", "validation", "checkpoint", "step", "epoch", "validation", "checkpoint", "finished",
+    ]
     steps = [event for event in lora_run.events("sidestep.progress", "4") if event["kind"] == "step"]
     assert [(e["step"], e["total_steps"], e["epoch"]) for e in steps] == [(1, 2, 0), (2, 2, 1)]
     assert all(isinstance(e["loss"], float) and e["lr"] >= 0 and e["grad_norm"] is not None for e in steps)
