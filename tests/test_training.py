@@ -316,7 +316,9 @@ def test_two_process_gloo_run_trains_in_sync_and_only_rank0_writes(tiny_root, da
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                 "--master-port", str(port), "-m", "sidestep"]
     command = launcher + cli_train(tiny_root, datasets["acestep-v15-turbo"], out, "--epochs", "2")[3:]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    scratch = tmp_path / "tmp"  # torchelastic leaves a folder of its own in the temporary folder: keep it in tmp_path
+    scratch.mkdir()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((out / "runs").glob("events.out.tfevents*"))) == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_1", "epoch_2"]
