@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sidestep.cli import main
+from sidestep.demo import write_demo_songs
 from sidestep.tiny_models import make_tiny_checkpoints
 
 
@@ -38,3 +40,12 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path | None]]:
     yield mount
     for point in mounted:
         subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_root, tmp_path_factory) -> Path:
+    """The demo's synthetic songs, encoded with `sidestep encode` for the tiny turbo model."""
+    songs = write_demo_songs(tmp_path_factory.mktemp("songs"), seconds=1.0)
+    out = tmp_path_factory.mktemp("tensors")
+    assert main(["encode", "--checkpoint-dir", str(tiny_root), "--dataset-dir", str(songs), "--output-dir", str(out)]) == 0
+    return out

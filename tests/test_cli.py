@@ -70,15 +70,6 @@ def test_demo_runs_the_whole_job_on_the_embedded_default(tmp_path):
 # ---------------------------------------------------------------- answers to a new user's mistakes and questions
 
 
-@pytest.fixture(scope="module")
-def encoded(tiny_root, tmp_path_factory) -> Path:
-    """The demo's synthetic songs, encoded with `sidestep encode` for the tiny turbo model."""
-    songs = write_demo_songs(tmp_path_factory.mktemp("songs"), seconds=1.0)
-    out = tmp_path_factory.mktemp("tensors")
-    assert main(["encode", "--checkpoint-dir", str(tiny_root), "--dataset-dir", str(songs), "--output-dir", str(out)]) == 0
-    return out
-
-
 def train_args(tiny_root: Path, dataset: Path, out: Path, *extra: str) -> list[str]:
     return [
         "train", "--checkpoint-dir", str(tiny_root), "--dataset-dir", str(dataset), "--output-dir", str(out),

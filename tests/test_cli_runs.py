@@ -9,24 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from safetensors.torch import load_file
 
 from sidestep.cli import main
-from sidestep.demo import write_demo_songs
 from sidestep.training.layout import RunLayout, complete_checkpoints
 from sidestep.training.run import adapter_metadata
 
 STEPS_PER_EPOCH = 3  # the demo's three songs, batch size 1
-
-
-@pytest.fixture(scope="module")
-def encoded(tiny_root, tmp_path_factory) -> Path:
-    """The demo's synthetic songs, encoded with `sidestep encode` for the tiny turbo model."""
-    songs = write_demo_songs(tmp_path_factory.mktemp("songs"), seconds=1.0)
-    out = tmp_path_factory.mktemp("tensors")
-    assert main(["encode", "--checkpoint-dir", str(tiny_root), "--dataset-dir", str(songs), "--output-dir", str(out)]) == 0
-    return out
 
 
 def train_args(tiny_root: Path, dataset: Path, out: Path, *extra: str) -> list[str]:
