@@ -17,59 +17,60 @@ from sidestep.model.config import AceStepConfig
 from sidestep.training.vram import GIB, estimate_training_vram
 
 MARGIN = 0.10  # the estimate's stated accuracy against the measured live peak (docs/performance.md)
-FULL = AceStepConfig(is_turbo=True)
-SMALL = AceStepConfig(
-    hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
-    head_dim=64, is_turbo=True,
-)
+# The real 2B widths (hidden 2048, MLP 6144, 16/8 heads), a quarter of them, and a tiny width the real bf16 step runs fast.
+WIDTHS = {
+    "full": AceStepConfig(is_turbo=True),
+    "small": AceStepConfig(hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=4, head_dim=64, is_turbo=True),
+    "tiny": AceStepConfig(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2, head_dim=32, is_turbo=True),
+}
 
 
-def layers(config: AceStepConfig, count: int) -> AceStepConfig:
-    """`config` with `count` DiT layers."""
-    return dataclasses.replace(config, num_hidden_layers=count, layer_types=None)
+def model(width: str, layers: int) -> AceStepConfig:
+    """The DiT config of `width` with `layers` layers."""
+    return dataclasses.replace(WIDTHS[width], num_hidden_layers=layers, layer_types=None)
+
+
+def lora(rank: int) -> LoraConfig:
+    return LoraConfig(rank=rank, alpha=2 * rank, target="attention_mlp")
 
 
 @functools.cache
-def measured(config: AceStepConfig, rank: int, storage: str, checkpointing: bool, seconds: float, fake: bool = True) -> int:
+def measured(width: str, layers: int, rank: int, storage: str, checkpointing: bool, seconds: float, fake: bool = True) -> int:
     """The live-tensor peak (bytes) of two real trainer steps, LoRA on attention + MLP."""
-    adapter = LoraConfig(rank=rank, alpha=2 * rank, target="attention_mlp")
-    return measure_step_peak(config, adapter, storage, checkpointing, seconds, fake=fake).total_bytes
+    return measure_step_peak(model(width, layers), lora(rank), storage, checkpointing, seconds, fake=fake).total_bytes
 
 
-def estimated(config: AceStepConfig, rank: int, storage: str, checkpointing: bool, seconds: float) -> int:
-    adapter = LoraConfig(rank=rank, alpha=2 * rank, target="attention_mlp")
-    return estimate_training_vram(config, adapter, "adamw", checkpointing, storage, seconds).live_bytes
+def estimated(width: str, layers: int, rank: int, storage: str, checkpointing: bool, seconds: float) -> int:
+    return estimate_training_vram(model(width, layers), lora(rank), "adamw", checkpointing, storage, seconds).live_bytes
 
 
 def test_fake_tensors_count_exactly_the_bytes_the_real_step_keeps_alive() -> None:
     """The full-width counts run over fake tensors (no arithmetic); at a small width the real bf16 step agrees."""
-    tiny = AceStepConfig(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, head_dim=32, is_turbo=True)
     for storage, checkpointing in (("bf16", True), ("fp8", False)):
-        assert measured(tiny, 8, storage, checkpointing, 4.0, fake=True) == measured(tiny, 8, storage, checkpointing, 4.0, fake=False)
+        settings = ("tiny", 2, 8, storage, checkpointing, 2.0)
+        assert measured(*settings, fake=True) == measured(*settings, fake=False)
 
 
 @pytest.mark.parametrize(
-    ("config", "rank", "storage", "checkpointing", "seconds"),
+    "settings",
     [
-        (SMALL, 16, "bf16", True, 30.0),
-        (SMALL, 64, "fp8", False, 60.0),
-        (layers(FULL, 1), 64, "bf16", True, 30.0),
-        (layers(FULL, 1), 16, "bf16", False, 30.0),
-        (layers(FULL, 1), 16, "fp8", True, 60.0),
+        ("small", 2, 16, "bf16", True, 30.0),
+        ("small", 2, 64, "fp8", False, 60.0),
+        ("full", 1, 64, "bf16", True, 30.0),
+        ("full", 1, 16, "bf16", False, 30.0),
+        ("full", 1, 16, "fp8", True, 60.0),
     ],
     ids=["small-r16-bf16-ckpt-30s", "small-r64-fp8-60s", "full-r64-bf16-ckpt-30s", "full-r16-bf16-30s", "full-r16-fp8-ckpt-60s"],
 )
-def test_the_estimate_is_within_its_margin_of_the_measured_live_peak(config, rank, storage, checkpointing, seconds) -> None:
-    real, estimate = measured(config, rank, storage, checkpointing, seconds), estimated(config, rank, storage, checkpointing, seconds)
+def test_the_estimate_is_within_its_margin_of_the_measured_live_peak(settings) -> None:
+    real, estimate = measured(*settings), estimated(*settings)
     assert abs(estimate - real) <= MARGIN * real, f"estimate {estimate / GIB:.3f} GiB, measured {real / GIB:.3f} GiB"
 
 
 def test_each_full_width_layer_adds_what_the_estimate_says() -> None:
     """Without checkpointing every layer keeps its activations: the second layer's measured cost is the estimated one."""
-    one, two = layers(FULL, 1), layers(FULL, 2)
-    real = measured(two, 16, "bf16", False, 30.0) - measured(one, 16, "bf16", False, 30.0)
-    estimate = estimated(two, 16, "bf16", False, 30.0) - estimated(one, 16, "bf16", False, 30.0)
+    one, two = ("full", 1, 16, "bf16", False, 30.0), ("full", 2, 16, "bf16", False, 30.0)
+    real, estimate = measured(*two) - measured(*one), estimated(*two) - estimated(*one)
     assert abs(estimate - real) <= MARGIN * real, f"estimate {estimate / 1e6:.1f} MB, measured {real / 1e6:.1f} MB per layer"
 
 

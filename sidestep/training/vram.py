@@ -172,8 +172,8 @@ def estimate_training_vram(
     layer = _layer_activations(dims, tokens, condition, adapted, getattr(adapter, "rank", 0))
     layer += per_layer * BF16  # autocast's bf16 copies of the adapter weights
     working = WORKING_SET_WIDTHS * tokens * config.intermediate_size * BF16
-    if storage == "fp8":  # a weight's compute-dtype copy and its scaled product, both briefly live
-        working += 2 * max(shapes[name].numel() for name in fp8_weights) * BF16
+    if storage == "fp8":  # a layer's widest weight in bf16 and its scaled product, both briefly live at the peak
+        working += 2 * max(shapes[name].numel() for name in fp8_weights if name.startswith("decoder.layers.")) * BF16
     encoder_width = config.condition_config.hidden_size
     latent = config.audio_acoustic_hidden_dim  # per frame: target, noise, context (twice as wide) and the mask
     batch = batch_size * FP32 * (frames * (4 * latent + 1) + condition_tokens * (encoder_width + 1))
