@@ -112,20 +112,22 @@ class _Dims:
     heads: int
 
 
-def _layer_activations(dims: _Dims, tokens: int, condition: int, adapted: list[tuple[str, int]], rank: int) -> int:
-    """Bytes autograd saves in one DiT layer under bf16 autocast; `adapted`: (module name, input width) per adapted
-    Linear of the layer."""
+def _layer_activations(dims: _Dims, tokens: int, condition: int) -> int:
+    """Bytes autograd saves in one DiT layer under bf16 autocast, before its adapter's own."""
     h, q, kv, i = dims.hidden, dims.query, dims.kv, dims.mlp
     norms = 3 * tokens * h * FP32  # self-attention, cross-attention and MLP RMS norms keep an fp32 copy of x
     head_norms = (2 * tokens * q + tokens * kv + condition * kv) * FP32  # q/k norms: self q, k; cross q, k
     attention = (4 * tokens * q + 2 * tokens * q + 2 * condition * q) * BF16  # q, k, v (repeated), out per attention
     attention += 2 * tokens * dims.heads * FP32  # log-sum-exp
     mlp = 3 * tokens * i * BF16  # silu's input, silu's output and the up projection
-    copies = 0
-    for name, width in adapted:
-        rows = condition if name.endswith(("cross_attn.k_proj", "cross_attn.v_proj")) else tokens
-        copies += rows * (width + rank) * BF16  # PEFT's bf16 copy of the input and the rank-wide product
-    return norms + head_norms + attention + mlp + copies
+    return norms + head_norms + attention + mlp
+
+
+def _adapter_activations(adapted: list[tuple[str, int]], tokens: int, condition: int, rank: int) -> int:
+    """Bytes the adapted Linear layers save: PEFT's bf16 copy of each one's input and its rank-wide product;
+    `adapted`: (module path, input width) per adapted layer."""
+    rows = lambda name: condition if name.endswith(("cross_attn.k_proj", "cross_attn.v_proj")) else tokens
+    return sum(rows(name) * (width + rank) * BF16 for name, width in adapted)
 
 
 def estimate_training_vram(
@@ -143,8 +145,6 @@ def estimate_training_vram(
     The adapter is attached to a decoder built on the meta device, so its parameters are counted by its own kind's code
     (any kind, rank map or target); nothing is allocated.
     """
-    import torch
-
     from ..adapters.training import attach_trainable_adapter
     from ..model import TRAINING_PARTS, AceStepConditionGenerationModel
 
@@ -168,8 +168,9 @@ def estimate_training_vram(
         config.hidden_size, config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim,
         config.intermediate_size, config.num_attention_heads,
     )
-    adapted = [(name, modules[name].in_features) for name in trainable.modules if name.startswith("layers.0.")]
-    layer = _layer_activations(dims, tokens, condition, adapted, getattr(adapter, "rank", 0))
+    adapted = [(name, modules[name].in_features) for name in trainable.modules]
+    layer = _layer_activations(dims, tokens, condition)  # and, averaged over the layers, the adapter's own:
+    layer += _adapter_activations(adapted, tokens, condition, getattr(adapter, "rank", 0)) / layers
     layer += per_layer * BF16  # autocast's bf16 copies of the adapter weights
     working = WORKING_SET_WIDTHS * tokens * config.intermediate_size * BF16
     if storage == "fp8":  # a layer's widest weight in bf16 and its scaled product, both briefly live at the peak
