@@ -131,8 +131,14 @@ class TrainAdapter(io.ComfyNode):
         """Train (on a copy of the DiT of its own) as a registered job, reporting every event to the node's progress.
         Stop & save (the widget) saves and returns the adapter normally; Cancel lets the trainer save too, then ends
         the prompt as interrupted."""
-        from ..sidestep.training.events import StopSignal
+        from ..sidestep.training.events import StopSignal, TrainingEvent
+        from ..sidestep.training.vram import fit_warning
 
+        estimate = run.vram_estimate()
+        warning = fit_warning(estimate, run.bundle.device)
+        logging.info("[Side-Step] %s", "\n".join(estimate.lines()))
+        if warning:
+            logging.warning("[Side-Step] %s", warning)
         stop = StopSignal()
         with JOBS.track(cls.hidden.unique_id, NODE_TYPE, stop) as job:
             progress = NodeProgress(job.node, job)
@@ -144,6 +150,7 @@ class TrainAdapter(io.ComfyNode):
                     logging.info("[Side-Step] %s", {k: v for k, v in dataclasses.asdict(event).items() if v not in (None, "")})
                 progress.send(EVENT, _event_payload(event))
 
+            report(TrainingEvent(kind="note", message=" ".join(filter(None, [estimate.lines()[0], warning]))))
             make_room(run.bundle)
             # ComfyUI runs nodes in inference mode; weights loaded and steps taken here must be usable by autograd.
             with torch.inference_mode(False), torch.enable_grad():
@@ -153,8 +160,9 @@ class TrainAdapter(io.ComfyNode):
         result = outcome.result
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         best = f"lowest validation loss: {result.best_text()}\n" if result.best_epoch is not None else ""
+        memory = f"{estimate.lines()[0]}\n" + (f"warning: {warning}\n" if warning else "")
         text = (
-            f"{result.status}: epoch {result.epochs_completed}/{run.config.epochs}, step {result.global_step}, loss {loss}\n"
+            f"{memory}{result.status}: epoch {result.epochs_completed}/{run.config.epochs}, step {result.global_step}, loss {loss}\n"
             f"{best}adapter: {result.adapter_dir}\n{outcome.export_note}"
         )
         return io.NodeOutput(_handle(run, outcome), ui={"text": [text]})

@@ -153,6 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume_from = str(Path(resume_from).absolute())
     adapter = _adapter_config(args)
     config = TrainConfig(**{**from_flags(TrainConfig, args), "resume_from": resume_from}, output_dir=args.output_dir)
+    if args.dry_run:
+        return _print_estimate(TrainingRun(_bundle(args), args.dataset_dir, adapter, config))
     _init_distributed()
     run = TrainingRun(_bundle(args), args.dataset_dir, adapter, config)
     stop = StopSignal()
@@ -171,6 +173,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + received[0]
+    return 0
+
+
+def _print_estimate(run) -> int:
+    """`train --dry-run`: the run's GPU memory estimate (and a warning when the CUDA device here lacks the room)."""
+    from .training.vram import fit_warning
+
+    estimate = run.vram_estimate()
+    model = run.bundle.entry.config
+    print(f"{run.adapter_config.describe()} on {run.bundle.variant} ({model.num_hidden_layers} layers, hidden {model.hidden_size})")
+    print("\n".join(estimate.lines()))
+    warning = fit_warning(estimate, run.bundle.device)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    print("Dry run: nothing was loaded or trained.")
     return 0
 
 
@@ -254,6 +271,8 @@ def _add_train_parser(commands, name: str, help_text: str) -> None:
     add_flags(train, *(kind.config for kind in KINDS.values()), AdapterConfig, TrainConfig)
     train.add_argument("--rank-map", default=None,
                        help=f"LoRA: per-module ranks from `sidestep analyse` (a rank map file; '{AUTO_RANK_MAP}': the dataset's {RANK_MAP_FILE})")
+    train.add_argument("--dry-run", action="store_true",
+                       help="print the estimated GPU memory of these settings and exit, without loading the model or training")
     train.set_defaults(run=cmd_train)
 
 

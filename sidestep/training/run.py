@@ -20,6 +20,7 @@ from .events import EventCallback, StopSignal, TrainingEvent
 from .layout import RunLayout, complete_checkpoints
 from .loop import PreviewFn, RunIdentity, Trainer, TrainResult
 from .runfolder import RunLock, earlier_run_files, empty_run_folder
+from .vram import VramEstimate, clip_seconds, estimate_training_vram, storage_name
 
 if TYPE_CHECKING:
     from ..bundle import AceStepBundle
@@ -154,6 +155,15 @@ class TrainingRun:
         self.config = config
         self.identity = identity_of(bundle)
         self.layout = RunLayout(config.output_dir)
+
+    def vram_estimate(self) -> VramEstimate:
+        """The GPU memory this run's step needs (see `vram.estimate_training_vram`), from the model's config and the
+        dataset's manifest only: nothing heavy is loaded."""
+        config = self.config
+        return estimate_training_vram(
+            self.bundle.entry.config, self.adapter_config, config.optimizer, config.gradient_checkpointing,
+            storage_name(self.bundle.dtype), clip_seconds(self.dataset, config.max_latent_frames), config.batch_size,
+        )
 
     def finished(self, comfy_lora: Path | None = None) -> RunOutcome | None:
         """The run's final adapter when it completed exactly this training (its ComfyUI export written to

@@ -294,6 +294,9 @@ def test_train_lora_turbo_reports_progress_over_the_websocket(lora_run: Run) -> 
     assert [source for source, _ in encode[-1]["rejected"]] == ["broken.wav"]
     summary = lora_run.entry["outputs"]["2"]["text"][0]
     assert "rejected broken.wav" in summary and "1 clips" in summary
+    # The GPU memory estimate is reported before training starts, and stays in the node's text.
+    notes = [event["message"] for event in lora_run.events("sidestep.progress", "4") if event["kind"] == "note"]
+    assert notes[0].startswith("Estimated GPU memory") and "Estimated GPU memory" in lora_run.entry["outputs"]["4"]["text"][0]
     # The validation loss is scored before the first step and at the end of every epoch (tests/test_learning.py).
     assert kinds(lora_run) == [
         "validation", "step", "epoch", "validation", "checkpoint", "step", "epoch", "validation", "checkpoint", "finished",
