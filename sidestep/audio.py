@@ -193,7 +193,7 @@ _TRUNCATION_CHECKS = {".wav": _wav_truncation, ".ogg": _ogg_truncation, ".opus":
 
 def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
     """Decode with libsndfile to float32 [N, C] frames and the file's sample rate (its decoders' notes kept out of
-    stderr; the first one goes into the error when the file cannot be decoded)."""
+    stderr; for an MP3 that cannot be decoded, the first one goes into the error)."""
     notes: list[str] = []
     try:
         with decoder_messages_into(notes), soundfile.SoundFile(path) as f:
@@ -202,7 +202,8 @@ def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
     except soundfile.SoundFileError as exc:
         detail = (getattr(exc, "error_string", None) or str(exc)).strip().rstrip(".")
         if "does not exist or is not a regular file" in detail:  # libsndfile's words for data it cannot decode
-            decoder = f"; decoder: {notes[0].split(': ', 1)[-1].rstrip('.')}" if notes else ""
+            mp3 = notes and path.suffix.lower() == ".mp3"  # libmpg123 also probes other data: its words fit MP3 only
+            decoder = f"; decoder: {notes[0].split(': ', 1)[-1].rstrip('.')}" if mp3 else ""
             kind = path.suffix.lstrip(".").upper() or "audio"
             raise _audio_error(path, f"could not be decoded (not valid {kind} data{decoder})") from exc
         raise _audio_error(path, f"corrupt or unreadable (libsndfile: {detail})") from exc
