@@ -10,6 +10,7 @@ from comfy_api.latest import io
 
 from ..sidestep.dataset.settings import EncodeConfig
 from ..sidestep.settings import from_widgets
+from ..sidestep.wording import quantity
 from .folders import DATASETS_FOLDER, RUNS_FOLDER, input_dir, output_dir, under
 from .handles import CATEGORY, AcestepDataset, AcestepModel, DatasetHandle, ModelHandle
 from .jobs import JOBS
@@ -32,8 +33,8 @@ def _file_listing(folder: Path) -> list[tuple[str, int, int]]:
 def _summary(handle: DatasetHandle, encoded: int, skipped: int, warnings: list[str]) -> str:
     """What the node shows: counts, the dataset folder, rejected files with reasons, sidecar warnings."""
     lines = [
-        f"{handle.clips} clips ({handle.seconds:.1f} s) for {handle.model_variant} in {handle.folder}",
-        f"encoded {encoded} songs, reused {skipped}, rejected {len(handle.rejected)}",
+        f"{quantity(handle.clips, 'clip')} ({handle.seconds:.1f} s) for {handle.model_variant} in {handle.folder}",
+        f"encoded {quantity(encoded, 'song')}, reused {skipped}, rejected {len(handle.rejected)}",
     ]
     lines += [f"rejected {source}: {reason}" for source, reason in handle.rejected]
     lines += [f"warning: {warning}" for warning in warnings]

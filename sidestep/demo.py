@@ -20,6 +20,7 @@ from .tiny_models import LM_FOLDER
 from .training.config import TrainConfig
 from .training.run import TrainingRun
 from .variants import SAMPLE_RATE
+from .wording import quantity
 
 DEMO_SONGS = (("warm pad", 110.0), ("bright arpeggio", 440.0), ("pulsing bass", 55.0))
 # A small, fast LoRA with a bigger step than `train`'s defaults (rank 64, alpha 128, lr 1e-4), which suit real models
@@ -142,8 +143,8 @@ def run_demo(
     run = TrainingRun(bundle, dataset_index(dataset_dir, encoded.manifest), adapter_config, config)
     print(
         f"Training a LoRA (rank {DEMO_RANK}, alpha {DEMO_ALPHA:g}, lr {DEMO_LR:g}: small and quick for a demo; `sidestep "
-        f"train` defaults to rank 64, alpha 128, lr 1e-4 for real runs) on {len(encoded.manifest.clips)} clips for "
-        f"{epochs} epochs ...",
+        f"train` defaults to rank 64, alpha 128, lr 1e-4 for real runs) on "
+        f"{quantity(len(encoded.manifest.clips), 'clip')} for {quantity(epochs, 'epoch')} ...",
         flush=True,
     )
     print(

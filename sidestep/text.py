@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from .errors import CheckpointError
+from .load_progress import load_progress
 
 if TYPE_CHECKING:  # transformers is imported when an encoder is loaded
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -141,7 +142,8 @@ class TextEncoder:
             )
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+            with load_progress(folder):
+                model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
         except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
             raise CheckpointError(
                 f"Cannot load the text encoder from {folder}: {exc}. Re-download the Qwen3-Embedding-0.6B folder."

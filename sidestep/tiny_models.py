@@ -23,6 +23,7 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from .atomic import save_safetensors_atomic, staging_folder, torch_save_atomic
 from .errors import CheckpointError
+from .memory import trim_freed_memory
 from .model import AceStepConditionGenerationModel, AceStepConfig
 from .text import CAPTION_TEMPLATE, DEFAULT_INSTRUCTION, LYRICS_TEMPLATE
 from .variants import SAMPLE_RATE
@@ -378,6 +379,7 @@ def make_comfyui_loadable_models(models: Path, seed: int = 0) -> Path:
     save_safetensors_atomic(comfy_text_encoder_state_dict(text), models / "text_encoders" / COMFY_TEXT_ENCODER_FILE)
     del text
     save_safetensors_atomic(comfy_vae_state_dict(real_size_vae(seed)), models / "vae" / COMFY_VAE_FILE)
+    trim_freed_memory()  # the real-size weights just written stay in glibc's heap otherwise
     return models
 LM_FOLDER = "acestep-5Hz-lm-0.6B"
 COMFY_LM_FILE = "qwen_1.7b_ace15.safetensors"

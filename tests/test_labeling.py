@@ -7,12 +7,15 @@ import json
 import os
 import re
 import shutil
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import soundfile
 import torch
+from packaging.requirements import Requirement
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
@@ -55,6 +58,7 @@ from sidestep.tiny_models import (
     write_tiny_text_tokenizer,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "labeling"
 TURBO = FIXTURES / "ace15" / "turbo"
@@ -266,6 +270,28 @@ def test_the_prompt_uses_the_lm_folders_own_chat_template_when_it_ships_one(tiny
     assert understanding_prompt(recorded["codes"], chatml.tokenizer) == recorded["prompt"]
     marked = load_lm(_with_template(tiny_lm_dir, tmp_path / "marked", "[own] " + CHATML))
     assert understanding_prompt(recorded["codes"], marked.tokenizer) == "[own] " + recorded["prompt"]
+
+
+def _declared_minima() -> dict[str, str]:
+    """pyproject's lower bounds of transformers and tokenizers."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    found = {}
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        if requirement.name in ("transformers", "tokenizers"):
+            found[requirement.name] = next(spec.version for spec in requirement.specifier if spec.operator == ">=")
+    return found
+
+
+def test_the_labelling_runs_on_the_transformers_and_tokenizers_the_pack_declares():
+    """Both passes of scripts/test.sh (the venv's, then the oldest accepted from .venv/transformers-min) run on
+    versions the pack accepts: tokenizers before 0.22.2 take minutes to load the LM's 64000 added tokens."""
+    minima = _declared_minima()
+    assert set(minima) == {"transformers", "tokenizers"}
+    for name, minimum in minima.items():
+        assert Requirement(f"{name}>={minimum}").specifier.contains(version(name)), (name, version(name))
+    pins = dict(re.findall(r"\b(transformers|tokenizers)==([\w.]+)", (REPO / "scripts" / "setup.sh").read_text(encoding="utf-8")))
+    assert pins == minima, "scripts/setup.sh's MIN_TRANSFORMERS must pin pyproject's minima"
 
 
 def test_models_that_are_not_the_5hz_lm_are_refused_by_name(tiny_root, tmp_path):

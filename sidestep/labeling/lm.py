@@ -30,6 +30,7 @@ from transformers import (
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from ..errors import CheckpointError
+from ..load_progress import load_progress
 
 AUDIO_CODES = 64000
 FIRST_CODE = "<|audio_code_0|>"
@@ -170,9 +171,10 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> Load
     """An official `acestep-5Hz-lm-*` folder through transformers, local files only."""
     tokenizer, first = _inspect_folder(folder)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=False, dtype=dtype, use_safetensors=True
-        )
+        with load_progress(folder):
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False, dtype=dtype, use_safetensors=True
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"Cannot load the 5 Hz LM weights in {folder}: {exc}. Re-download the folder.") from exc
     own = bool(getattr(tokenizer, "chat_template", None))
