@@ -49,7 +49,7 @@ def test_user_errors_exit_with_status_2_and_a_message(tmp_path, capsys):
 
 
 def test_demo_runs_the_whole_job_on_the_embedded_default(tmp_path):
-    done = run_cli("demo", "--workdir", str(tmp_path / "demo"), timeout=600)
+    done = run_cli("demo", "--workdir", str(tmp_path / "demo"), timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "demo" / "runs" / "demo-lora" / "final" / "adapter_model.safetensors").is_file()
     audio, rate = soundfile.read(tmp_path / "demo" / "demo_sample.flac")
