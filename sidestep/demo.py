@@ -27,10 +27,10 @@ DEMO_SONGS = (("warm pad", 110.0), ("bright arpeggio", 440.0), ("pulsing bass", 
 DEMO_RANK, DEMO_ALPHA, DEMO_LR, DEMO_EPOCHS = 16, 32.0, 1e-2, 6
 # The tiny model's random VAE turns every song into nearly the same constant latent, so what an adapter can learn is
 # that constant (and some of the noise, from its input); its random output layer (a frozen ConvTranspose: 64 channels
-# to 2 frames x 64) reaches only half of the output's directions, which caps the fall near a third (docs/performance.md).
-# Attention adapters alone barely move the output (the output layer sees normalised hidden states), so the tiny demo
-# also adapts the timestep embeddings that scale and shift the output (time_embed_r's adds a constant: the latent's).
-# Real checkpoints use the usual attention target.
+# to 2 frames x 64) reaches only half of the output's directions, which caps the fall near a third
+# (docs/performance.md). Attention adapters alone barely move the output (the output layer sees normalised hidden
+# states), so the tiny demo also adapts the timestep embeddings that scale and shift the output (time_embed_r's, always
+# at t = 0, adds a constant: room for the latent's). Real checkpoints use the usual attention target.
 TINY_TARGETS = (
     "self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj",
     "time_embed.linear_2", "time_embed.time_proj", "time_embed_r.linear_2",
@@ -39,7 +39,7 @@ TINY_FALL = 0.25  # the least share by which the tiny demo's validation loss fal
 
 
 def adapter_validation(folder: Path) -> dict:
-    """The validation record (split, curve of [step, loss] pairs, best epoch) in an adapter's metadata; {} without one."""
+    """The validation record (split, [step, loss] curve, best epoch) in an adapter's metadata; {} without one."""
     from .training.run import adapter_metadata
 
     metadata = adapter_metadata(folder)
@@ -156,7 +156,7 @@ def run_demo(
     print(
         "Watch the validation loss: the same clips, noises and timesteps every time, so it moves only when the adapter "
         "does (the training loss jumps with every random draw)."
-        + (f" On the tiny model it falls by {TINY_FALL:.0%} or more." if tiny else ""),
+        + (f" On the tiny model it falls by {TINY_FALL:.0%} or more in {DEMO_EPOCHS} epochs." if tiny else ""),
         flush=True,
     )
     result = run.train(ProgressPrinter()).result
@@ -164,8 +164,8 @@ def run_demo(
     history = [loss for _, loss in validation.get("history", [])]
     if len(history) >= 2:
         scored = "held-out songs" if validation.get("held_out") else "the training clips as a reference"
-        print(f"Validation loss ({scored}) {history[0]:.4f} -> {history[-1]:.4f} ({history[-1] / history[0] - 1:+.0%}); "
-              f"{result.best_text()}", flush=True)
+        fall = f"{history[0]:.4f} -> {history[-1]:.4f} ({history[-1] / history[0] - 1:+.0%})"
+        print(f"Validation loss ({scored}) {fall}; {result.best_text()}", flush=True)
     adapter = load_adapter(result.adapter_dir)
     request = GenerationRequest(caption="warm pad, demo", duration=sample_seconds, seed=1)
     print("Sampling a clip with the trained LoRA ...", flush=True)
