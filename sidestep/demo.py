@@ -25,19 +25,26 @@ from .wording import quantity
 DEMO_SONGS = (("warm pad", 110.0), ("bright arpeggio", 440.0), ("pulsing bass", 55.0))
 # A small, fast LoRA with a bigger step than `train`'s defaults (rank 64, alpha 128, lr 1e-4), which suit real models
 # and real datasets over many epochs: the demo only has a few epochs on a few short clips.
-DEMO_RANK, DEMO_ALPHA, DEMO_LR, DEMO_EPOCHS = 8, 16.0, 1e-2, 6
-# On the tiny model's random weights, attention adapters alone barely move the output (its random output layer sees
-# normalised hidden states), so the tiny demo also adapts the timestep embedding that scales the output: then its
-# validation loss falls by about a third in a few epochs. Real checkpoints use the usual attention target.
-TINY_TARGETS = ("self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", "time_embed.linear_2", "time_embed.time_proj")
+DEMO_RANK, DEMO_ALPHA, DEMO_LR, DEMO_EPOCHS = 16, 32.0, 1e-2, 6
+# The tiny model's random VAE turns every song into nearly the same constant latent, so what an adapter can learn is
+# that constant (and some of the noise, from its input); its random output layer (a frozen ConvTranspose: 64 channels
+# to 2 frames x 64) reaches only half of the output's directions, which caps the fall near a third
+# (docs/performance.md). Attention adapters alone barely move the output (the output layer sees normalised hidden
+# states), so the tiny demo also adapts the timestep embeddings that scale and shift the output (time_embed_r's, always
+# at t = 0, adds a constant: room for the latent's). Real checkpoints use the usual attention target.
+TINY_TARGETS = (
+    "self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "time_embed.linear_2", "time_embed.time_proj", "time_embed_r.linear_2",
+)
+TINY_FALL = 0.25  # the least share by which the tiny demo's validation loss falls in its 6 epochs (measured: -30 %)
 
 
-def adapter_history(folder: Path) -> list[list[float]]:
-    """The validation curve ([step, loss] pairs) recorded in an adapter's metadata."""
+def adapter_validation(folder: Path) -> dict:
+    """The validation record (split, [step, loss] curve, best epoch) in an adapter's metadata; {} without one."""
     from .training.run import adapter_metadata
 
     metadata = adapter_metadata(folder)
-    return list((metadata.validation or {}).get("history", [])) if metadata else []
+    return dict((metadata.validation or {}) if metadata else {})
 
 
 @dataclass
@@ -150,14 +157,16 @@ def run_demo(
     print(
         "Watch the validation loss: the same clips, noises and timesteps every time, so it moves only when the adapter "
         "does (the training loss jumps with every random draw)."
-        + (" On the tiny model it should fall by about a fifth." if tiny else ""),
+        + (f" On the tiny model it falls by {TINY_FALL:.0%} or more in {DEMO_EPOCHS} epochs." if tiny else ""),
         flush=True,
     )
     result = run.train(ProgressPrinter()).result
-    history = [loss for _, loss in adapter_history(result.adapter_dir)]
+    validation = adapter_validation(result.adapter_dir)
+    history = [loss for _, loss in validation.get("history", [])]
     if len(history) >= 2:
-        print(f"Validation loss {history[0]:.4f} -> {history[-1]:.4f} ({history[-1] / history[0] - 1:+.0%}); "
-              f"{result.best_text()}", flush=True)
+        scored = "held-out songs" if validation.get("held_out") else "the training clips as a reference"
+        fall = f"{history[0]:.4f} -> {history[-1]:.4f} ({history[-1] / history[0] - 1:+.0%})"
+        print(f"Validation loss ({scored}) {fall}; {result.best_text()}", flush=True)
     adapter = load_adapter(result.adapter_dir)
     request = GenerationRequest(caption="warm pad, demo", duration=sample_seconds, seed=1)
     print("Sampling a clip with the trained LoRA ...", flush=True)
