@@ -6,6 +6,7 @@ A light module (torch is imported only by the auto rules): the CLI and the nodes
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -91,13 +92,24 @@ def resolve_device(choice: str = "auto") -> torch.device:
     return torch.device(choice)
 
 
+@functools.cache
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX-512 BF16), asked of torch once per process."""
+    import torch
+
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def resolve_dtype(choice: str, device: torch.device | str) -> torch.dtype:
-    """The dtype products run in: 'auto' → bf16 on CUDA, fp32 on the CPU (bf16 products there are several times slower
-    without bf16 units, and change the results); else bf16/fp16/fp32."""
+    """The dtype products run in: 'auto' → bf16 on CUDA and on CPUs with bf16 units (AMX, AVX-512 BF16), fp32 on other
+    CPUs (they run bf16 products several times slower); else bf16/fp16/fp32."""
     import torch
 
     if choice == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        kind = torch.device(device).type
+        fast = kind == "cuda" or (kind == "cpu" and cpu_has_bf16_units())
+        return torch.bfloat16 if fast else torch.float32
     return getattr(torch, DTYPES[choice])
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks.models import write_dataset
+from sidestep import variants
 from sidestep.adapters.config import LokrConfig, LoraConfig
 from sidestep.bundle import open_checkpoint
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel
@@ -66,12 +67,21 @@ def test_a_bf16_file_kept_bf16_trains_exactly_as_upcast_at_load(bf16_root, datas
         assert torch.equal(kept[1][key], upcast[1][key]), key
 
 
-def test_auto_precision_is_bf16_on_cuda_and_fp32_on_the_cpu() -> None:
-    assert resolve_dtype("auto", "cpu") == torch.float32
+@pytest.mark.parametrize("amx, avx512_bf16", [(True, False), (False, True), (False, False)])
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_bf16_units(monkeypatch, amx, avx512_bf16) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    variants.cpu_has_bf16_units.cache_clear()
+    try:
+        units = amx or avx512_bf16
+        assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if units else torch.float32)
+        assert resolve_dtype("fp32", "cpu") == torch.float32  # a user can still ask for fp32 products
+        assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+        assert inference_dtype(torch.float32, "cpu") == torch.float32  # fp32 weights always compute in fp32
+        assert inference_dtype(torch.bfloat16, "cpu") == resolve_dtype("auto", "cpu")
+    finally:
+        variants.cpu_has_bf16_units.cache_clear()
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
-    assert resolve_dtype("bf16", "cpu") == torch.bfloat16  # a user can still ask for bf16 products
-    assert inference_dtype(torch.float32, "cpu") == torch.float32
-    assert inference_dtype(torch.bfloat16, "cpu") == torch.float32
 
 
 def _fp8_model(root: Path) -> AceStepConditionGenerationModel:

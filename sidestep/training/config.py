@@ -73,7 +73,7 @@ class TrainConfig:
     gradient_checkpointing: bool = setting(
         True, help="Recompute activations in the backward pass: much less memory, about 30% slower."
     )
-    precision: str = setting("auto", choices=PRECISIONS, help="Compute precision.", auto="bf16 on CUDA, fp32 on the CPU")
+    precision: str = setting("auto", choices=PRECISIONS, help="Compute precision.", auto="bf16 on CUDA and on CPUs with bf16 units (AMX, AVX-512 BF16), fp32 on other CPUs")
     preview_caption: str = setting(
         "", help="Caption of the preview songs; empty uses the first clip's caption from the dataset."
     )
