@@ -35,10 +35,15 @@ def benchmark_device() -> torch.device:
     return resolve_device("auto")
 
 
-def dtype_label(storage: str, device: torch.device) -> str:
+def dtype_label(storage: str, device: torch.device, precision: str = "auto") -> str:
     """How weights are stored and what precision the matrix products run in on `device`."""
-    compute = "bf16 autocast" if device.type == "cuda" else "fp32 compute"
+    compute = "bf16 autocast" if device.type == "cuda" or precision == "bf16" else "fp32 compute"
     return f"{storage} weights, {compute}"
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX-512 BF16), as torch reports it."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 def size_config(size: str) -> AceStepConfig:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sidestep.memory import ENABLE_VARIABLE
 
 from .memory import run_worker
-from .models import benchmark_device, dtype_label
+from .models import benchmark_device, cpu_has_bf16_units, dtype_label
 from .report import Row, Stat, Target
 from .settings import RunSettings
 from .training import ADAPTER_NAMES, CLIPS
@@ -38,12 +38,15 @@ class TrainRun:
     memory: str | None = None
     rank: int = 64
     optimizer: str = "adamw"
+    precision: str = "auto"  # what the products run in (TrainConfig.precision)
 
     def describe(self) -> str:
         """e.g. 'LoRA r64 attn+MLP, 30 s, checkpointing on'."""
         name = ADAPTER_NAMES[self.kind].replace("r64", f"r{self.rank}")
         optimizer = ", AdamW 8-bit" if self.optimizer == "adamw8bit" else ""
-        return f"{name}, {self.clip}, checkpointing {'on' if self.checkpointing else 'off'}{optimizer}{MEMORY_SETTING[self.memory]}"
+        compute = "" if self.precision == "auto" else f", {self.precision} compute"
+        checkpointing = "on" if self.checkpointing else "off"
+        return f"{name}, {self.clip}, checkpointing {checkpointing}{optimizer}{compute}{MEMORY_SETTING[self.memory]}"
 
 
 RUNS = {
@@ -58,6 +61,12 @@ RUNS = {
     ),
     "full": (TrainRun("lora", "bf16", True), TrainRun("lora", "fp8", True), TrainRun("lora", "bf16", True, memory="0")),
 }
+# bf16 products beside the fp32 ones on a CPU with bf16 units (on CUDA every run computes in bf16 already).
+BF16_COMPUTE_RUN = TrainRun("lora", "bf16", True, precision="bf16")
+NO_BF16_UNITS = (
+    "not measured: this CPU has no bf16 units (neither AMX nor AVX-512 BF16), where bf16 products run several times "
+    "slower than fp32 and auto precision stays fp32, so a figure would mislead"
+)
 # On a GPU the full size also fills the VRAM table: rank 16/64 × checkpointing on/off × AdamW/8-bit AdamW, and the fp8
 # base beside the bf16 one (r64, checkpointing, AdamW).
 CUDA_FULL_RUNS = tuple(
@@ -75,7 +84,7 @@ def _sizes(files: dict[str, int]) -> str:
 
 def _rows(size: str, run: TrainRun, answer: dict) -> list[Row]:
     device = benchmark_device()
-    label, name = dtype_label(run.storage, device), run.describe()
+    label, name = dtype_label(run.storage, device, run.precision), run.describe()
     row = lambda group, what, unit, stat, note="": Row(group, what, size, device.type, label, unit, stat, note=note)
     resident, total = answer["resident_model_gb"], answer["peak_total_gb"]
     peak_note = f"weights resident {resident:.2f} GB; with checkpoint saving {total:.2f} GB"
@@ -93,13 +102,15 @@ def _rows(size: str, run: TrainRun, answer: dict) -> list[Row]:
     return rows
 
 
-def _loss_difference(size: str, run: TrainRun, fp8: list[float], bf16: list[float]) -> Row:
-    """How far the fp8 base's losses are from the bf16 base's over the same steps (same data, seed and draws)."""
+def _loss_difference(size: str, run: TrainRun, losses: list[float], reference: list[float]) -> Row:
+    """How far `run`'s losses (an fp8 base, or bf16 compute) are from the default bf16 run's over the same steps (same
+    data, seed and draws)."""
     device = benchmark_device()
-    relative = [abs(a - b) / abs(b) for a, b in zip(fp8, bf16)]
-    note = "steps: " + ", ".join(f"{a:.4f} vs {b:.4f}" for a, b in zip(fp8, bf16))
-    return Row("trainer", f"loss difference fp8 vs bf16 base, {run.describe()}", size, device.type,
-               dtype_label("fp8", device), "rel", Stat.of([max(relative)]), note=note)
+    relative = [abs(a - b) / abs(b) for a, b in zip(losses, reference)]
+    note = "steps: " + ", ".join(f"{a:.4f} vs {b:.4f}" for a, b in zip(losses, reference))
+    what = "fp8 vs bf16 base" if run.storage == "fp8" else f"{run.precision} compute vs default"
+    return Row("trainer", f"loss difference {what}, {run.describe()}", size, device.type,
+               dtype_label(run.storage, device, run.precision), "rel", Stat.of([max(relative)]), note=note)
 
 
 def _targets(run: TrainRun, answer: dict) -> list[Target]:
@@ -125,10 +136,21 @@ def _targets(run: TrainRun, answer: dict) -> list[Target]:
     return targets
 
 
+def _bf16_compute(size: str) -> tuple[tuple[TrainRun, ...], list[Target]]:
+    """The full-size bf16-compute run where a CPU has bf16 units; else the target saying why it is not measured."""
+    if size != "full" or benchmark_device().type == "cuda":
+        return (), []
+    if cpu_has_bf16_units():
+        return (BF16_COMPUTE_RUN,), []
+    return (), [Target(f"full LoRA step, {BF16_COMPUTE_RUN.describe()}", "faster than fp32, losses within 2e-3",
+                       "not measured", None, NO_BF16_UNITS)]
+
+
 def trainer_rows(size: str, settings: RunSettings) -> tuple[list[Row], list[Target]]:
     """Run every configuration of this size for a couple of steps, each in its own process."""
-    rows, targets, losses = [], [], {}
-    runs = CUDA_FULL_RUNS if size == "full" and benchmark_device().type == "cuda" else RUNS[size]
+    rows, losses = [], {}
+    extra, targets = _bf16_compute(size)
+    runs = CUDA_FULL_RUNS if size == "full" and benchmark_device().type == "cuda" else RUNS[size] + extra
     for index, run in enumerate(runs):
         if run.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
             continue
@@ -139,6 +161,7 @@ def trainer_rows(size: str, settings: RunSettings) -> tuple[list[Row], list[Targ
             "optimizer": run.optimizer,
             "storage": run.storage,
             "checkpointing": run.checkpointing,
+            "precision": run.precision,
             "frames": CLIPS[run.clip],
             "steps": STEPS,
             "workdir": str(settings.workdir / f"trainer-{size}-{index}"),
@@ -146,9 +169,9 @@ def trainer_rows(size: str, settings: RunSettings) -> tuple[list[Row], list[Targ
         answer = run_worker("train", params, None if run.memory is None else {ENABLE_VARIABLE: run.memory})
         rows += _rows(size, run, answer)
         losses[run] = answer["losses"]
-        twin = dataclasses.replace(run, storage="bf16")
-        if run.storage == "fp8" and twin in losses:
+        twin = dataclasses.replace(run, storage="bf16", precision="auto")
+        if run != twin and twin in losses:
             rows.append(_loss_difference(size, run, losses[run], losses[twin]))
-        if size == "full" and run.rank == 64 and run.optimizer == "adamw" and run.checkpointing:
+        if size == "full" and run.rank == 64 and run.optimizer == "adamw" and run.checkpointing and run.precision == "auto":
             targets += _targets(run, answer)
     return rows, targets

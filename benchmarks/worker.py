@@ -49,6 +49,7 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
         scheduler="constant",
         max_latent_frames=None,
         gradient_checkpointing=params["checkpointing"],
+        precision=params["precision"],
     )
     events: list[tuple[TrainingEvent, float, float, float | None]] = []
     record = lambda event: events.append((event, time.perf_counter(), peak_resident_gb(), cuda_peak_gb()))

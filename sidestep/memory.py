@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -84,3 +85,37 @@ def trim_before_each(modules: Iterable[Any]) -> Callable[[], None]:
 
     handles = [module.register_forward_pre_hook(trim) for module in modules]
     return lambda: [handle.remove() for handle in handles]
+
+
+MADV_DONTNEED = 4  # Linux's madvise advice: drop these pages (a file mapping's are read again if touched)
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@functools.cache
+def _madvise() -> Callable[[int, int, int], int] | None:
+    """The C library's madvise on Linux, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes, madvise.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
+    return madvise
+
+
+def release_pages(tensor: Any) -> None:
+    """Drop the memory pages lying wholly inside `tensor`'s bytes, for a tensor about to be discarded.
+
+    safetensors hands out tensors that are views of one mapping of the whole file, which lives while any tensor read
+    through it does: every page of a tensor converted on reading (fp8, another dtype) would otherwise stay resident
+    beside its converted copy until the last tensor from that file is gone. Only pages no other tensor shares are
+    dropped; nothing happens without Linux.
+    """
+    madvise = _madvise()
+    if madvise is None or tensor.device.type != "cpu":
+        return
+    start = tensor.data_ptr()
+    first, last = -(-start // _PAGE) * _PAGE, (start + tensor.numel() * tensor.element_size()) // _PAGE * _PAGE
+    if last > first:
+        madvise(first, last - first, MADV_DONTNEED)

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from benchmarks.models import write_dataset
 from sidestep import variants
 from sidestep.adapters.config import LokrConfig, LoraConfig
 from sidestep.bundle import open_checkpoint
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel
-from sidestep.model.layers import FP8, Linear
+from sidestep.model.layers import FP8, Linear, quantize_fp8
+from sidestep.model.weights import file_index
 from sidestep.tiny_models import BASE_FOLDER, TURBO_FOLDER, make_tiny_checkpoints, tiny_dit, tiny_model_config
 from sidestep.training.config import TrainConfig
 from sidestep.training.loop import RunIdentity, Trainer
@@ -175,3 +177,36 @@ def test_the_golden_step_under_bf16_compute_stays_within_its_tolerance(variant):
     assert float((loss - data["out/loss"]).abs() / data["out/loss"]) <= BF16_LOSS_RTOL
     drift = (velocity.float() - data["out/velocity"]).norm() / data["out/velocity"].norm()
     assert float(drift) <= BF16_VELOCITY_RTOL
+
+
+def test_quantising_is_chunk_independent_and_leaves_its_input_alone():
+    weight = torch.randn(300, 70) * torch.logspace(-3, 2, 300)[:, None]
+    kept = weight.clone()
+    whole, whole_scale = quantize_fp8(weight, chunk=weight.numel())
+    rows, rows_scale = quantize_fp8(weight, chunk=70 * 7)  # 7 rows at a time, the last chunk short
+    assert torch.equal(weight, kept)  # an fp32 input is not divided in place
+    assert torch.equal(whole.view(torch.uint8), rows.view(torch.uint8)) and torch.equal(whole_scale, rows_scale)
+    assert torch.equal(whole_scale, weight.abs().amax(dim=1, keepdim=True) / torch.finfo(FP8).max)
+
+
+def _resident_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            inside = fields[-1] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="page residency is read from Linux's /proc")
+def test_reading_an_fp8_base_keeps_no_file_pages_of_the_quantised_weights(tmp_path):
+    """safetensors' tensors are views of one mapping of the file, alive while a kept tensor (a norm) is: the pages of
+    the weights converted on reading must not stay resident beside their fp8 copies."""
+    path = tmp_path / "model.safetensors"
+    save_file({"norm.weight": torch.ones(8, dtype=torch.bfloat16), "proj.weight": torch.randn(2048, 1024).bfloat16()}, path)
+    tensors = file_index(path).read(["norm.weight", "proj.weight"], None, "cpu", fp8={"proj.weight"})
+    assert tensors["proj.weight"].dtype == FP8 and tensors["norm.weight"].dtype == torch.bfloat16
+    assert _resident_kb(path) <= 64  # the norm's pages and the edges the weight shares; the weight itself is 4 MB

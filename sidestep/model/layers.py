@@ -31,14 +31,24 @@ FP8 = torch.float8_e4m3fn
 SCALE_SUFFIX = ".weight_scale"  # `<layer>.weight_scale`: the fp32 [out, 1] scales of a Linear weight stored in fp8
 
 
-def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8(weight: torch.Tensor, chunk: int = 1 << 21) -> tuple[torch.Tensor, torch.Tensor]:
     """A Linear weight [out, in] as e4m3 values and fp32 per-output-channel scales [out, 1]: weight ≈ values · scales.
 
-    Each row's largest magnitude maps to e4m3's largest (448), so no row over- or underflows as a whole.
+    Each row's largest magnitude maps to e4m3's largest (448), so no row over- or underflows as a whole. Done in rows
+    of about `chunk` values at a time in this thread's reused fp32 buffer (`cast_frozen`), so reading a model leaves no
+    fp32 temporaries behind in the heap; `weight` is never written.
     """
-    wide = weight.float()
-    scale = (wide.abs().amax(dim=1, keepdim=True) / torch.finfo(FP8).max).clamp_min(torch.finfo(torch.float32).tiny)
-    return wide.div_(scale).to(FP8), scale
+    rows = max(1, chunk // max(1, weight.shape[1]))
+    values = torch.empty(weight.shape, dtype=FP8, device=weight.device)
+    scales = torch.empty(weight.shape[0], 1, device=weight.device)
+    for start in range(0, weight.shape[0], rows):
+        part = weight[start : start + rows]
+        wide = cast_frozen(part, torch.float32)
+        largest = torch.linalg.vector_norm(wide, float("inf"), dim=1, keepdim=True)  # max |w| per row, no temporary
+        scale = (largest / torch.finfo(FP8).max).clamp_min(torch.finfo(torch.float32).tiny)
+        values[start : start + rows] = wide / scale if wide is part else wide.div_(scale)
+        scales[start : start + rows] = scale
+    return values, scales
 
 
 def cast_frozen(weight: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | None = None) -> torch.Tensor:

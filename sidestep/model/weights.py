@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError, WeightMismatchError
+from ..memory import release_pages
 from ..model_files import DOWNLOAD_AGAIN, read_header, readable_path, shown
 from .layers import SCALE_SUFFIX, quantize_fp8
 
@@ -48,13 +49,15 @@ class WeightIndex:
             try:
                 with readable_path(path) as readable, safe_open(readable, framework="pt") as handle:
                     for name in wanted:
-                        tensor = handle.get_tensor(self.prefix + name)
+                        stored = tensor = handle.get_tensor(self.prefix + name)
                         if name in fp8:
                             tensor, scale = quantize_fp8(tensor)
                             tensors[name.removesuffix(".weight") + SCALE_SUFFIX] = scale.to(device)
                         elif dtype is not None and tensor.is_floating_point():
                             tensor = tensor.to(dtype)
                         tensors[name] = tensor.to(device)
+                        if tensors[name].data_ptr() != stored.data_ptr():  # converted or moved: the file's pages go
+                            release_pages(stored)
             except (OSError, SafetensorError) as exc:
                 read_header(path)  # names the reason when the header tells it
                 raise CheckpointError(f"Cannot read the tensors of {shown(path)}: {exc}. {DOWNLOAD_AGAIN}") from exc
