@@ -13,7 +13,7 @@ from sidestep.adapters.kinds.oft import OftConfig
 from sidestep.dataset.tensors import ClipRecord, Manifest, save_clip, write_manifest
 from sidestep.model import TRAINING_PARTS, AceStepConditionGenerationModel, AceStepConfig
 from sidestep.model.layers import FP8
-from sidestep.variants import FRAMES_PER_SECOND, resolve_device
+from sidestep.variants import FRAMES_PER_SECOND, resolve_device, resolve_dtype
 
 SIZES = ("tiny", "small", "full")
 # Encoder tokens of a typical condition: caption prompt (~100) plus lyrics (~200).
@@ -37,13 +37,8 @@ def benchmark_device() -> torch.device:
 
 def dtype_label(storage: str, device: torch.device, precision: str = "auto") -> str:
     """How weights are stored and what precision the matrix products run in on `device`."""
-    compute = "bf16 autocast" if device.type == "cuda" or precision == "bf16" else "fp32 compute"
+    compute = "bf16 autocast" if resolve_dtype(precision, device) == torch.bfloat16 else "fp32 compute"
     return f"{storage} weights, {compute}"
-
-
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX-512 BF16), as torch reports it."""
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 def size_config(size: str) -> AceStepConfig:
