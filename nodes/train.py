@@ -159,12 +159,13 @@ class TrainAdapter(io.ComfyNode):
             raise model_management.InterruptProcessingException()
         result = outcome.result
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
-        best = f"lowest validation loss: {result.best_text()}\n" if result.best_epoch is not None else ""
-        memory = f"{estimate.lines()[0]}\n" + (f"warning: {warning}\n" if warning else "")
-        text = (
-            f"{memory}{result.status}: epoch {result.epochs_completed}/{run.config.epochs}, step {result.global_step}, loss {loss}\n"
-            f"{best}adapter: {result.adapter_dir}\n{outcome.export_note}"
-        )
+        best = f"lowest validation loss: {result.best_text()}" if result.best_epoch is not None else ""
+        lines = [
+            f"{result.status}: epoch {result.epochs_completed}/{run.config.epochs}, step {result.global_step}, loss {loss}",
+            best, f"adapter: {result.adapter_dir}", outcome.export_note, estimate.lines()[0],
+            f"warning: {warning}" if warning else "",
+        ]
+        text = "\n".join(line for line in lines if line)
         return io.NodeOutput(_handle(run, outcome), ui={"text": [text]})
 
 

@@ -293,7 +293,7 @@ def test_train_lora_turbo_reports_progress_over_the_websocket(lora_run: Run) -> 
     assert encode[-1]["index"] == encode[-1]["total"] == 2
     assert [source for source, _ in encode[-1]["rejected"]] == ["broken.wav"]
     summary = lora_run.entry["outputs"]["2"]["text"][0]
-    assert "rejected broken.wav" in summary and "1 clips" in summary
+    assert "rejected broken.wav" in summary and "1 clip " in summary
     # The GPU memory estimate is reported before training starts, and stays in the node's text.
     notes = [event["message"] for event in lora_run.events("sidestep.progress", "4") if event["kind"] == "note"]
     assert notes[0].startswith("Estimated GPU memory") and "Estimated GPU memory" in lora_run.entry["outputs"]["4"]["text"][0]
