@@ -4,6 +4,7 @@ of a bundle registered as ComfyUI models so that Unload Models and ComfyUI's own
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import comfy.model_management as model_management
@@ -26,7 +27,10 @@ def make_room(bundle: AceStepBundle) -> None:
 
 class ComfyMemory:
     """Makes every part a bundle loads visible to ComfyUI's memory manager, so that Unload Models, POST /free and
-    ComfyUI's own need for memory release it: each part is registered as a ModelPatcher whose detach drops the part."""
+    ComfyUI's own need for memory release it: each part is registered as a ModelPatcher whose detach drops the part.
+
+    Like ComfyUI's own models, a part lives as long as its bundle does: the registry refers to the bundle weakly, and
+    a bundle nothing uses any more (a node's cached output ComfyUI let go) takes its parts off ComfyUI's list."""
 
     def __init__(self) -> None:
         self._patchers: dict[tuple[int, str], Any] = {}
@@ -43,18 +47,22 @@ class ComfyMemory:
         holder = torch.nn.Module()  # ModelPatcher sets attributes (device, ...) on what it manages; keep ours intact
         holder.part = module
         patcher = comfy.model_patcher.ModelPatcher(holder, load_device=bundle.device, offload_device=bundle.device)
-        patcher.add_callback(CallbacksMP.ON_DETACH, lambda _patcher, _unpatch: self._unloaded_by_comfyui(bundle, part))
+        owner = weakref.ref(bundle)
+        patcher.add_callback(CallbacksMP.ON_DETACH, lambda _patcher, _unpatch: self._unloaded_by_comfyui(owner(), part))
         self._patchers[key] = patcher
+        weakref.finalize(bundle, self._patchers.pop, key, None)  # ComfyUI then drops its entry, as for its own models
         model_management.load_models_gpu([patcher], force_full_load=True)
 
     def released(self, bundle: AceStepBundle, part: str) -> None:
         """The bundle dropped `part` itself: take it off ComfyUI's list so nothing keeps it alive."""
         self._forget((id(bundle), part))
 
-    def _unloaded_by_comfyui(self, bundle: AceStepBundle, part: str) -> None:
+    def _unloaded_by_comfyui(self, bundle: AceStepBundle | None, part: str) -> None:
         """ComfyUI unloaded the part (Unload Models, /free, or room for another model): drop it from the bundle.
 
         ComfyUI is still walking its list of loaded models, so the (now empty) holder stays alive until our next load."""
+        if bundle is None:  # gone already, and its parts with it
+            return
         patcher = self._patchers.pop((id(bundle), part), None)
         if patcher is not None:
             del patcher.model.part

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -12,7 +13,18 @@ import pytest
 
 from sidestep.cli import main
 from sidestep.demo import write_demo_songs
+from sidestep.memory import trim_freed_memory
 from sidestep.tiny_models import make_tiny_checkpoints
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hand_back_freed_memory() -> Iterator[None]:
+    """After each test module, what its tests freed goes back to the system: glibc would keep it in the heap, and the
+    next modules (and the servers and commands they start) would run beside it (measured: 4.9 GB kept after
+    tests/comfyui/test_comfy_objects.py, 1.0 GB once handed back)."""
+    yield
+    gc.collect()
+    trim_freed_memory()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import weakref
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -108,6 +109,20 @@ def test_the_dit_shares_comfyuis_weights(node: type, comfy_objects: SimpleNamesp
     assert ours.data_ptr() == theirs.data_ptr() and handle.bundle.base == "base"
     with pytest.raises(_pack_checkpoint_error(), match="No VAE was connected"):
         handle.bundle.vae()
+
+
+def test_a_bundle_nothing_uses_takes_its_parts_off_comfyuis_list(node: type, comfy_objects: SimpleNamespace) -> None:
+    """A node output ComfyUI's cache let go frees the parts it loaded, as ComfyUI's own models are freed."""
+    import comfy.model_management as model_management
+
+    before = len(model_management.current_loaded_models)
+    bundle = node.execute(model=comfy_objects.model, base_model="turbo").args[0].bundle
+    dit = weakref.ref(bundle.dit())
+    assert len(model_management.current_loaded_models) == before + 1
+    del bundle
+    gc.collect()
+    assert dit() is None, "the DiT outlived its bundle"
+    assert len(model_management.current_loaded_models) == before
 
 
 def test_a_model_that_is_not_ace_step_is_refused(comfy: ModuleType, node: type) -> None:  # noqa: F811
