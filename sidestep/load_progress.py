@@ -1,8 +1,9 @@
-"""transformers' weight-loading progress bars, shown only for models large enough to take a while to load.
+"""transformers' weight progress bars, shown only for models large enough to take a while to load.
 
 A bar that opens and closes at once (the tiny models of the demo and tests, or a small LM) is noise on the terminal
-and in ComfyUI's console. Loads of weights under `BAR_FROM_BYTES` run with transformers' bars switched off; the
-setting is restored when the last such load ends, so loads on other threads keep what the user chose.
+and in ComfyUI's console. Loads of weights under `BAR_FROM_BYTES`, and the writing of tiny models, run with
+transformers' bars switched off; the setting is restored when the last such quiet stretch ends, so work on other
+threads keeps what the user chose.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def load_progress(folder: Path) -> Iterator[None]:
     if weight_bytes(folder) >= BAR_FROM_BYTES:
         yield
         return
+    with quiet_progress():
+        yield
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """transformers' progress bars off for the duration (nested and threaded uses share one saved setting)."""
     from transformers.utils import logging
 
     global _quiet_loads, _was_enabled

@@ -23,6 +23,7 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from .atomic import save_safetensors_atomic, staging_folder, torch_save_atomic
 from .errors import CheckpointError
+from .load_progress import quiet_progress
 from .memory import trim_freed_memory
 from .model import AceStepConditionGenerationModel, AceStepConfig
 from .text import CAPTION_TEMPLATE, DEFAULT_INSTRUCTION, LYRICS_TEMPLATE
@@ -105,7 +106,8 @@ def _build_folder(target: Path, fill: Callable[[Path], None]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = staging_folder(target)
     try:
-        fill(temporary)
+        with quiet_progress():  # transformers' "Writing model shards" bar would flash for a file written at once
+            fill(temporary)
         os.replace(temporary, target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -25,6 +25,7 @@ from sidestep.tiny_models import (
     TURBO_FOLDER,
     VAE_FOLDER,
     make_tiny_checkpoints,
+    write_tiny_text_encoder,
     tiny_model_config,
 )
 
@@ -131,3 +132,11 @@ def test_tiny_configs_per_variant_and_refusals(tree: Path) -> None:
     with pytest.raises(CheckpointError, match="already holds"):
         make_tiny_checkpoints(tree)
     assert (tree / TURBO_FOLDER / "model.safetensors").read_bytes() == before
+
+
+def test_writing_a_tiny_model_draws_no_progress_bar(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    write_tiny_text_encoder(tmp_path / "text")
+    assert "Writing model shards" not in capfd.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()  # the user's setting is back
