@@ -156,12 +156,22 @@ def state_dict_digest(tensors: StateDict) -> str:
 
 
 def _usable(tensor: torch.Tensor, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
-    """`tensor` in `dtype` (None: its own) on `device`, shared when it already is — except an inference tensor (ComfyUI creates its
-    weights in inference mode) outside inference mode: autograd cannot use those, so training gets a copy."""
+    """`tensor` in `dtype` (None: its own) on `device`, shared when it already is. An inference tensor (ComfyUI creates
+    its weights in inference mode) used outside inference mode comes back as a normal tensor over the same memory:
+    autograd refuses inference tensors, and a copy would cost a second DiT in memory."""
     moved = tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
     if moved.is_inference() and not torch.is_inference_mode_enabled():
-        return moved.clone()
+        return _normal_alias(moved)
     return moved
+
+
+def _normal_alias(tensor: torch.Tensor) -> torch.Tensor:
+    """A normal tensor viewing an inference tensor's memory, which autograd may save for the backward pass.
+
+    Safe for frozen weights while a step runs: nothing writes to them then (ComfyUI runs one node at a time, and the
+    node trains to the end). Writes of our own still bump this tensor's version counter, so autograd's check holds."""
+    alias = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
 
 
 @dataclass(frozen=True)
@@ -288,7 +298,7 @@ class AceStepBundle:
         over this bundle's DiT weights: adapter layers trained into it leave this DiT clean, and nothing is read twice.
 
         Call it outside inference mode when the copy will be trained: weights a host (ComfyUI) created in inference mode
-        are copied for it then, as autograd cannot use them, while this bundle's DiT keeps sharing the host's."""
+        are handed to it as normal tensors over the same memory then, which autograd can use."""
         with torch.inference_mode():
             shared = self.dit(parts)
         own = AceStepConditionGenerationModel.on_meta_device(shared.config, parts)

@@ -78,9 +78,9 @@ def test_encode_train_sample_reads_every_dit_weight_once(
     assert shares_weights  # the private training DiT took no copy
 
 
-def test_a_training_copy_of_weights_a_host_holds_copies_only_for_itself(tiny_root: Path) -> None:
-    """With ComfyUI's MODEL (weights created in inference mode), the shared DiT keeps sharing ComfyUI's tensors while the
-    private training copy gets its own, which autograd can use."""
+def test_a_training_copy_of_weights_a_host_holds_shares_them_as_tensors_autograd_can_use(tiny_root: Path) -> None:
+    """With ComfyUI's MODEL (weights created in inference mode), the private training DiT shares ComfyUI's memory
+    through normal tensors: no second copy of the DiT, and autograd can save them for the backward pass."""
     files = open_checkpoint(tiny_root, "acestep-v15-turbo")
     with torch.inference_mode():
         host = {name: tensor.clone() for name, tensor in files.dit().state_dict().items()}
@@ -91,5 +91,8 @@ def test_a_training_copy_of_weights_a_host_holds_copies_only_for_itself(tiny_roo
 
     name = "decoder.layers.0.self_attn.q_proj.weight"
     shared, own = bundle.dit(TRAINING_PARTS).state_dict()[name], private.dit(TRAINING_PARTS).state_dict()[name]
-    assert shared.data_ptr() == host[name].data_ptr()
-    assert own.data_ptr() != host[name].data_ptr() and not own.is_inference() and torch.equal(own, host[name])
+    assert shared.data_ptr() == own.data_ptr() == host[name].data_ptr()
+    assert shared.is_inference() and not own.is_inference()
+    features = torch.randn(2, own.shape[1], requires_grad=True)
+    torch.nn.functional.linear(features, own).square().sum().backward()  # an inference weight would be refused here
+    torch.testing.assert_close(features.grad, 2 * (features @ own.T) @ own)
