@@ -121,3 +121,11 @@ def test_flop_count_covers_products_in_place_products_and_cpu_attention(monkeypa
     assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)) == 2 * 2 * (2 * 16 * 16 * 8)
     assert bf16_peak_tflops(torch.device("cpu")) is None
     assert bf16_peak_tflops(torch.device("cpu"), 100.0) == 100.0
+
+
+@pytest.mark.parametrize("storage", ["bf16", "fp8"])
+def test_training_over_a_hosts_weights_copies_nothing(storage):
+    from benchmarks.host_weights import measure
+
+    answer = measure("tiny", storage)
+    assert answer["host_gb"] > 0 and answer["copied_gb"] == 0
