@@ -161,12 +161,13 @@ def _usable(tensor: torch.Tensor, dtype: torch.dtype | None, device: torch.devic
     autograd refuses inference tensors, and a copy would cost a second DiT in memory."""
     moved = tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
     if moved.is_inference() and not torch.is_inference_mode_enabled():
-        return _normal_alias(moved)
+        # A tensor subclass (ComfyUI's quantized weights) keeps its data elsewhere than its storage: copied.
+        return _normal_alias(moved) if type(moved) is torch.Tensor else moved.clone()
     return moved
 
 
 def _normal_alias(tensor: torch.Tensor) -> torch.Tensor:
-    """A normal tensor viewing an inference tensor's memory, which autograd may save for the backward pass.
+    """A normal tensor viewing a plain inference tensor's memory, which autograd may save for the backward pass.
 
     Safe for frozen weights while a step runs: nothing writes to them then (ComfyUI runs one node at a time, and the
     node trains to the end). Writes of our own still bump this tensor's version counter, so autograd's check holds."""

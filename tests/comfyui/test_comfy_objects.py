@@ -125,6 +125,20 @@ def test_a_bundle_nothing_uses_takes_its_parts_off_comfyuis_list(node: type, com
     assert len(model_management.current_loaded_models) == before
 
 
+def test_a_quantized_comfyui_weight_is_copied_for_training_not_viewed() -> None:
+    """ComfyUI's quantized weights (comfy_kitchen's QuantizedTensor) keep their data outside their storage: viewing that
+    storage as a plain tensor crashes the process, so the training DiT gets a copy of such a weight, still quantized."""
+    from comfy_kitchen.tensor import QuantizedTensor
+
+    from sidestep.bundle import _usable
+
+    with torch.inference_mode():  # as ComfyUI's loaders run
+        weight = QuantizedTensor.from_float(torch.randn(64, 64), "TensorCoreFP8Layout")
+    usable = _usable(weight, None, torch.device("cpu"))
+    assert type(usable) is QuantizedTensor and not usable.is_inference()
+    assert torch.equal(usable.dequantize(), weight.dequantize())
+
+
 def test_a_model_that_is_not_ace_step_is_refused(comfy: ModuleType, node: type) -> None:  # noqa: F811
     wrapper = torch.nn.Module()
     wrapper.diffusion_model = torch.nn.Linear(4, 4)
