@@ -33,6 +33,7 @@ from .model import PARTS, AceStepConditionGenerationModel
 from .model.layers import SCALE_SUFFIX
 
 StateDict = dict[str, torch.Tensor]
+_PROBE_WEIGHT = "decoder.layers.0.self_attn.q_proj.weight"  # a DiT Linear weight whose dtype tells the storage
 INFERRED_CONFIG_FIX = (
     "The file must be a whole ACE-Step 1.5 model (DiT, condition encoder, tokenizer, detokenizer), as ComfyUI's "
     "acestep_v1.5_*.safetensors files are."
@@ -66,6 +67,10 @@ class WeightsSource(Protocol):
 
     def identity(self, entry: ModelEntry) -> list:
         """JSON-able facts that change whenever the weights do (for dataset fingerprints)."""
+        ...
+
+    def stored_dtype(self, entry: ModelEntry) -> torch.dtype | None:
+        """The dtype the DiT's weights are held in, where known without reading them (None: as the files store them)."""
         ...
 
     def bytes_to_load(self, entry: ModelEntry) -> int:
@@ -142,6 +147,9 @@ class FilesSource:
 
     def bytes_to_load(self, entry: ModelEntry) -> int:
         return sum(path.stat().st_size for path in self._files(entry) if path.suffix == ".safetensors" and path.is_file())
+
+    def stored_dtype(self, entry: ModelEntry) -> torch.dtype | None:
+        return None
 
 
 def state_dict_digest(tensors: StateDict) -> str:
@@ -223,6 +231,9 @@ class StateDictSource:
     def bytes_to_load(self, entry: ModelEntry) -> int:
         return 0
 
+    def stored_dtype(self, entry: ModelEntry) -> torch.dtype | None:
+        return self.dit_state()[_PROBE_WEIGHT].dtype  # fp8 where ComfyUI loaded the model with an fp8 weight_dtype
+
 
 @dataclass
 class AceStepBundle:
@@ -284,6 +295,10 @@ class AceStepBundle:
     def weights_identity(self) -> list:
         """JSON-able facts that change whenever any of the weights do (for dataset fingerprints)."""
         return self.source.identity(self.entry)
+
+    def weights_dtype(self) -> torch.dtype | None:
+        """The dtype the frozen DiT weights are (or will be) held in; None: as the files store them."""
+        return self.dtype if self.dtype is not None else self.source.stored_dtype(self.entry)
 
     def bytes_to_load(self) -> int:
         """Memory all parts take once loaded (0 when they are shared with a host that holds them already)."""

@@ -383,6 +383,8 @@ def make_comfyui_loadable_models(models: Path, seed: int = 0) -> Path:
     save_safetensors_atomic(comfy_vae_state_dict(real_size_vae(seed)), models / "vae" / COMFY_VAE_FILE)
     trim_freed_memory()  # the real-size weights just written stay in glibc's heap otherwise
     return models
+
+
 LM_FOLDER = "acestep-5Hz-lm-0.6B"
 COMFY_LM_FILE = "qwen_1.7b_ace15.safetensors"
 COMFY_LM_VOCAB = 217204

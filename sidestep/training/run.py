@@ -162,7 +162,7 @@ class TrainingRun:
         config = self.config
         return estimate_training_vram(
             self.bundle.entry.config, self.adapter_config, config.optimizer, config.gradient_checkpointing,
-            storage_name(self.bundle.dtype), clip_seconds(self.dataset, config.max_latent_frames), config.batch_size,
+            storage_name(self.bundle.weights_dtype()), clip_seconds(self.dataset, config.max_latent_frames), config.batch_size,
         )
 
     def finished(self, comfy_lora: Path | None = None) -> RunOutcome | None:

@@ -195,7 +195,10 @@ def estimate_training_vram(
 
 
 def storage_name(dtype: torch.dtype | None) -> str:
-    """The weight-storage choice of a bundle's dtype; None (the checkpoint's own) is bf16, as ACE-Step 1.5 stores it."""
+    """The weight-storage choice of a bundle's dtype (either fp8 format is fp8); None (the checkpoint's own) is bf16,
+    as ACE-Step 1.5 stores it."""
+    if "float8" in str(dtype):
+        return "fp8"
     return next((name for name, dtype_name in STORAGE.items() if str(dtype) == f"torch.{dtype_name}"), "bf16")
 
 

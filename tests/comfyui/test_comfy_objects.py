@@ -161,6 +161,7 @@ def test_an_fp8_model_is_shared_without_a_full_precision_copy_and_trains(
     from sidestep.model import TRAINING_PARTS
     from sidestep.training.config import TrainConfig
     from sidestep.training.loop import RunIdentity, Trainer
+    from sidestep.training.run import TrainingRun
 
     path = comfyui_files["diffusion_models"] / COMFY_DIT_FILES["turbo"]
     with torch.inference_mode():
@@ -178,6 +179,7 @@ def test_an_fp8_model_is_shared_without_a_full_precision_copy_and_trains(
     events = []
     config = TrainConfig(output_dir=str(tmp_path / "run"), epochs=2, save_every=2, max_latent_frames=None, precision="fp32")
     lora = LoraConfig(rank=4, alpha=8, target="attention")
+    assert TrainingRun(bundle, dataset, lora, config).vram_estimate().settings.startswith("fp8 weights")  # not bf16
     Trainer(trained, dataset, lora, config, RunIdentity("turbo", "turbo"), callback=events.append).run()
     losses = [event.loss for event in events if event.kind == "step"]
     assert len(losses) == 2 and all(0 < loss < 100 for loss in losses)
